@@ -1,0 +1,240 @@
+"""NATS JetStream wiring: connecting, and idempotent set-up of streams, buckets and consumers.
+
+This is the one boundary where `nats` errors are translated (into `BusUnavailable` or
+`PulseError`). FastStream brokers and raw nats-py clients are built from the same
+options (`nats_connect_options`), so credentials and TLS are configured once.
+
+Set-up is create-or-update: running `ensure_topology` twice leaves one of each, and a
+changed setting (a job's max attempts, a stream's age limit) updates the live object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from shared.errors import BusUnavailable, PulseError
+from shared.names import JOBS
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DAY_S = 86_400.0
+#: The redelivery that follows a worker dying in its last attempt must still reach a
+#: worker, so the runtime can record `failed` and dead-letter the request: one spare.
+SPARE_DELIVERIES = 1
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """An SSL context for NATS when any TLS file is configured (or a tls:// URL is used)."""
+    wants_tls = settings.nats_tls_ca_file or settings.nats_tls_cert_file or settings.nats_url.startswith("tls://")
+    if not wants_tls:
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None
+    )
+    if settings.nats_tls_cert_file and settings.nats_tls_key_file:
+        context.load_cert_chain(str(settings.nats_tls_cert_file), str(settings.nats_tls_key_file))
+    return context
+
+
+def nats_connect_options(settings: Settings, *, name: str) -> dict[str, Any]:
+    """Keyword arguments for `nats.connect` carrying servers, credentials and TLS."""
+    options: dict[str, Any] = {
+        "servers": [url.strip() for url in settings.nats_url.split(",")],
+        "name": name,
+        "connect_timeout": max(1, int(settings.nats_connect_timeout_s)),
+        # Long-running services reconnect forever; callers that must fail fast (the CLI,
+        # start-up) bound the whole connect with `connect_nats`'s timeout instead.
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 1,
+    }
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        if settings.nats_password is not None:
+            options["password"] = settings.nats_password.get_secret_value()
+    if settings.nats_token is not None:
+        options["token"] = settings.nats_token.get_secret_value()
+    if settings.nats_creds_file is not None:
+        options["user_credentials"] = str(settings.nats_creds_file)
+    context = tls_context(settings)
+    if context is not None:
+        options["tls"] = context
+    return options
+
+
+async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None = None) -> NatsClient:
+    """Connect to NATS, or raise `BusUnavailable` naming the (redacted) URL within `timeout_s`.
+
+    Args:
+        settings: where and how to connect.
+        name: client name shown in the server's connection list.
+        timeout_s: overall bound; defaults to `settings.nats_connect_timeout_s`.
+    """
+    limit = timeout_s if timeout_s is not None else settings.nats_connect_timeout_s
+    options = nats_connect_options(settings, name=name)
+    # A first connect must not retry forever: fail fast with a clear message.
+    options["allow_reconnect"] = True
+    options["max_reconnect_attempts"] = -1
+
+    async def _quiet(_: Exception) -> None:  # nats-py logs every failed try otherwise
+        return None
+
+    try:
+        client: NatsClient = await asyncio.wait_for(
+            nats.connect(error_cb=_quiet, **{**options, "max_reconnect_attempts": 0}), timeout=limit
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise BusUnavailable(
+            f"cannot reach NATS at {settings.nats_url_redacted} within {limit:g}s "
+            f"({type(exc).__name__}: {exc or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
+        ) from None
+    return client
+
+
+# -- streams ------------------------------------------------------------------------
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """The JOBS, EVENTS and DLQ streams as DESIGN.md defines them."""
+    names = settings.names
+    replicas = settings.stream_replicas
+    return [
+        StreamConfig(
+            name=names.jobs_stream,
+            subjects=names.jobs_stream_subjects,
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=settings.duplicate_window_s,
+            allow_msg_schedules=True,  # one-off delayed requests (Nats-Schedule: @at ...)
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=names.events_stream,
+            subjects=names.events_stream_subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=settings.events_max_age_days * _DAY_S,
+            duplicate_window=settings.duplicate_window_s,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=names.dlq_stream,
+            subjects=names.dlq_stream_subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=settings.dlq_max_age_days * _DAY_S,
+            duplicate_window=settings.duplicate_window_s,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        ),
+    ]
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or update it in place when its configuration changed."""
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError:
+            pass  # another replica created it first: fall through to update
+    await js.update_stream(config)
+
+
+# -- KV buckets ----------------------------------------------------------------------
+
+
+def kv_configs(settings: Settings) -> list[KeyValueConfig]:
+    names = settings.names
+    replicas = settings.stream_replicas
+    return [
+        KeyValueConfig(bucket=names.schedules_bucket, history=5, storage=StorageType.FILE, replicas=replicas),
+        KeyValueConfig(bucket=names.ticker_bucket, history=1, storage=StorageType.FILE, replicas=replicas),
+        KeyValueConfig(bucket=names.ratelimit_bucket, history=1, storage=StorageType.FILE, replicas=replicas),
+    ]
+
+
+async def ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Bind to the bucket, creating it when missing."""
+    try:
+        return await js.key_value(config.bucket)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            return await js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            return await js.key_value(config.bucket)  # created concurrently
+
+
+# -- consumers -----------------------------------------------------------------------
+
+
+def consumer_config(settings: Settings, job: str) -> ConsumerConfig:
+    """The one durable pull consumer of `job`, derived from its policy."""
+    names = settings.names
+    policy = settings.jobs.for_job(job)
+    return ConsumerConfig(
+        durable_name=names.consumer_name(job),
+        filter_subject=names.job_subject(job),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=policy.retry.max_attempts + SPARE_DELIVERIES,
+        max_ack_pending=policy.max_running,
+        num_replicas=settings.stream_replicas,
+        description=f"requests of job {job}",
+    )
+
+
+async def ensure_consumer(js: JetStreamContext, settings: Settings, job: str) -> None:
+    """Create or update the durable consumer of `job` (FastStream would not update it)."""
+    await js.add_consumer(settings.names.jobs_stream, consumer_config(settings, job))
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings, jobs: tuple[str, ...] = JOBS) -> None:
+    """Create or update every stream, bucket and the consumers of `jobs`. Idempotent.
+
+    Raises:
+        PulseError: when the server refuses a configuration (the message says which).
+    """
+    try:
+        for stream in stream_configs(settings):
+            await ensure_stream(js, stream)
+        for bucket in kv_configs(settings):
+            await ensure_kv(js, bucket)
+        for job in jobs:
+            await ensure_consumer(js, settings, job)
+    except nats.js.errors.APIError as exc:
+        raise PulseError(
+            f"NATS at {settings.nats_url_redacted} refused the JetStream set-up: {exc}. "
+            "Is JetStream enabled (nats-server -js) and is the server 2.12 or newer?"
+        ) from None
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        raise BusUnavailable(
+            f"JetStream at {settings.nats_url_redacted} did not answer ({type(exc).__name__}); "
+            "is JetStream enabled (nats-server -js)?"
+        ) from None

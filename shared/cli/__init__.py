@@ -1,0 +1,1 @@
+"""`pulse`, the operator CLI (typer + rich). Entry point: `shared.cli.app:main`."""

@@ -1,0 +1,31 @@
+"""The `pulse` command: one typer app, commands registered from one module per topic.
+
+    up        shared/cli/up.py         run the whole system locally
+    trigger, status, watch, runs, run, cancel
+              shared/cli/jobs.py       start and inspect runs
+    dlq       shared/cli/dlq.py        dead letters
+    schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
+    simulate  shared/cli/simulate.py   the provider simulator
+    stats     shared/cli/stats.py      the latest stats snapshot and trend
+"""
+
+from __future__ import annotations
+
+import typer
+
+from shared.cli import dlq, jobs, schedule, simulate, stats, up
+
+app = typer.Typer(
+    name="pulse",
+    help="Operate marketpulse: start jobs, watch runs, manage schedules and dead letters.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+for module in (up, jobs, dlq, schedule, simulate, stats):
+    module.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,102 @@
+"""The exception tree of marketpulse.
+
+    PulseError
+    ├── ConfigError              (also ValueError) bad settings; raised at start-up
+    ├── Unreachable              a server (NATS, MongoDB, a provider) did not answer
+    │   ├── BusUnavailable       NATS
+    │   └── StoreUnavailable     MongoDB
+    ├── InvalidRequest           a job request that can never run (bad JSON, schema, job, args)
+    ├── RetryableError           this attempt failed; a later one may work (optional delay)
+    │   └── ProviderUnavailable  transient provider trouble (5xx, 429, timeout)
+    ├── PermanentError           no retry can fix it; fail the run now
+    │   ├── ProviderRejected     the provider refused us (401/403/404/422...)
+    │   └── ProviderDataError    the provider's answer cannot be understood at all
+    └── RunCanceled              the run was canceled by an operator
+
+Foreign errors are translated at one boundary each: `bus.py` (nats), `store.py`
+(pymongo), `providers/http.py` (httpx/stamina). Messages say what went wrong and what
+to do, and never contain secrets (URLs are redacted with `redact_url`).
+"""
+
+from __future__ import annotations
+
+import re
+
+_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/]*)@")
+
+#: Longest error text kept in run records, events and dead letters.
+MAX_ERROR_CHARS = 2000
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password (or token) in its userinfo replaced by `***`."""
+
+    def _replace(match: re.Match[str]) -> str:
+        userinfo = match.group("userinfo")
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else "***"
+        return f"{match.group('scheme')}{user}:***@"
+
+    return _USERINFO_RE.sub(_replace, url)
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Truncate `text` to `limit` characters, marking the cut."""
+    return text if len(text) <= limit else text[: limit - 15] + "… [truncated]"
+
+
+class PulseError(Exception):
+    """Base of every error raised by marketpulse."""
+
+
+class ConfigError(PulseError, ValueError):
+    """A setting is missing or invalid. The message names the variable and what is expected."""
+
+
+class Unreachable(PulseError):
+    """A server did not answer within the configured time."""
+
+
+class BusUnavailable(Unreachable):
+    """NATS could not be reached or refused the connection."""
+
+
+class StoreUnavailable(Unreachable):
+    """MongoDB could not be reached or refused the connection."""
+
+
+class InvalidRequest(PulseError):
+    """A job request that can never run: bad JSON, wrong schema version, unknown job, bad args."""
+
+
+class RetryableError(PulseError):
+    """The attempt failed but a later attempt may succeed.
+
+    Args:
+        message: what went wrong.
+        delay_s: seconds to wait before the next attempt, if the cause says so
+            (for example a provider's Retry-After); None lets the retry policy decide.
+    """
+
+    def __init__(self, message: str, *, delay_s: float | None = None) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class ProviderUnavailable(RetryableError):
+    """The provider answered 5xx/429 or timed out, after the quick in-attempt retries."""
+
+
+class PermanentError(PulseError):
+    """No retry can fix this; the run fails at once (and raises an alert)."""
+
+
+class ProviderRejected(PermanentError):
+    """The provider refused the request (for example 401 on a wrong API key)."""
+
+
+class ProviderDataError(PermanentError):
+    """The provider's answer could not be understood at all (not one record, the whole body)."""
+
+
+class RunCanceled(PulseError):
+    """The run was canceled by an operator; raised at the handler's next check point."""

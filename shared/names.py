@@ -1,0 +1,154 @@
+"""Every subject, stream, consumer, bucket and collection name, in one place.
+
+Nothing else in the code base spells a subject or collection name. A `Names` value
+carries an optional namespace so that several environments (or isolated tests) can
+share one NATS account without seeing each other's messages; in production the
+namespace is empty and the names are exactly those of DESIGN.md:
+
+    JOBS    jobs.<job>                      job requests (work queue)
+            delayed.<job>.<token>           one-off delayed requests (Nats-Schedule)
+    EVENTS  events.runs.<job>.<status>      run outcomes
+            events.alerts.<job>             alerts
+    DLQ     dlq.<job>                       dead letters
+    KV      schedules, ticker, ratelimit
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: The five jobs of the system and the service that runs each.
+JOB_SERVICE: dict[str, str] = {
+    "market_sync": "market_sync",
+    "whale_sync": "whale_sync",
+    "stats": "stats",
+    "cleanup": "janitor",
+    "watchdog": "janitor",
+}
+JOBS: tuple[str, ...] = tuple(JOB_SERVICE)
+SERVICES: tuple[str, ...] = ("ticker", "market_sync", "whale_sync", "stats", "janitor")
+
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]{0,32}$")
+_JOB_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def check_job_name(job: str) -> str:
+    """Return `job` if it can be used in a subject and a consumer name, else raise ValueError."""
+    if not _JOB_RE.match(job):
+        raise ValueError(
+            f"invalid job name {job!r}: use lowercase letters, digits and '_' "
+            "(starting with a letter, at most 64 characters)"
+        )
+    return job
+
+
+@dataclass(frozen=True)
+class Names:
+    """Names of every NATS and MongoDB resource, optionally under a namespace."""
+
+    namespace: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE_RE.match(self.namespace):
+            raise ValueError(
+                f"invalid namespace {self.namespace!r}: use at most 32 lowercase letters or digits"
+            )
+
+    # -- helpers ---------------------------------------------------------------
+    def _subject(self, subject: str) -> str:
+        return f"{self.namespace}.{subject}" if self.namespace else subject
+
+    def _resource(self, name: str) -> str:
+        return f"{self.namespace}_{name}" if self.namespace else name
+
+    # -- streams ---------------------------------------------------------------
+    @property
+    def jobs_stream(self) -> str:
+        return self._resource("JOBS")
+
+    @property
+    def events_stream(self) -> str:
+        return self._resource("EVENTS")
+
+    @property
+    def dlq_stream(self) -> str:
+        return self._resource("DLQ")
+
+    @property
+    def jobs_stream_subjects(self) -> list[str]:
+        return [self._subject("jobs.>"), self._subject("delayed.>")]
+
+    @property
+    def events_stream_subjects(self) -> list[str]:
+        return [self._subject("events.>")]
+
+    @property
+    def dlq_stream_subjects(self) -> list[str]:
+        return [self._subject("dlq.>")]
+
+    # -- subjects --------------------------------------------------------------
+    def job_subject(self, job: str) -> str:
+        """Where requests for `job` are published and consumed: `jobs.<job>`."""
+        return self._subject(f"jobs.{check_job_name(job)}")
+
+    def delayed_subject(self, job: str, token: str) -> str:
+        """Holding subject of one delayed request (fires into `jobs.<job>`)."""
+        return self._subject(f"delayed.{check_job_name(job)}.{token}")
+
+    def delayed_wildcard(self, job: str | None = None) -> str:
+        return self._subject(f"delayed.{job}.*" if job else "delayed.>")
+
+    def run_event_subject(self, job: str, status: str) -> str:
+        return self._subject(f"events.runs.{job}.{status}")
+
+    def run_events_wildcard(self, job: str | None = None) -> str:
+        return self._subject(f"events.runs.{job}.*" if job else "events.runs.>")
+
+    def alert_subject(self, job: str) -> str:
+        return self._subject(f"events.alerts.{job}")
+
+    def alerts_wildcard(self) -> str:
+        return self._subject("events.alerts.>")
+
+    def dlq_subject(self, job: str) -> str:
+        return self._subject(f"dlq.{job}")
+
+    def dlq_wildcard(self) -> str:
+        return self._subject("dlq.>")
+
+    def cancel_subject(self, job: str) -> str:
+        """Core-NATS notification that a run of `job` was canceled (a hint; the record is truth)."""
+        return self._subject(f"control.cancel.{job}")
+
+    # -- consumers and KV ------------------------------------------------------
+    def consumer_name(self, job: str) -> str:
+        """The one durable pull consumer of `job`, shared by every replica."""
+        return check_job_name(job)
+
+    @property
+    def schedules_bucket(self) -> str:
+        return self._resource("schedules")
+
+    @property
+    def ticker_bucket(self) -> str:
+        return self._resource("ticker")
+
+    @property
+    def ratelimit_bucket(self) -> str:
+        return self._resource("ratelimit")
+
+    @property
+    def kv_buckets(self) -> list[str]:
+        return [self.schedules_bucket, self.ticker_bucket, self.ratelimit_bucket]
+
+
+class Collections:
+    """MongoDB collection names (the database name comes from settings)."""
+
+    MARKETS = "markets"
+    WHALE_TRADES = "whale_trades"
+    RUNS = "runs"
+    MARKET_STATS = "market_stats"
+    #: Per-job state that outlives a run: whale_sync's watermark, alert bookkeeping.
+    JOB_STATE = "job_state"

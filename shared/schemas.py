@@ -1,0 +1,245 @@
+"""Messages on NATS and documents in MongoDB, as pydantic models.
+
+Every message carries `v`, its schema version; a consumer refuses a version it does not
+know (as an invalid request, never a retry). Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from shared.names import check_job_name
+
+SCHEMA_VERSION = 1
+#: Largest serialized `args` a request may carry: requests are commands, not payloads.
+MAX_ARGS_BYTES = 4096
+#: Attempts kept in a run record (the oldest are dropped beyond this).
+MAX_ATTEMPT_HISTORY = 20
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("a timezone is required (use UTC, e.g. 2026-12-01T09:00:00Z)")
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class Trigger(StrEnum):
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    DELAYED = "delayed"
+    REPLAY = "replay"
+    CHAIN = "chain"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+    #: Recorded by `pulse cancel` for a run that has not started; the runtime ends it `canceled`.
+    QUEUED = "queued"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.TIMED_OUT, RunStatus.CANCELED}
+)
+
+
+def scheduled_run_id(job: str, slot: datetime) -> str:
+    """Deterministic id of the scheduled run of `job` at `slot`: `<job>:<ISO-8601 UTC>`."""
+    return f"{job}:{_as_utc(slot).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+def new_run_id(job: str, trigger: Trigger, unique: str | None = None) -> str:
+    """Id of a non-scheduled run: `<job>:<trigger>:<unique id>`."""
+    return f"{job}:{trigger.value}:{unique or uuid.uuid4().hex}"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = SCHEMA_VERSION
+
+
+class JobRequest(_Message):
+    """A request to run a job once. Published on `jobs.<job>` with `Nats-Msg-Id: <run_id>`."""
+
+    run_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_:.\-+TZ]+$")
+    job: str
+    trigger: Trigger
+    scheduled_for: UtcDatetime
+    requested_at: UtcDatetime = Field(default_factory=utcnow)
+    requested_by: str = Field("unknown", max_length=200)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("job")
+    @classmethod
+    def _job_name(cls, value: str) -> str:
+        return check_job_name(value)
+
+    @field_validator("args")
+    @classmethod
+    def _small_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        if len(json.dumps(value, default=str)) > MAX_ARGS_BYTES:
+            raise ValueError(f"args must serialize to at most {MAX_ARGS_BYTES} bytes")
+        return value
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class RunEvent(_Message):
+    """The outcome of a run, one per run and terminal status, on `events.runs.<job>.<status>`."""
+
+    run_id: str
+    job: str
+    status: RunStatus
+    trigger: Trigger | None = None
+    attempts: int = Field(ge=0)
+    started_at: UtcDatetime | None = None
+    ended_at: UtcDatetime
+    duration_ms: int | None = Field(None, ge=0)
+    error: str | None = Field(None, max_length=2000)
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class AlertKind(StrEnum):
+    CONSECUTIVE_FAILURES = "consecutive_failures"
+    STALE = "stale"
+    PERMANENT_ERROR = "permanent_error"
+
+
+class Alert(_Message):
+    """Something an operator must look at, on `events.alerts.<job>`."""
+
+    job: str
+    kind: AlertKind
+    detail: str = Field(max_length=2000)
+    since: UtcDatetime
+    raised_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+class DeadLetter(_Message):
+    """A request that exhausted its attempts or could not be run, on `dlq.<job>`.
+
+    `request` is the parsed request when it could be parsed, else None and `raw` holds
+    the original payload (decoded as text, bounded).
+    """
+
+    job: str
+    run_id: str | None
+    request: JobRequest | None
+    raw: str | None = Field(None, max_length=65536)
+    error: str = Field(max_length=2000)
+    attempts: int = Field(ge=0)
+    reason: Literal["exhausted", "invalid", "permanent"]
+    dead_at: UtcDatetime = Field(default_factory=utcnow)
+
+
+# -- stored documents -------------------------------------------------------------
+
+
+class AttemptRecord(BaseModel):
+    """One attempt of a run, kept in the run record's bounded `attempts` list."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    number: int = Field(ge=1)
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome: str | None = None
+    error: str | None = None
+    worker: str | None = None
+
+
+class RunRecord(BaseModel):
+    """A document of `runs` (`_id` = run_id). Only `shared/runtime/records.py` writes these."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    run_id: str = Field(alias="_id")
+    job: str
+    trigger: Trigger
+    status: RunStatus
+    scheduled_for: datetime | None = None
+    requested_at: datetime | None = None
+    requested_by: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    attempts: list[AttemptRecord] = Field(default_factory=list)
+    attempt_count: int = 0
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    ended_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    reason: str | None = None
+    summary: dict[str, Any] = Field(default_factory=dict)
+    cancel_requested: bool = False
+    updated_at: datetime | None = None
+
+
+class MarketDoc(BaseModel):
+    """A document of `markets` (`_id` = `<provider>:<market id>`)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    provider: str
+    market_id: str
+    question: str
+    slug: str | None = None
+    category: str | None = None
+    condition_id: str | None = None
+    outcomes: list[str] = Field(default_factory=list)
+    outcome_prices: list[float] = Field(default_factory=list)
+    yes_price: float | None = None
+    no_price: float | None = None
+    volume_total: float | None = None
+    volume_24h: float | None = None
+    liquidity: float | None = None
+    active: bool = True
+    closed: bool = False
+    end_date: datetime | None = None
+    updated_at: datetime | None = None
+    synced_at: datetime | None = None
+
+
+class WhaleTradeDoc(BaseModel):
+    """A document of `whale_trades` (`_id` = natural key of the trade)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    provider: str
+    wallet: str
+    market: str
+    asset: str | None = None
+    side: Literal["BUY", "SELL"]
+    outcome: str | None = None
+    size: float
+    price: float
+    notional: float
+    transaction_hash: str | None = None
+    traded_at: datetime
+    ingested_at: datetime

@@ -1,0 +1,338 @@
+"""The one settings model of marketpulse.
+
+Every knob comes from the environment with the `PULSE_` prefix; nested values use `__`:
+
+    PULSE_NATS_URL=nats://nats:4222
+    PULSE_JOBS__MARKET_SYNC__RETRY__MAX_ATTEMPTS=6
+    PULSE_JOBS__WHALE_SYNC__SCHEDULE="every 30s"
+
+Each default is declared once, here, with DESIGN.md's numbers. Secrets are `SecretStr`
+and never appear in logs, errors or events. `load_settings()` turns a validation failure
+into a `ConfigError` that names the environment variable and what it expects.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError, redact_url
+from shared.names import Names
+
+ENV_PREFIX = "PULSE_"
+_NESTED = "__"
+
+
+class RetryPolicy(BaseModel):
+    """How failed attempts are retried (as delayed redelivery of the request).
+
+    The delay before attempt n+1 is `initial_backoff_s * base**(n-1)`, capped at
+    `max_backoff_s`, then spread by +/- `jitter` (a fraction) so replicas do not retry
+    in lock-step.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(4, ge=1, le=100, description="attempts in all, the first included")
+    initial_backoff_s: float = Field(0.5, gt=0, description="delay after the first failed attempt")
+    base: float = Field(2.0, ge=1.0, description="growth factor of the delay per attempt")
+    max_backoff_s: float = Field(300.0, gt=0, description="cap on any single delay")
+    jitter: float = Field(0.1, ge=0, le=1, description="relative random spread of each delay")
+
+    def delay_s(self, failed_attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after attempt number `failed_attempt` (1-based) failed."""
+        if failed_attempt < 1:
+            raise ValueError("attempts are numbered from 1")
+        raw = min(self.max_backoff_s, self.initial_backoff_s * self.base ** (failed_attempt - 1))
+        if self.jitter == 0:
+            return raw
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, min(self.max_backoff_s, raw * (1 + spread)))
+
+
+class JobPolicy(BaseModel):
+    """Everything that governs how one job is scheduled and run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schedule: str = Field(
+        description=(
+            "when the ticker requests the job (UTC): 'every 30s', 'cron */5 * * * *', "
+            "'hourly at :15', 'daily at 02:00', 'weekly on mon at 09:30', 'monthly on 1 at 00:00'"
+        )
+    )
+    retry: RetryPolicy = RetryPolicy()
+    timeout_s: float | None = Field(60.0, gt=0, description="per-attempt time limit; None = no limit")
+    overlap: Literal["skip", "queue", "parallel"] = Field(
+        "skip",
+        description=(
+            "skip: one run at a time, scheduled requests that arrive after the next slot "
+            "are recorded skipped; queue: one at a time, never skip; parallel: up to "
+            "`concurrency` runs at once"
+        ),
+    )
+    concurrency: int = Field(1, ge=1, le=1000, description="runs at once per job, with overlap=parallel")
+    rate_limit_bucket: str | None = Field(None, description="name of a shared token bucket (see rate_limits)")
+    on_rate_limited: Literal["delay", "skip"] = Field(
+        "delay", description="when the bucket stays empty past rate_limit_wait_s: retry later or skip"
+    )
+    rate_limit_wait_s: float = Field(10.0, ge=0, description="longest wait for a token before giving up")
+    stale_after_s: float = Field(gt=0, description="alert when no run succeeded for this long")
+    alert_after_failures: int = Field(3, ge=1, description="alert after this many failed runs in a row")
+    enabled: bool = Field(True, description="False: the ticker never requests it (manual runs still work)")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_is_valid(cls, value: str) -> str:
+        from shared.schedules import parse_schedule  # the ticker's parser: one grammar only
+
+        parse_schedule(value)
+        return value
+
+    @model_validator(mode="after")
+    def _concurrency_needs_parallel(self) -> JobPolicy:
+        if self.concurrency > 1 and self.overlap != "parallel":
+            raise ValueError("concurrency > 1 needs overlap='parallel'")
+        return self
+
+    @property
+    def max_running(self) -> int:
+        """How many runs of this job may be in flight at once, across all replicas."""
+        return self.concurrency if self.overlap == "parallel" else 1
+
+
+class JobPolicies(BaseModel):
+    """Per-job policies, with DESIGN.md's defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    market_sync: JobPolicy = JobPolicy(
+        schedule="every 5m",
+        retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.5, base=2),
+        timeout_s=240,
+        rate_limit_bucket=None,
+        stale_after_s=15 * 60,
+    )
+    whale_sync: JobPolicy = JobPolicy(
+        schedule="every 1m",
+        retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.25, base=2),
+        timeout_s=45,
+        stale_after_s=5 * 60,
+    )
+    stats: JobPolicy = JobPolicy(
+        schedule="hourly at :00",
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=1, base=2),
+        timeout_s=120,
+        stale_after_s=2 * 3600 + 600,
+    )
+    cleanup: JobPolicy = JobPolicy(
+        schedule="daily at 02:00",
+        retry=RetryPolicy(max_attempts=5, initial_backoff_s=5, base=3),
+        timeout_s=1800,
+        stale_after_s=26 * 3600,
+    )
+    watchdog: JobPolicy = JobPolicy(
+        schedule="every 1m",
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=1, base=2),
+        timeout_s=30,
+        stale_after_s=5 * 60,
+    )
+
+    def for_job(self, job: str) -> JobPolicy:
+        """The policy of `job`; raises KeyError for an unknown job."""
+        if job not in type(self).model_fields:
+            raise KeyError(job)
+        policy: JobPolicy = getattr(self, job)
+        return policy
+
+    def items(self) -> list[tuple[str, JobPolicy]]:
+        return [(name, getattr(self, name)) for name in type(self).model_fields]
+
+
+class RateLimit(BaseModel):
+    """A shared token bucket: `rate` tokens per `period_s`, holding at most `burst`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: float = Field(gt=0)
+    period_s: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+def _default_rate_limits() -> dict[str, RateLimit]:
+    # Half of Polymarket's published Cloudflare windows: we share the IP with nobody we
+    # know of, but a sync that is polite never meets the 429 path in normal operation.
+    return {
+        "polymarket_gamma": RateLimit(rate=150, period_s=10, burst=20),
+        "polymarket_data": RateLimit(rate=100, period_s=10, burst=10),
+    }
+
+
+class Settings(BaseSettings):
+    """All configuration of every marketpulse process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_NESTED,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # -- NATS ------------------------------------------------------------------
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    nats_user: str | None = Field(None, description="NATS user (with nats_password)")
+    nats_password: SecretStr | None = Field(None, description="NATS password")
+    nats_token: SecretStr | None = Field(None, description="NATS token")
+    nats_creds_file: Path | None = Field(None, description="NATS .creds file (JWT + nkey)")
+    nats_tls_ca_file: Path | None = Field(None, description="CA bundle that signs the NATS server certificate")
+    nats_tls_cert_file: Path | None = Field(None, description="client certificate for NATS mutual TLS")
+    nats_tls_key_file: Path | None = Field(None, description="client key for NATS mutual TLS")
+    nats_connect_timeout_s: float = Field(5.0, gt=0, description="give up connecting to NATS after this long")
+    namespace: str = Field("", description="prefix of every stream, subject and bucket (empty in production)")
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of streams and buckets")
+    duplicate_window_s: float = Field(
+        600.0, gt=0, description="JetStream de-duplication window for Nats-Msg-Id (seconds)"
+    )
+    events_max_age_days: float = Field(7, gt=0, description="how long EVENTS keeps run events and alerts")
+    dlq_max_age_days: float = Field(30, gt=0, description="how long DLQ keeps dead letters")
+
+    # -- MongoDB ---------------------------------------------------------------
+    mongo_url: SecretStr = Field(
+        SecretStr("mongodb://127.0.0.1:27017"), description="MongoDB URI (may hold credentials and TLS options)"
+    )
+    mongo_db: str = Field("marketpulse", min_length=1, max_length=60, description="database name")
+    mongo_timeout_s: float = Field(5.0, gt=0, description="server selection / connect timeout")
+
+    # -- runtime ---------------------------------------------------------------
+    http_host: str = Field("0.0.0.0", description="address of /healthz, /readyz and /metrics")
+    http_port: int = Field(8080, ge=0, le=65535, description="port of /healthz, /readyz and /metrics (0 = any)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_json: bool = Field(True, description="one JSON object per log line (False: plain text)")
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="how often a running handler reports progress")
+    ack_wait_s: float = Field(30.0, gt=0, description="JetStream ack wait; a silent worker is presumed dead after it")
+    jobs: JobPolicies = JobPolicies()
+    rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
+
+    # -- provider --------------------------------------------------------------
+    provider: Literal["polymarket"] = Field("polymarket", description="market data provider")
+    polymarket_gamma_url: str = Field("https://gamma-api.polymarket.com", description="Gamma API base URL")
+    polymarket_data_url: str = Field("https://data-api.polymarket.com", description="Data API base URL")
+    polymarket_api_key: SecretStr | None = Field(None, description="API key sent as a header, if any")
+    page_size: int = Field(100, ge=1, le=1000, description="markets per listing page")
+    whale_threshold_usd: float = Field(10_000.0, gt=0, description="smallest trade notional (USD) kept")
+    whale_overlap_s: float = Field(120.0, ge=0, description="re-read this much before the watermark")
+    http_timeout_s: float = Field(10.0, gt=0, description="per-request timeout to the provider")
+    http_attempts: int = Field(4, ge=1, le=20, description="quick in-attempt tries of a transient HTTP error")
+
+    # -- retention -------------------------------------------------------------
+    runs_retention_days: float = Field(2, gt=0, description="keep finished run records this long")
+    failed_runs_retention_days: float = Field(7, gt=0, description="keep failed/timed-out run records this long")
+    whale_trades_retention_days: float = Field(30, gt=0, description="keep whale trades this long")
+    stats_retention_days: float = Field(30, gt=0, description="keep stats snapshots this long")
+    cleanup_batch_size: int = Field(5000, ge=1, le=100_000, description="documents deleted per batch")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_urls_are_valid(cls, value: str) -> str:
+        for url in value.split(","):
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
+                raise ValueError("expected nats://host:port (or tls://, ws://, wss://), comma-separated")
+            try:
+                _ = parts.port
+            except ValueError as exc:
+                raise ValueError("the port must be a number from 1 to 65535") from exc
+        return value
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _mongo_url_is_valid(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("mongodb", "mongodb+srv") or not parts.netloc.rsplit("@", 1)[-1]:
+            raise ValueError("expected mongodb://[user:password@]host[:port][/?options] or mongodb+srv://")
+        return value
+
+    @field_validator("polymarket_gamma_url", "polymarket_data_url")
+    @classmethod
+    def _http_url_is_valid(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// base URL")
+        return value.rstrip("/")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_valid(cls, value: str) -> str:
+        Names(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.nats_password is not None and not self.nats_user:
+            raise ValueError("PULSE_NATS_PASSWORD is set but PULSE_NATS_USER is not: set both")
+        if self.ack_wait_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                "PULSE_ACK_WAIT_S must be at least twice PULSE_HEARTBEAT_INTERVAL_S, "
+                "or live workers would lose their messages between heartbeats"
+            )
+        if bool(self.nats_tls_cert_file) != bool(self.nats_tls_key_file):
+            raise ValueError("set PULSE_NATS_TLS_CERT_FILE and PULSE_NATS_TLS_KEY_FILE together")
+        for job, policy in self.jobs.items():
+            bucket = policy.rate_limit_bucket
+            if bucket is not None and bucket not in self.rate_limits:
+                raise ValueError(
+                    f"PULSE_JOBS__{job.upper()}__RATE_LIMIT_BUCKET names {bucket!r}, "
+                    f"which is not one of the rate_limits buckets {sorted(self.rate_limits)}"
+                )
+        return self
+
+    # -- derived -----------------------------------------------------------------
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace)
+
+    @property
+    def nats_url_redacted(self) -> str:
+        return redact_url(self.nats_url)
+
+    @property
+    def mongo_url_redacted(self) -> str:
+        return redact_url(self.mongo_url.get_secret_value())
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + _NESTED.join(str(part).upper() for part in loc if not isinstance(part, int))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (plus `overrides`), or raise ConfigError.
+
+    The error lists every bad variable with what was wrong, for example:
+    `PULSE_NATS_URL: expected nats://host:port ... (got 'http://x')`.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            loc = tuple(error["loc"])
+            where = _env_name(loc) if loc else "settings"
+            shown = error.get("input")
+            # Never echo what may be a secret; echo short plain values to help the operator.
+            secret_field = any("password" in str(p) or "token" in str(p) or "key" in str(p) or "mongo_url" in str(p) for p in loc)
+            got = "" if secret_field or isinstance(shown, dict) or shown is None else f" (got {str(shown)[:80]!r})"
+            problems.append(f"{where}: {message}{got}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
