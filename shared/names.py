@@ -51,9 +51,7 @@ class Names:
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):
-            raise ValueError(
-                f"invalid namespace {self.namespace!r}: use at most 32 lowercase letters or digits"
-            )
+            raise ValueError(f"invalid namespace {self.namespace!r}: use at most 32 lowercase letters or digits")
 
     # -- helpers ---------------------------------------------------------------
     def _subject(self, subject: str) -> str:

@@ -77,7 +77,7 @@ def new_run_id(job: str, trigger: Trigger, unique: str | None = None) -> str:
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1  # SCHEMA_VERSION; a Literal so an unknown version fails validation
 
 
 class JobRequest(_Message):

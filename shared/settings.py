@@ -107,42 +107,77 @@ class JobPolicy(BaseModel):
         return self.concurrency if self.overlap == "parallel" else 1
 
 
-class JobPolicies(BaseModel):
-    """Per-job policies, with DESIGN.md's defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    market_sync: JobPolicy = JobPolicy(
+_DEFAULT_POLICIES: dict[str, JobPolicy] = {
+    "market_sync": JobPolicy(
         schedule="every 5m",
         retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.5, base=2),
         timeout_s=240,
-        rate_limit_bucket=None,
         stale_after_s=15 * 60,
-    )
-    whale_sync: JobPolicy = JobPolicy(
+    ),
+    "whale_sync": JobPolicy(
         schedule="every 1m",
         retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.25, base=2),
         timeout_s=45,
         stale_after_s=5 * 60,
-    )
-    stats: JobPolicy = JobPolicy(
+    ),
+    "stats": JobPolicy(
         schedule="hourly at :00",
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=1, base=2),
         timeout_s=120,
         stale_after_s=2 * 3600 + 600,
-    )
-    cleanup: JobPolicy = JobPolicy(
+    ),
+    "cleanup": JobPolicy(
         schedule="daily at 02:00",
         retry=RetryPolicy(max_attempts=5, initial_backoff_s=5, base=3),
         timeout_s=1800,
         stale_after_s=26 * 3600,
-    )
-    watchdog: JobPolicy = JobPolicy(
+    ),
+    "watchdog": JobPolicy(
         schedule="every 1m",
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=1, base=2),
         timeout_s=30,
         stale_after_s=5 * 60,
-    )
+    ),
+}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class JobPolicies(BaseModel):
+    """Per-job policies, with DESIGN.md's defaults.
+
+    An override names only what changes (`PULSE_JOBS__STATS__TIMEOUT_S=60`); the rest of
+    that job's policy keeps its default, which is why overrides are merged before
+    validation instead of replacing the whole policy.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    market_sync: JobPolicy = _DEFAULT_POLICIES["market_sync"]
+    whale_sync: JobPolicy = _DEFAULT_POLICIES["whale_sync"]
+    stats: JobPolicy = _DEFAULT_POLICIES["stats"]
+    cleanup: JobPolicy = _DEFAULT_POLICIES["cleanup"]
+    watchdog: JobPolicy = _DEFAULT_POLICIES["watchdog"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_with_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {
+            name: _deep_merge(_DEFAULT_POLICIES[name].model_dump(), value)
+            if isinstance(value, dict) and name in _DEFAULT_POLICIES
+            else value
+            for name, value in data.items()
+        }
 
     def for_job(self, job: str) -> JobPolicy:
         """The policy of `job`; raises KeyError for an unknown job."""
@@ -306,6 +341,9 @@ class Settings(BaseSettings):
         return redact_url(self.mongo_url.get_secret_value())
 
 
+_SECRET_WORDS = ("password", "token", "key", "creds", "mongo_url")
+
+
 def _env_name(loc: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + _NESTED.join(str(part).upper() for part in loc if not isinstance(part, int))
 
@@ -326,8 +364,9 @@ def load_settings(**overrides: Any) -> Settings:
             where = _env_name(loc) if loc else "settings"
             shown = error.get("input")
             # Never echo what may be a secret; echo short plain values to help the operator.
-            secret_field = any("password" in str(p) or "token" in str(p) or "key" in str(p) or "mongo_url" in str(p) for p in loc)
-            got = "" if secret_field or isinstance(shown, dict) or shown is None else f" (got {str(shown)[:80]!r})"
+            secret_field = any(word in str(part) for part in loc for word in _SECRET_WORDS)
+            hide = secret_field or isinstance(shown, dict) or shown is None
+            got = "" if hide else f" (got {redact_url(str(shown))[:80]!r})"
             problems.append(f"{where}: {message}{got}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 

@@ -68,7 +68,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The PULSE_* environment that reproduces `settings` in a subprocess."""
-    env = {
+    return {
         "PULSE_NATS_URL": settings.nats_url,
         "PULSE_MONGO_URL": settings.mongo_url.get_secret_value(),
         "PULSE_MONGO_DB": settings.mongo_db,
@@ -80,7 +80,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PULSE_POLYMARKET_GAMMA_URL": settings.polymarket_gamma_url,
         "PULSE_POLYMARKET_DATA_URL": settings.polymarket_data_url,
     }
-    return env
 
 
 @pytest.fixture
