@@ -1,12 +1,12 @@
 """The `pulse` command: one typer app, commands registered from one module per topic.
 
-    up        shared/cli/up.py         run the whole system locally
-    trigger, status, watch, runs, run, cancel
-              shared/cli/jobs.py       start and inspect runs
-    dlq       shared/cli/dlq.py        dead letters
-    schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
-    simulate  shared/cli/simulate.py   the provider simulator
-    stats     shared/cli/stats.py      the latest stats snapshot and trend
+up        shared/cli/up.py         run the whole system locally
+trigger, status, watch, runs, run, cancel
+          shared/cli/jobs.py       start and inspect runs
+dlq       shared/cli/dlq.py        dead letters
+schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
+simulate  shared/cli/simulate.py   the provider simulator
+stats     shared/cli/stats.py      the latest stats snapshot and trend
 """
 
 from __future__ import annotations
