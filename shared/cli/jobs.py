@@ -1,9 +1,447 @@
-"""Placeholder: filled in by the issue that owns this command group."""
+"""Starting and inspecting runs: `pulse trigger | status | watch | runs | run | cancel`.
+
+The CLI reads `runs` but never writes it: a cancel goes through
+`shared.runtime.records.request_cancel`, the one writer of run records.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import re
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import nats.js.errors
 import typer
+from pydantic import ValidationError
+
+from shared.errors import InvalidRequest
+from shared.names import JOBS, Collections
+from shared.requests import MSG_ID_HEADER, publish_request
+from shared.schemas import JobRequest, RunRecord, RunStatus, Trigger, new_run_id, utcnow
+from shared.settings import Settings
+
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Connections,
+    check_job,
+    cli_settings,
+    connect,
+    console,
+    err_console,
+    fail,
+    operator,
+    parse_duration,
+    parse_since,
+    parse_time,
+    print_json,
+    run_async,
+)
+from .render import collect_status, live_status, run_detail, run_json, runs_table, status_json, status_table
+
+_SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+#: Requests read at most when looking for a queued run (a backlog is rarely this long).
+_QUEUE_SCAN_LIMIT = 10_000
+#: How often `--wait` re-reads the run record: quick enough to feel live, cheap for the store.
+_POLL_S = 0.25
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+# -- input parsing -----------------------------------------------------------------------
+
+
+def parse_args(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs into a dict; VALUE is JSON when it parses (numbers, true, lists), else text."""
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not _ARG_KEY_RE.match(key):
+            fail(f"--arg {pair!r}: expected KEY=VALUE with KEY made of letters, digits, '_' or '-'")
+        try:
+            args[key] = json.loads(raw)
+        except ValueError:
+            args[key] = raw
+    return args
+
+
+def run_id_for(job: str, trigger: Trigger, key: str | None) -> str:
+    """The run id of a manual/delayed request; the same `key` always gives the same id.
+
+    A key that is already safe in a run id is used as is (readable in `pulse runs`);
+    anything else is hashed, so any text can serve as an idempotency key.
+    """
+    if key is None:
+        return new_run_id(job, trigger)
+    if _SAFE_KEY_RE.match(key):
+        return new_run_id(job, trigger, key)
+    return new_run_id(job, trigger, "k" + hashlib.sha256(key.encode()).hexdigest()[:32])
+
+
+# -- trigger -------------------------------------------------------------------------------
+
+
+async def _find_run(conns: Connections, run_id: str) -> RunRecord | None:
+    doc = await conns.db[Collections.RUNS].find_one({"_id": run_id})
+    return RunRecord.model_validate(doc) if doc is not None else None
+
+
+async def _queued_count(conns: Connections, job: str) -> int | None:
+    names = conns.settings.names
+    try:
+        info = await conns.js.consumer_info(names.jobs_stream, names.consumer_name(job))
+    except Exception:  # no consumer yet: the job's service has never started
+        return None
+    pending: int = info.num_pending
+    return pending
+
+
+async def wait_for_run(conns: Connections, run_id: str, job: str, timeout_s: float | None) -> RunRecord | None:
+    """Show the progress of `run_id` until it ends; None when `timeout_s` passed first."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with err_console.status(f"{run_id}: queued") as spinner:
+        while deadline is None or time.monotonic() < deadline:
+            record = await _find_run(conns, run_id)
+            if record is not None and record.status.is_terminal:
+                return record
+            spinner.update(await _progress_text(conns, run_id, job, record))
+            await asyncio.sleep(_POLL_S)
+    return None
+
+
+async def _progress_text(conns: Connections, run_id: str, job: str, record: RunRecord | None) -> str:
+    if record is None:
+        waiting = await _queued_count(conns, job)
+        where = "no consumer yet: is the service running?" if waiting is None else f"{waiting} waiting"
+        return f"{run_id}: queued ({where})"
+    attempt = record.attempt_count or len(record.attempts)
+    text = f"{run_id}: {record.status.value}, attempt {attempt}"
+    if record.status is RunStatus.RETRYING and record.error:
+        text += f" (last error: {record.error.splitlines()[0][:80]})"
+    return text
+
+
+async def _delayed_exists(conns: Connections, job: str, run_id: str) -> bool:
+    from shared.delayed import list_delayed
+
+    return any(request.run_id == run_id for request, _ in await list_delayed(conns.js, conns.settings.names, job))
+
+
+async def _trigger(
+    job: str, args: dict[str, Any], at: datetime | None, key: str | None, wait: bool, timeout_s: float | None,
+    as_json: bool,
+) -> int:
+    settings = cli_settings()
+    check_job(settings, job)
+    trigger = Trigger.DELAYED if at is not None else Trigger.MANUAL
+    run_id = run_id_for(job, trigger, key)
+    try:
+        request = JobRequest(
+            run_id=run_id, job=job, trigger=trigger, scheduled_for=at or utcnow(), requested_by=operator(), args=args
+        )
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid request for {job}: {exc.errors()[0]['msg']}") from None
+    async with connect(settings) as conns:
+        existing = await _find_run(conns, run_id) if key is not None else None
+        duplicate = existing is not None
+        if existing is None and at is not None:
+            from shared.delayed import schedule_delayed
+
+            if key is not None and await _delayed_exists(conns, job, run_id):
+                duplicate = True
+            else:
+                await schedule_delayed(conns.js, settings.names, request, at)
+        elif existing is None:
+            ack = await publish_request(conns.js, settings.names, request)
+            duplicate = bool(ack.duplicate)
+        _report_trigger(run_id, job, at, duplicate, existing, as_json and not wait)
+        if not wait:
+            return EXIT_OK
+        record = existing if existing is not None and existing.status.is_terminal else None
+        record = record or await wait_for_run(conns, run_id, job, timeout_s)
+    if record is None:
+        fail(f"{run_id} did not end within {timeout_s:g}s; follow it with: pulse run {run_id}", EXIT_FAILED)
+    if as_json:
+        print_json(run_json(record))
+    else:
+        console.print(f"{run_id} ended [bold]{record.status.value}[/] after "
+                      f"{record.attempt_count or len(record.attempts)} attempt(s)", highlight=False)
+        if record.error:
+            console.print(f"error: {record.error}", highlight=False, markup=False)
+    return EXIT_OK if record.status is RunStatus.COMPLETED else EXIT_FAILED
+
+
+def _report_trigger(
+    run_id: str, job: str, at: datetime | None, duplicate: bool, existing: RunRecord | None, as_json: bool
+) -> None:
+    if as_json:
+        print_json({"run_id": run_id, "job": job, "at": at.isoformat() if at else None, "duplicate": duplicate,
+                    "status": existing.status.value if existing else None})
+        return
+    # The run id alone goes to stdout so scripts can capture it; the story goes to stderr.
+    console.print(run_id, highlight=False, markup=False)
+    if existing is not None:
+        err_console.print(f"same --key as an existing run: {run_id} is {existing.status.value}; not started again")
+    elif duplicate:
+        err_console.print("same --key as a request already queued; not started again")
+    elif at is not None:
+        err_console.print(f"{job} will run at {at.isoformat()} (cancel with: pulse cancel {run_id})")
+
+
+def trigger(
+    job: Annotated[str, typer.Argument(help=f"The job to run: one of {', '.join(JOBS)}.", show_default=False)],
+    arg: Annotated[list[str] | None, typer.Option("--arg", "-a", help="KEY=VALUE argument (repeatable).")] = None,
+    in_: Annotated[str | None, typer.Option("--in", help="Run once after this delay: 90s, 5m, 1h30m.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="Run once at this time (ISO 8601 with timezone).")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Idempotency key: the same key twice gives one run.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the run ends; exit 0 if completed.")
+    ] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after SECONDS.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a job now (or once later) and print its run_id.
+
+    Example: pulse trigger market_sync --wait ;  pulse trigger stats --in 10m --key nightly-2026-01-01
+    """
+    if in_ is not None and at is not None:
+        fail("give either --in or --at, not both")
+    when = None
+    if in_ is not None:
+        when = datetime.now(UTC) + parse_duration(in_, option="--in")
+    elif at is not None:
+        when = parse_time(at, option="--at")
+        if when <= datetime.now(UTC):
+            fail(f"--at {at!r} is in the past; to run now, leave out --at")
+    if timeout is not None and timeout <= 0:
+        fail("--timeout must be a positive number of seconds")
+    args = parse_args(arg or [])
+    raise typer.Exit(run_async(lambda: _trigger(job, args, when, key, wait, timeout, as_json)))
+
+
+# -- status / watch ---------------------------------------------------------------------------
+
+
+def _jobs_option(settings_job: list[str] | None) -> tuple[str, ...]:
+    if not settings_job:
+        return JOBS
+    for job in settings_job:
+        if job not in JOBS:
+            fail(f"unknown job {job!r}: expected one of {', '.join(JOBS)}")
+    return tuple(settings_job)
+
+
+JobsOpt = Annotated[list[str] | None, typer.Option("--job", "-j", help="Only this job (repeatable).")]
+
+
+def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
+    """Per job: schedule and next fire, paused, last run, freshness, failures, queue.
+
+    Example: pulse status ;  pulse status --job whale_sync --json
+    """
+    settings = cli_settings()
+    jobs = _jobs_option(job)
+
+    async def _run() -> None:
+        async with connect(settings) as conns:
+            rows = await collect_status(conns.js, conns.db, settings, jobs)
+        if as_json:
+            print_json(status_json(rows))
+        else:
+            console.print(status_table(rows))
+
+    run_async(_run)
+
+
+async def watch_status(
+    settings: Settings, jobs: tuple[str, ...], *, once: bool, for_s: float | None, interval_s: float
+) -> None:
+    """Render the status view once, or live until `for_s` passes (or Ctrl-C)."""
+    async with connect(settings) as conns:
+        if once:
+            console.print(status_table(await collect_status(conns.js, conns.db, settings, jobs)))
+            return
+        stop = asyncio.Event()
+        if for_s is not None:
+            asyncio.get_running_loop().call_later(for_s, stop.set)
+        await live_status(conns.nats, conns.js, conns.db, settings, jobs, stop=stop, interval_s=interval_s,
+                          console=console)
+
+
+def watch(
+    job: JobsOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="Render the view once and exit.")] = False,
+    for_: Annotated[float | None, typer.Option("--for", help="Stop after SECONDS (default: until Ctrl-C).")] = None,
+    interval: Annotated[float, typer.Option("--interval", help="Refresh at least every SECONDS.")] = 2.0,
+) -> None:
+    """The status view, live: refreshed on every run event, and every --interval seconds.
+
+    Example: pulse watch ;  pulse watch --job market_sync --for 60
+    """
+    settings = cli_settings()
+    jobs = _jobs_option(job)
+    if interval <= 0 or (for_ is not None and for_ <= 0):
+        fail("--interval and --for must be positive numbers of seconds")
+    try:
+        run_async(lambda: watch_status(settings, jobs, once=once, for_s=for_, interval_s=interval))
+    except typer.Exit as exc:
+        if exc.exit_code != 130:  # Ctrl-C is how a watch normally ends
+            raise
+
+
+# -- runs / run -------------------------------------------------------------------------------
+
+
+def runs(
+    job: Annotated[str | None, typer.Option("--job", "-j", help="Only runs of this job.")] = None,
+    status_: Annotated[str | None, typer.Option("--status", "-s", help="Only runs with this status.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Started after: 2h, 1d or an ISO time.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many runs.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent runs, newest first.
+
+    Example: pulse runs --job market_sync --status failed --since 1d
+    """
+    settings = cli_settings()
+    query: dict[str, Any] = {}
+    if job is not None:
+        query["job"] = check_job(settings, job)
+    if status_ is not None:
+        if status_ not in {s.value for s in RunStatus}:
+            fail(f"unknown status {status_!r}: expected one of {', '.join(s.value for s in RunStatus)}")
+        query["status"] = status_
+    if since is not None:
+        query["started_at"] = {"$gte": parse_since(since)}
+
+    async def _run() -> None:
+        async with connect(settings, setup=False) as conns:
+            cursor = conns.db[Collections.RUNS].find(query).sort([("started_at", -1), ("_id", -1)]).limit(limit)
+            records = [RunRecord.model_validate(doc) async for doc in cursor]
+        if as_json:
+            print_json([run_json(r) for r in records])
+        elif not records:
+            err_console.print("no runs match")
+        else:
+            console.print(runs_table(records))
+
+    run_async(_run)
+
+
+def run(
+    run_id: Annotated[str, typer.Argument(help="The run's id, as printed by trigger or runs.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """One run: status, attempt history with errors and timings, summary.
+
+    Example: pulse run market_sync:manual:3f2a9c...
+    """
+    settings = cli_settings()
+
+    async def _run() -> int:
+        async with connect(settings, setup=False) as conns:
+            record = await _find_run(conns, run_id)
+        if record is None:
+            fail(f"no run {run_id!r} is recorded (a queued run has no record until it starts); "
+                 "list runs with: pulse runs", EXIT_FAILED)
+        if as_json:
+            print_json(run_json(record))
+        else:
+            console.print(run_detail(record))
+        return EXIT_OK
+
+    raise typer.Exit(run_async(_run))
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a queued, delayed, retrying or running run; it ends `canceled` at its next check point.
+
+    Example: pulse cancel whale_sync:manual:5d1c...
+    """
+    settings = cli_settings()
+    job = run_id.split(":", 1)[0]
+    check_job(settings, job)
+
+    async def _run() -> int:
+        from shared.delayed import cancel_delayed
+        from shared.runtime.records import request_cancel
+
+        async with connect(settings) as conns:
+            existing = await _find_run(conns, run_id)
+            if existing is not None and existing.status.is_terminal:
+                fail(f"{run_id} already ended {existing.status.value}; nothing to cancel", EXIT_FAILED)
+            if existing is None and await cancel_delayed(conns.js, settings.names, run_id):
+                # It never reached the queue: removing the held request is the whole cancel.
+                _report_cancel(run_id, "canceled", delayed=True, as_json=as_json)
+                return EXIT_OK
+            if existing is None and not await _request_queued(conns, job, run_id):
+                # request_cancel would record a typo as a queued run that never ends.
+                fail(f"no run {run_id!r} is queued, delayed or recorded; list runs with: pulse runs", EXIT_FAILED)
+            try:
+                record = await request_cancel(conns.db, run_id, job)
+            except LookupError:
+                fail(f"run {run_id!r} disappeared while canceling (removed by retention?)", EXIT_FAILED)
+            # A hint so a worker holding the run can stop before its next heartbeat; the
+            # record written above is what the runtime trusts.
+            await conns.nats.publish(settings.names.cancel_subject(job), run_id.encode())
+            await conns.nats.flush(timeout=max(1, int(settings.nats_connect_timeout_s)))
+        _report_cancel(run_id, record.status.value, delayed=False, as_json=as_json)
+        return EXIT_OK
+
+    raise typer.Exit(run_async(_run))
+
+
+def _report_cancel(run_id: str, status: str, *, delayed: bool, as_json: bool) -> None:
+    if as_json:
+        print_json({"run_id": run_id, "status": status, "delayed_request_removed": delayed, "cancel_requested": True})
+    elif delayed:
+        console.print(f"{run_id} canceled: the delayed request was removed before it fired", highlight=False)
+    elif status == RunStatus.CANCELED.value:
+        console.print(f"{run_id} canceled", highlight=False)
+    else:
+        console.print(f"{run_id} is {status}: cancel requested, it stops at its next check point "
+                      f"(follow with: pulse run {run_id})", highlight=False)
+
+
+async def _request_queued(conns: Connections, job: str, run_id: str) -> bool:
+    """Whether a request for `run_id` waits in JOBS (a bounded scan of the job's subject)."""
+    names = conns.settings.names
+    subject = names.job_subject(job)
+    seq = 1
+    for _ in range(_QUEUE_SCAN_LIMIT):
+        try:
+            message = await conns.js.get_msg(names.jobs_stream, seq=seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        headers = message.headers or {}
+        if headers.get(MSG_ID_HEADER) == run_id:
+            return True
+        try:
+            if json.loads(message.data or b"{}").get("run_id") == run_id:
+                return True
+        except (ValueError, AttributeError):
+            pass
+        if message.seq is None:
+            return False
+        seq = message.seq + 1
+    return False
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add trigger, status, watch, runs, run and cancel to `app`."""
+    app.command()(trigger)
+    app.command()(status)
+    app.command()(watch)
+    app.command()(runs)
+    app.command()(run)
+    app.command()(cancel)

@@ -1,0 +1,427 @@
+"""The status view shared by `pulse status`, `pulse watch` and `pulse up`, and run tables.
+
+`collect_status` reads (never writes) the three places that together say how a job is
+doing: its schedule (settings, overridden by the `schedules` KV bucket), its queue (the
+job's JetStream consumer) and its history (`runs`). The `*_table` functions turn that
+into rich renderables; `status_json` and `run_json` give the same facts as plain data
+for `--json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from shared.names import JOBS, Collections
+from shared.schedules import parse_schedule
+from shared.schemas import RunRecord, RunStatus
+from shared.settings import Settings
+from shared.store import Database
+
+from .common import ago, as_utc, human_seconds
+
+#: How many recent finished runs are read to count consecutive failures.
+_FAILURE_WINDOW = 50
+_FAILED = (RunStatus.FAILED.value, RunStatus.TIMED_OUT.value)
+_ACTIVE = (RunStatus.RUNNING.value, RunStatus.RETRYING.value)
+
+STATUS_STYLE = {
+    "completed": "green",
+    "running": "cyan",
+    "retrying": "yellow",
+    "queued": "blue",
+    "failed": "bold red",
+    "timed_out": "red",
+    "canceled": "magenta",
+    "skipped": "dim",
+}
+
+
+@dataclass
+class JobStatus:
+    """Everything `pulse status` shows about one job."""
+
+    job: str
+    schedule: str
+    schedule_source: str  # "settings" or "kv" (a runtime override)
+    enabled: bool
+    paused: bool
+    next_fire: datetime | None
+    last_run_id: str | None = None
+    last_status: str | None = None
+    last_ended_at: datetime | None = None
+    last_started_at: datetime | None = None
+    last_success_at: datetime | None = None
+    stale_after_s: float = 0.0
+    fresh: bool | None = None  # None: never succeeded
+    consecutive_failures: int = 0
+    alert_after_failures: int = 0
+    waiting: int | None = None  # None: the job's consumer does not exist yet
+    in_flight: int | None = None
+    running_records: int = 0
+    alerts: list[str] = field(default_factory=list)
+
+
+async def _schedule_override(js: JetStreamContext, settings: Settings, job: str) -> dict[str, Any] | None:
+    try:
+        kv = await js.key_value(settings.names.schedules_bucket)
+        entry = await kv.get(job)
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        return None
+    if not entry.value:
+        return None
+    try:
+        value = json.loads(entry.value)
+    except ValueError:
+        return None  # a corrupt override is the schedule command's problem; show settings
+    return value if isinstance(value, dict) else None
+
+
+async def _queue(js: JetStreamContext, settings: Settings, job: str) -> tuple[int | None, int | None]:
+    names = settings.names
+    try:
+        info = await js.consumer_info(names.jobs_stream, names.consumer_name(job))
+    except nats.js.errors.NotFoundError:
+        return None, None
+    return info.num_pending, info.num_ack_pending
+
+
+async def _consecutive_failures(db: Database, job: str) -> int:
+    cursor = (
+        db[Collections.RUNS]
+        .find({"job": job, "ended_at": {"$ne": None}}, {"status": 1})
+        .sort("ended_at", -1)
+        .limit(_FAILURE_WINDOW)
+    )
+    count = 0
+    async for doc in cursor:
+        status = doc.get("status")
+        if status == RunStatus.COMPLETED.value:
+            break
+        if status in _FAILED:
+            count += 1
+        # skipped/canceled runs neither break nor extend a failure streak
+    return count
+
+
+async def collect_job_status(js: JetStreamContext, db: Database, settings: Settings, job: str) -> JobStatus:
+    """Read the schedule, queue and history of `job`."""
+    now = datetime.now(UTC)
+    policy = settings.jobs.for_job(job)
+    override = await _schedule_override(js, settings, job)
+    schedule_text = policy.schedule
+    source = "settings"
+    paused = False
+    if override is not None:
+        if isinstance(override.get("schedule"), str) and override["schedule"]:
+            schedule_text = override["schedule"]
+            source = "kv"
+        paused = bool(override.get("paused", False))
+    try:
+        next_fire: datetime | None = parse_schedule(schedule_text).next_slot(now)
+    except ValueError:
+        next_fire = None
+    if paused or not policy.enabled:
+        next_fire = None
+
+    runs = db[Collections.RUNS]
+    last = await runs.find_one({"job": job}, sort=[("requested_at", -1), ("started_at", -1)])
+    success = await runs.find_one({"job": job, "status": RunStatus.COMPLETED.value}, sort=[("ended_at", -1)])
+    waiting, in_flight = await _queue(js, settings, job)
+    status = JobStatus(
+        job=job,
+        schedule=schedule_text,
+        schedule_source=source,
+        enabled=policy.enabled,
+        paused=paused,
+        next_fire=next_fire,
+        stale_after_s=policy.stale_after_s,
+        alert_after_failures=policy.alert_after_failures,
+        waiting=waiting,
+        in_flight=in_flight,
+        running_records=await runs.count_documents({"job": job, "status": {"$in": list(_ACTIVE)}}),
+        consecutive_failures=await _consecutive_failures(db, job),
+    )
+    if last is not None:
+        status.last_run_id = str(last["_id"])
+        status.last_status = last.get("status")
+        status.last_started_at = as_utc(last.get("started_at"))
+        status.last_ended_at = as_utc(last.get("ended_at"))
+    if success is not None:
+        status.last_success_at = as_utc(success.get("ended_at"))
+        if status.last_success_at is not None:
+            status.fresh = (now - status.last_success_at).total_seconds() <= policy.stale_after_s
+    if status.fresh is False or (status.fresh is None and status.last_run_id is not None):
+        status.alerts.append("stale")
+    if status.consecutive_failures >= policy.alert_after_failures:
+        status.alerts.append(f"{status.consecutive_failures} failures in a row")
+    return status
+
+
+async def collect_status(
+    js: JetStreamContext, db: Database, settings: Settings, jobs: tuple[str, ...] = JOBS
+) -> list[JobStatus]:
+    """The status of every job in `jobs`, in that order."""
+    return [await collect_job_status(js, db, settings, job) for job in jobs]
+
+
+# -- plain data (--json) ---------------------------------------------------------------
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def status_json(rows: list[JobStatus]) -> list[dict[str, Any]]:
+    """`--json` form of the status rows; times as ISO-8601 UTC strings."""
+    out = []
+    for row in rows:
+        data = asdict(row)
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = _iso(value)
+        out.append(data)
+    return out
+
+
+def run_json(record: RunRecord) -> dict[str, Any]:
+    """`--json` form of a run record (`run_id` instead of `_id`)."""
+    data: dict[str, Any] = json.loads(record.model_dump_json())
+    return data
+
+
+# -- rich renderables ---------------------------------------------------------------
+
+
+def styled_status(status: str | None) -> Text:
+    if status is None:
+        return Text("-", style="dim")
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def _freshness(row: JobStatus, now: datetime) -> Text:
+    if row.last_success_at is None:
+        return Text("never", style="red" if row.last_run_id else "dim")
+    text = ago(row.last_success_at, now)
+    return Text(text, style="green" if row.fresh else "bold red")
+
+
+def _count(value: int | None) -> Text:
+    if value is None:
+        return Text("no consumer", style="dim")
+    return Text(str(value), style="bold yellow" if value else "")
+
+
+def _schedule_cell(row: JobStatus, now: datetime) -> Text:
+    text = Text(row.schedule + ("*" if row.schedule_source == "kv" else ""))
+    if not row.enabled:
+        text.append("  disabled", style="dim")
+    elif row.paused:
+        text.append("  paused", style="bold yellow")
+    elif row.next_fire is not None:
+        text.append(f"  next {ago(row.next_fire, now)}", style="dim")
+    return text
+
+
+def status_table(rows: list[JobStatus], *, title: str | None = None) -> Table:
+    """The per-job status table (one row per job)."""
+    now = datetime.now(UTC)
+    table = Table(title=title, title_justify="left", expand=False, header_style="bold")
+    table.add_column("job", style="bold")
+    table.add_column("schedule (UTC)")
+    table.add_column("last run")
+    table.add_column("last success (stale after)")
+    table.add_column("fails", justify="right")
+    table.add_column("waiting", justify="right")
+    table.add_column("in flight", justify="right")
+    table.add_column("alerts")
+    for row in rows:
+        last = Text()
+        last.append_text(styled_status(row.last_status))
+        if row.last_run_id is not None:
+            last.append(f" {ago(row.last_ended_at or row.last_started_at, now)}", style="dim")
+        fresh = _freshness(row, now)
+        fresh.append(f" ({human_seconds(row.stale_after_s)})", style="dim")
+        fails = Text(str(row.consecutive_failures), style="bold red" if row.consecutive_failures else "")
+        alerts = Text(", ".join(row.alerts), style="bold red") if row.alerts else Text("-", style="dim")
+        table.add_row(
+            row.job, _schedule_cell(row, now), last, fresh, fails, _count(row.waiting), _count(row.in_flight), alerts
+        )
+    table.caption = "* schedule overridden at runtime (schedules KV bucket)" if any(
+        r.schedule_source == "kv" for r in rows) else None
+    return table
+
+
+def runs_table(records: list[RunRecord]) -> Table:
+    """A table of run records (newest first, as given)."""
+    table = Table(header_style="bold")
+    for column in ("run_id", "status", "trigger", "attempts", "started", "duration", "error / summary"):
+        table.add_column(column, overflow="fold")
+    now = datetime.now(UTC)
+    for record in records:
+        table.add_row(
+            record.run_id,
+            styled_status(record.status.value),
+            record.trigger.value,
+            str(record.attempt_count or len(record.attempts)),
+            ago(record.started_at, now),
+            _duration(record),
+            _short(record.error or record.reason or (json.dumps(record.summary) if record.summary else "")),
+        )
+    return table
+
+
+def _duration(record: RunRecord) -> str:
+    start, end = as_utc(record.started_at), as_utc(record.ended_at)
+    if start is None:
+        return "-"
+    return human_seconds(((end or datetime.now(UTC)) - start).total_seconds()) + ("" if end else "…")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def run_detail(record: RunRecord) -> Group:
+    """One run: its facts, its attempt history (with errors and timings) and its summary."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("run_id", record.run_id)
+    facts.add_row("job", record.job)
+    facts.add_row("status", styled_status(record.status.value))
+    facts.add_row("trigger", record.trigger.value)
+    for label, value in (
+        ("requested by", record.requested_by),
+        ("scheduled for", _iso(as_utc(record.scheduled_for))),
+        ("requested at", _iso(as_utc(record.requested_at))),
+        ("started at", _iso(as_utc(record.started_at))),
+        ("heartbeat at", _iso(as_utc(record.heartbeat_at))),
+        ("ended at", _iso(as_utc(record.ended_at))),
+        ("next attempt at", _iso(as_utc(record.next_attempt_at))),
+        ("reason", record.reason),
+    ):
+        if value:
+            facts.add_row(label, value)
+    facts.add_row("duration", _duration(record))
+    if record.args:
+        facts.add_row("args", json.dumps(record.args))
+    if record.cancel_requested:
+        facts.add_row("cancel", Text("requested", style="magenta"))
+    parts: list[Any] = [facts]
+    if record.error:
+        parts.append(Panel(record.error, title="error", border_style="red", expand=False))
+    attempts = Table(title="attempts", title_justify="left", header_style="bold")
+    for column in ("#", "started", "duration", "outcome", "worker", "error"):
+        attempts.add_column(column, overflow="fold")
+    for attempt in record.attempts:
+        end = as_utc(attempt.ended_at)
+        took = human_seconds((end - as_utc(attempt.started_at)).total_seconds()) if end else "…"  # type: ignore[operator]
+        attempts.add_row(
+            str(attempt.number), _iso(as_utc(attempt.started_at)) or "-", took,
+            styled_status(attempt.outcome), attempt.worker or "-", attempt.error or "",
+        )
+    parts.append(attempts)
+    if record.summary:
+        parts.append(Panel(json.dumps(record.summary, indent=2, default=str), title="summary", expand=False))
+    return Group(*parts)
+
+
+# -- the live view (watch, up) ----------------------------------------------------------
+
+
+@dataclass
+class EventLog:
+    """The latest run events and alerts seen on EVENTS, newest first, bounded."""
+
+    limit: int = 8
+    lines: list[Text] = field(default_factory=list)
+
+    def add(self, subject: str, payload: bytes) -> None:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        line = Text(f"{stamp} ", style="dim")
+        if ".alerts." in subject:
+            line.append(f"ALERT {data.get('job')} {data.get('kind')}: ", style="bold red")
+            line.append(str(data.get("detail", ""))[:120])
+        else:
+            line.append(f"{data.get('job')} ")
+            line.append_text(styled_status(data.get("status")))
+            line.append(f" {data.get('run_id')}", style="dim")
+            if data.get("duration_ms") is not None:
+                line.append(f" {human_seconds(data['duration_ms'] / 1000)}", style="dim")
+            if data.get("error"):
+                line.append(f"  {str(data['error']).splitlines()[0][:100]}", style="red")
+        self.lines.insert(0, line)
+        del self.lines[self.limit:]
+
+    def panel(self) -> Panel:
+        body: Any = Group(*self.lines) if self.lines else Text("waiting for run events…", style="dim")
+        return Panel(body, title="recent events", title_align="left", border_style="dim")
+
+
+async def live_status(
+    nats_client: NatsClient,
+    js: JetStreamContext,
+    db: Database,
+    settings: Settings,
+    jobs: tuple[str, ...],
+    *,
+    stop: asyncio.Event,
+    interval_s: float,
+    console: Console,
+    header: Callable[[], RenderableType] | None = None,
+) -> None:
+    """Show the status view live until `stop` is set.
+
+    The view is re-read after each run event or alert (core-NATS subscription on the
+    EVENTS subjects, so no consumer is left behind) and at least every `interval_s`.
+    """
+    names = settings.names
+    log = EventLog()
+    changed = asyncio.Event()
+
+    async def _on_event(msg: Msg) -> None:
+        log.add(msg.subject, msg.data)
+        changed.set()
+
+    subs = [await nats_client.subscribe(subject, cb=_on_event)
+            for subject in (names.run_events_wildcard(), names.alerts_wildcard())]
+
+    async def _view() -> Group:
+        rows = await collect_status(js, db, settings, jobs)
+        title = f"marketpulse · {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC · Ctrl-C to stop"
+        parts: list[RenderableType] = [header()] if header is not None else []
+        return Group(*parts, status_table(rows, title=title), log.panel())
+
+    try:
+        with Live(await _view(), console=console, refresh_per_second=4, transient=False) as live:
+            while not stop.is_set():
+                waiters = [asyncio.ensure_future(changed.wait()), asyncio.ensure_future(stop.wait())]
+                _, pending = await asyncio.wait(waiters, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                changed.clear()
+                if not stop.is_set():
+                    live.update(await _view())
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
