@@ -10,7 +10,14 @@ Forms (as written in settings, the `schedules` KV bucket and the CLI):
     monthly on 1 at 00:00                        day 1 of every month; months without the day are skipped
 
 A *slot* is an instant the schedule names. Every replica computes the same slots from
-the same schedule, which is what makes `run_id`s deterministic.
+the same schedule, which is what makes `run_id`s deterministic: interval slots are whole
+multiples of the interval since 1970-01-01T00:00:00Z (so `every 5m` fires at :00, :05,
+... whatever the start-up time), cron slots are whole minutes.
+
+This module also defines the runtime *override* of a job's schedule, as stored (JSON)
+under the job's key in the `schedules` KV bucket, and how an override and the job's
+policy combine into the `EffectiveSchedule` the ticker obeys and `pulse schedule list`
+shows. The ticker and the CLI share it, so both read the same document the same way.
 """
 
 from __future__ import annotations
@@ -18,23 +25,38 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
-from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.schemas import UtcDatetime, utcnow
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DAYS = {"mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6, "sun": 0}
+_UNITS = {
+    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+}  # fmt: skip
+# croniter numbers the days of the week from 0 = Sunday.
+_DAYS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+_FULL_DAYS = {"sunday": 0, "monday": 1, "tuesday": 2, "wednesday": 3, "thursday": 4, "friday": 5, "saturday": 6}
+#: Longest interval accepted: a year. Longer "intervals" are calendar schedules (use cron).
+MAX_INTERVAL_S = 366 * 86400
 
-_EVERY_RE = re.compile(r"^every\s+(\d+)\s*([smhd])$")
-_HOURLY_RE = re.compile(r"^hourly\s+at\s+:(\d{1,2})$")
+_EVERY_RE = re.compile(r"^every\s+(\d+)\s*([a-z]+)$")
+_HOURLY_RE = re.compile(r"^hourly\s+at\s+:?(\d{1,2})$")
 _DAILY_RE = re.compile(r"^daily\s+at\s+(\d{1,2}):(\d{2})$")
-_WEEKLY_RE = re.compile(r"^weekly\s+on\s+(\w+)\s+at\s+(\d{1,2}):(\d{2})$")
+_WEEKLY_RE = re.compile(r"^weekly\s+on\s+(\S+)\s+at\s+(\d{1,2}):(\d{2})$")
 _MONTHLY_RE = re.compile(r"^monthly\s+on\s+(\d{1,2})\s+at\s+(\d{1,2}):(\d{2})$")
 
 GRAMMAR = (
     "'every <n><s|m|h|d>', 'cron <5 fields>', 'hourly at :MM', 'daily at HH:MM', "
     "'weekly on <mon..sun> at HH:MM' or 'monthly on <1-31> at HH:MM'"
 )
+
+ScheduleKind = Literal["interval", "cron", "hourly", "daily", "weekly", "monthly"]
 
 
 def _utc(moment: datetime) -> datetime:
@@ -49,31 +71,39 @@ class IntervalSchedule:
 
     seconds: int
     text: str
+    kind: ScheduleKind = "interval"
 
     def previous_slot(self, now: datetime) -> datetime:
-        elapsed = int((_utc(now) - _EPOCH).total_seconds())
+        """The latest slot at or before `now`."""
+        elapsed = (_utc(now) - _EPOCH) // timedelta(seconds=1)  # floor, also before the epoch
         return _EPOCH + timedelta(seconds=elapsed - elapsed % self.seconds)
 
     def next_slot(self, after: datetime) -> datetime:
+        """The first slot strictly after `after`."""
         return self.previous_slot(after) + timedelta(seconds=self.seconds)
 
 
 @dataclass(frozen=True)
 class CronSchedule:
-    """A 5-field cron expression evaluated in UTC."""
+    """A 5-field cron expression evaluated in UTC (minute resolution)."""
 
     expression: str
     text: str
+    kind: ScheduleKind = "cron"
 
     def previous_slot(self, now: datetime) -> datetime:
+        """The latest slot at or before `now`."""
         now = _utc(now)
-        # croniter's get_prev is strict (< now); a slot exactly at `now` is current.
-        if croniter.match(self.expression, now) and now.second == 0 and now.microsecond == 0:
-            return now
-        prev: datetime = croniter(self.expression, now).get_prev(datetime)
+        minute = now.replace(second=0, microsecond=0)
+        # croniter's get_prev is strict (< start); the minute containing `now` is a slot
+        # at or before `now` whenever the expression matches it.
+        if croniter.match(self.expression, minute):
+            return minute
+        prev: datetime = croniter(self.expression, minute).get_prev(datetime)
         return prev.astimezone(UTC)
 
     def next_slot(self, after: datetime) -> datetime:
+        """The first slot strictly after `after`."""
         nxt: datetime = croniter(self.expression, _utc(after)).get_next(datetime)
         return nxt.astimezone(UTC)
 
@@ -81,51 +111,168 @@ class CronSchedule:
 Schedule = IntervalSchedule | CronSchedule
 
 
+def _invalid(text: str, why: str) -> ValueError:
+    return ValueError(f"invalid schedule {text!r}: {why}")
+
+
 def _check(value: int, low: int, high: int, what: str, text: str) -> int:
     if not low <= value <= high:
-        raise ValueError(f"invalid schedule {text!r}: {what} must be {low}..{high}, got {value}")
+        raise _invalid(text, f"{what} must be {low}..{high}, got {value}")
     return value
 
 
-def _cron(expression: str, text: str) -> CronSchedule:
+def _cron(expression: str, text: str, kind: ScheduleKind = "cron") -> CronSchedule:
     fields = expression.split()
     if len(fields) != 5:
-        raise ValueError(f"invalid schedule {text!r}: a cron expression has 5 fields, got {len(fields)}")
+        raise _invalid(
+            text, f"a cron expression has 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
+        )
     try:
+        # get_next finds impossible dates (Feb 30) as well as bad fields.
         croniter(expression, datetime(2026, 1, 1, tzinfo=UTC)).get_next(datetime)
-    except (CroniterBadCronError, CroniterBadDateError, ValueError, KeyError) as exc:
-        raise ValueError(f"invalid schedule {text!r}: bad cron expression ({exc})") from None
-    return CronSchedule(expression=" ".join(fields), text=text)
+    except CroniterBadDateError:
+        raise _invalid(text, "the cron expression never matches a real date") from None
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise _invalid(text, f"bad cron expression ({exc})") from None
+    return CronSchedule(expression=" ".join(fields), text=text, kind=kind)
+
+
+def _weekday(name: str, text: str) -> int:
+    day = _DAYS.get(name, _FULL_DAYS.get(name))
+    if day is None:
+        raise _invalid(text, f"the day must be one of mon, tue, wed, thu, fri, sat, sun, got {name!r}")
+    return day
 
 
 def parse_schedule(text: str) -> Schedule:
-    """Parse a schedule, or raise ValueError saying what is wrong and what is expected."""
+    """Parse a schedule, or raise ValueError saying what is wrong and what is expected.
+
+    Args:
+        text: one of the forms in the module docstring, case and spacing free.
+
+    Raises:
+        ValueError: the text is not a schedule; the message names the fault.
+    """
     normalized = " ".join(text.strip().lower().split())
     if normalized.startswith("cron "):
         return _cron(normalized.removeprefix("cron "), text)
     if match := _EVERY_RE.match(normalized):
-        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+        unit = _UNITS.get(match.group(2))
+        if unit is None:
+            raise _invalid(text, f"unknown unit {match.group(2)!r}; use s, m, h or d")
+        seconds = int(match.group(1)) * unit
         if seconds < 1:
-            raise ValueError(f"invalid schedule {text!r}: the interval must be at least 1s")
+            raise _invalid(text, "the interval must be at least 1s")
+        if seconds > MAX_INTERVAL_S:
+            raise _invalid(text, "the interval must be at most 366d; use a cron schedule for longer periods")
         return IntervalSchedule(seconds=seconds, text=text)
     if match := _HOURLY_RE.match(normalized):
         minute = _check(int(match.group(1)), 0, 59, "the minute", text)
-        return CronSchedule(expression=f"{minute} * * * *", text=text)
+        return _cron(f"{minute} * * * *", text, "hourly")
     if match := _DAILY_RE.match(normalized):
         hour = _check(int(match.group(1)), 0, 23, "the hour", text)
         minute = _check(int(match.group(2)), 0, 59, "the minute", text)
-        return CronSchedule(expression=f"{minute} {hour} * * *", text=text)
+        return _cron(f"{minute} {hour} * * *", text, "daily")
     if match := _WEEKLY_RE.match(normalized):
-        day_name = match.group(1)[:3]
-        if match.group(1) not in _DAYS and not any(full.startswith(match.group(1)) for full in (
-            "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")):
-            raise ValueError(f"invalid schedule {text!r}: the day must be one of mon, tue, wed, thu, fri, sat, sun")
+        day = _weekday(match.group(1), text)
         hour = _check(int(match.group(2)), 0, 23, "the hour", text)
         minute = _check(int(match.group(3)), 0, 59, "the minute", text)
-        return CronSchedule(expression=f"{minute} {hour} * * {_DAYS[day_name]}", text=text)
+        return _cron(f"{minute} {hour} * * {day}", text, "weekly")
     if match := _MONTHLY_RE.match(normalized):
         day = _check(int(match.group(1)), 1, 31, "the day of the month", text)
         hour = _check(int(match.group(2)), 0, 23, "the hour", text)
         minute = _check(int(match.group(3)), 0, 59, "the minute", text)
-        return CronSchedule(expression=f"{minute} {hour} {day} * *", text=text)
-    raise ValueError(f"invalid schedule {text!r}: expected {GRAMMAR}")
+        return _cron(f"{minute} {hour} {day} * *", text, "monthly")
+    if normalized.startswith("weekly") and re.search(r"\bon\s+\d", normalized):
+        raise _invalid(text, "a weekly schedule takes a day of the week (mon..sun), not a day of the month")
+    raise _invalid(text, f"expected {GRAMMAR}")
+
+
+# -- runtime overrides (the `schedules` KV bucket) ------------------------------------
+
+
+class ScheduleOverride(BaseModel):
+    """A job's runtime schedule override: the JSON value under its key in `schedules`.
+
+    `schedule` None keeps the policy's default schedule (an override may only pause).
+    `resumed_at` fences a resume: slots before it never fire, so resuming a paused job
+    does not fire the slots it skipped while paused (the next slot fires as usual).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schedule: str | None = None
+    paused: bool = False
+    resumed_at: UtcDatetime | None = None
+    updated_at: UtcDatetime = Field(default_factory=utcnow)
+    updated_by: str = Field("unknown", max_length=200)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_is_valid(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_schedule(value)
+        return value
+
+    def to_bytes(self) -> bytes:
+        """The stored JSON form."""
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ScheduleOverride:
+        """Parse a stored value, or raise ValueError naming the fault."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"invalid schedule override ({problems})") from None
+
+
+@dataclass(frozen=True)
+class EffectiveSchedule:
+    """What the ticker obeys for one job: the policy default combined with any override."""
+
+    job: str
+    schedule: Schedule
+    source: Literal["default", "override"]
+    paused: bool
+    enabled: bool
+    resumed_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        """True when the ticker requests this job on its slots."""
+        return self.enabled and not self.paused
+
+    def due_slot(self, now: datetime) -> datetime | None:
+        """The latest slot at or before `now` that may fire, or None when none may."""
+        if not self.active:
+            return None
+        slot = self.schedule.previous_slot(now)
+        if self.resumed_at is not None and slot < self.resumed_at:
+            return None
+        return slot
+
+    def next_fire(self, now: datetime) -> datetime | None:
+        """When this job next fires after `now` (None when disabled or paused)."""
+        if not self.active:
+            return None
+        slot = self.schedule.next_slot(now)
+        if self.resumed_at is not None and slot < self.resumed_at:
+            slot = self.schedule.next_slot(self.resumed_at - timedelta(microseconds=1))
+        return slot
+
+
+def effective_schedule(
+    job: str, default: str, *, enabled: bool, override: ScheduleOverride | None
+) -> EffectiveSchedule:
+    """Combine a job's default schedule (from its policy) with its runtime override."""
+    text = override.schedule if override is not None and override.schedule is not None else default
+    return EffectiveSchedule(
+        job=job,
+        schedule=parse_schedule(text),
+        source="override" if override is not None and override.schedule is not None else "default",
+        paused=override.paused if override is not None else False,
+        enabled=enabled,
+        resumed_at=override.resumed_at if override is not None else None,
+    )

@@ -1,0 +1,324 @@
+"""The ticker loop: turn each job's effective schedule into exactly one request per slot.
+
+How "exactly one" holds across replicas and restarts:
+
+1. Every replica computes the same latest due slot of a job (`shared.schedules`) and
+   the same `run_id` (`scheduled_run_id(job, slot)`).
+2. A replica *claims* the slot with a compare-and-set on the job's key in the `ticker`
+   bucket (state `published: false`). Of replicas racing with the same revision exactly
+   one wins; the others see the conflict, re-read, and stand down.
+3. The winner publishes the request with `Nats-Msg-Id: <run_id>` (a second guard:
+   JetStream drops a repeat within `duplicate_window_s`), then confirms the claim
+   (`published: true`) with another compare-and-set.
+4. A crash between claim and confirm leaves an unconfirmed claim. Once it is older than
+   `claim_grace_s`, and while it is still the job's latest slot, any replica (or the
+   restarted ticker) publishes it again; the msg-id dedupe makes that harmless when the
+   first publish did get through. Beyond the duplicate window the repeat could enqueue a
+   second copy; the runtime's run record, keyed by `run_id`, still runs it once.
+
+After downtime only the latest missed slot fires (`decide` never looks further back),
+once. A job without state (first deployment, new job) fires its latest slot at start-up.
+
+Runtime changes: the `schedules` bucket is watched; an override (new schedule, pause,
+resume) is applied as soon as its update arrives (milliseconds), and the loop is woken
+to re-plan. A schedule change fires the new schedule's latest slot at once only if that
+slot is newer than the job's last fired slot. Pausing stops firing; resuming writes a
+`resumed_at` fence, so slots that fell while paused never fire and the next slot after
+the resume fires as usual. Disabled jobs (`PULSE_JOBS__<JOB>__ENABLED=false`) never fire,
+whatever the override says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from services.ticker.metrics import TickerMetrics
+from services.ticker.slots import Action, Decision, SlotState, decide
+from services.ticker.state import SlotStore, Stored
+from shared.names import JOBS
+from shared.requests import publish_request
+from shared.schedules import EffectiveSchedule, ScheduleOverride, effective_schedule
+from shared.schemas import JobRequest, Trigger, scheduled_run_id, utcnow
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Races lost in a row before a job's evaluation gives up until the next wake.
+_MAX_CLAIM_TRIES = 3
+
+
+class Clock(Protocol):
+    """Where the ticker reads the time (a fake one in tests)."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class SystemClock:
+    """The wall clock."""
+
+    def now(self) -> datetime:
+        return utcnow()
+
+
+@dataclass(frozen=True)
+class Fired:
+    """One request this replica published for a slot."""
+
+    job: str
+    slot: datetime
+    run_id: str
+    lateness_s: float
+    catch_up: bool
+    republished: bool
+    duplicate: bool
+
+
+def default_replica_id() -> str:
+    """`<host>-<pid>`: unique per process, readable in the `ticker` bucket."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Ticker:
+    """Publishes one request per schedule slot of every enabled, unpaused job.
+
+    Drive it with `run()` (the service loop) or call `tick()` directly (tests): `tick()`
+    evaluates every job once at `clock.now()`, never sleeps, and returns what it fired.
+
+    Args:
+        settings: job policies (default schedules, enabled), names, duplicate window.
+        js: JetStream context; the streams and buckets must exist (`ensure_topology`).
+        clock: time source.
+        metrics: where lateness and counts go; a private registry when None.
+        replica: this replica's name in claims.
+        claim_grace_s: age of an unconfirmed claim before it is published again.
+        max_idle_s: longest sleep between evaluations (bounds reaction to lost wake-ups).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        *,
+        clock: Clock | None = None,
+        metrics: TickerMetrics | None = None,
+        replica: str | None = None,
+        claim_grace_s: float = 2.0,
+        max_idle_s: float = 1.0,
+    ) -> None:
+        self._settings = settings
+        self._names = settings.names
+        self._js = js
+        self._clock: Clock = clock or SystemClock()
+        self.metrics = metrics or TickerMetrics()
+        self.replica = replica or default_replica_id()
+        self._claim_grace_s = claim_grace_s
+        self._max_idle_s = max_idle_s
+        self._overrides: dict[str, ScheduleOverride] = {}
+        self._effective: dict[str, EffectiveSchedule] = {job: self._resolve(job) for job in JOBS}
+        self._cache: dict[str, Stored] = {}
+        self._store: SlotStore | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.ticks = 0
+        self.fired_count = 0
+        self.started = False
+
+    def __repr__(self) -> str:
+        return f"<Ticker replica={self.replica!r} ticks={self.ticks} fired={self.fired_count}>"
+
+    # -- life cycle ----------------------------------------------------------------
+    async def start(self, *, watch_timeout_s: float = 10.0) -> None:
+        """Bind the buckets and load the current overrides before the first tick.
+
+        Loading overrides first matters: a job paused at runtime must not fire at start-up
+        just because the default schedule says so.
+        """
+        self._store = SlotStore(await self._js.key_value(self._names.ticker_bucket))
+        schedules = await self._js.key_value(self._names.schedules_bucket)
+        watcher = await schedules.watchall()
+        # The watcher yields current values, then None, then live changes.
+        while (entry := await watcher.updates(timeout=watch_timeout_s)) is not None:  # type: ignore[no-untyped-call]
+            self._apply_entry(entry)
+        self._watch_task = asyncio.create_task(self._watch(watcher), name="ticker-watch")
+        self.started = True
+        log.info("ticker.started", extra={"event": "ticker.started", "worker": self.replica})
+
+    async def stop(self) -> None:
+        """Stop the loop and the watcher (a tick in progress finishes its publishes)."""
+        self._stopping.set()
+        self._changed.set()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+
+    async def run(self) -> None:
+        """Tick at every slot until `stop()`; errors are logged and retried, never fatal."""
+        if not self.started:
+            await self.start()
+        while not self._stopping.is_set():
+            self._changed.clear()  # before the tick: a change during it wakes the next wait
+            await self.tick()
+            delay = self._seconds_to_next_slot()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=delay)
+
+    # -- schedules -------------------------------------------------------------------
+    def schedule_of(self, job: str) -> EffectiveSchedule:
+        """The schedule the ticker currently obeys for `job`."""
+        return self._effective[job]
+
+    def _resolve(self, job: str) -> EffectiveSchedule:
+        policy = self._settings.jobs.for_job(job)
+        return effective_schedule(job, policy.schedule, enabled=policy.enabled, override=self._overrides.get(job))
+
+    def _apply_entry(self, entry: KeyValue.Entry) -> None:
+        job = entry.key
+        if job not in self._effective:
+            log.warning("ticker.unknown_job_override", extra={"event": "ticker.unknown_job_override", "job": job})
+            return
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._overrides.pop(job, None)
+        else:
+            try:
+                self._overrides[job] = ScheduleOverride.from_bytes(entry.value)
+            except ValueError as exc:
+                # Keep obeying what we had: a bad write must not stop or unleash a job.
+                log.error("ticker.bad_override %s", exc, extra={"event": "ticker.bad_override", "job": job})
+                return
+        self._effective[job] = self._resolve(job)
+        log.info(
+            "ticker.schedule_changed %s", self._describe(job), extra={"event": "ticker.schedule_changed", "job": job}
+        )
+        self._changed.set()
+
+    def _describe(self, job: str) -> str:
+        eff = self._effective[job]
+        state = "disabled" if not eff.enabled else "paused" if eff.paused else "active"
+        return f"{eff.schedule.text!r} ({eff.source}, {state})"
+
+    async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is not None:
+                self._apply_entry(entry)
+
+    def _seconds_to_next_slot(self) -> float:
+        now = self._clock.now()
+        fires = [when for eff in self._effective.values() if (when := eff.next_fire(now)) is not None]
+        delay = min(((when - now).total_seconds() for when in fires), default=self._max_idle_s)
+        return max(0.0, min(delay, self._max_idle_s))
+
+    # -- one evaluation ----------------------------------------------------------------
+    async def tick(self) -> list[Fired]:
+        """Evaluate every job once at `clock.now()` and publish what is due."""
+        if self._store is None:
+            raise RuntimeError("Ticker.start() must run before tick()")
+        now = self._clock.now()
+        self.ticks += 1
+        results = await asyncio.gather(*(self._tick_job(job, now) for job in self._effective))
+        fired = [item for item in results if item is not None]
+        self.fired_count += len(fired)
+        return fired
+
+    async def _tick_job(self, job: str, now: datetime) -> Fired | None:
+        eff = self._effective[job]
+        due = eff.due_slot(now)
+        if due is None:
+            return None
+        try:
+            return await self._settle(job, eff, due, now)
+        except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
+            self._cache.pop(job, None)  # re-read the truth next time
+            self.metrics.errors.labels(job=job).inc()
+            log.warning(
+                "ticker.error %s: %s", type(exc).__name__, exc, extra={"event": "ticker.error", "job": job}
+            )
+            return None
+
+    async def _settle(self, job: str, eff: EffectiveSchedule, due: datetime, now: datetime) -> Fired | None:
+        assert self._store is not None
+        stored = self._cache.get(job)
+        if stored is None:
+            stored = await self._store.read(job)
+        for _ in range(_MAX_CLAIM_TRIES):
+            decision = decide(eff.schedule, due, stored.state, now, claim_grace_s=self._claim_grace_s)
+            if decision.action is Action.IDLE:
+                self._cache[job] = stored
+                return None
+            if decision.action is Action.REPUBLISH and stored is self._cache.get(job):
+                # Our cached view may be stale (the claimer may have confirmed since): re-read once.
+                stored = await self._store.read(job)
+                continue
+            fired = await self._claim_and_publish(job, decision, stored, now)
+            if fired is not None:
+                return fired
+            stored = await self._store.read(job)  # lost the race or stale cache: look again
+            self.metrics.lost_claims.labels(job=job).inc()
+        self._cache[job] = stored
+        return None
+
+    async def _claim_and_publish(self, job: str, decision: Decision, stored: Stored, now: datetime) -> Fired | None:
+        assert self._store is not None
+        assert decision.slot is not None
+        slot = decision.slot
+        run_id = scheduled_run_id(job, slot)
+        republish = decision.action is Action.REPUBLISH
+        claim = SlotState(slot=slot, run_id=run_id, published=False, claimed_at=now, claimed_by=self.replica)
+        if republish and stored.state is not None:
+            claim = stored.state.model_copy(update={"claimed_at": now, "claimed_by": self.replica})
+        # Re-claiming an unconfirmed slot is a CAS too, so two replicas never both repeat it.
+        revision = await self._store.write(job, claim, stored.revision)
+        if revision is None:
+            return None
+        request = JobRequest(
+            run_id=run_id,
+            job=job,
+            trigger=Trigger.SCHEDULE,
+            scheduled_for=slot,
+            requested_by=f"ticker/{self.replica}",
+        )
+        ack = await publish_request(self._js, self._names, request)
+        published_at = self._clock.now()
+        lateness_s = (published_at - slot).total_seconds()
+        confirmed = claim.model_copy(update={"published": True})
+        new_revision = await self._store.write(job, confirmed, revision)
+        self._cache[job] = Stored(confirmed, new_revision) if new_revision is not None else Stored(claim, revision)
+        kind = "catch_up" if decision.catch_up else "slot"
+        self.metrics.lateness.labels(job=job, kind=kind).observe(max(0.0, lateness_s))
+        self.metrics.fired.labels(job=job, kind=kind).inc()
+        self.metrics.last_slot.labels(job=job).set(slot.timestamp())
+        if republish:
+            self.metrics.republished.labels(job=job).inc()
+        log.info(
+            "ticker.fired %s late %.1f ms%s",
+            run_id,
+            lateness_s * 1000,
+            " (catch-up)" if decision.catch_up else "",
+            extra={"event": "ticker.fired", "job": job, "run_id": run_id, "duration_ms": round(lateness_s * 1000)},
+        )
+        return Fired(
+            job=job,
+            slot=slot,
+            run_id=run_id,
+            lateness_s=lateness_s,
+            catch_up=decision.catch_up,
+            republished=republish,
+            duplicate=bool(ack.duplicate),
+        )
