@@ -1,0 +1,95 @@
+"""What a handler receives: the request, its attempt, check points, rate limits and clients."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from pydantic import BaseModel
+
+from shared.errors import RunCanceled
+from shared.logs import BoundLogger
+from shared.runtime.heartbeat import Heartbeat, RunControl
+from shared.runtime.metrics import RuntimeMetrics
+from shared.runtime.ratelimit import RateLimiter
+from shared.schemas import JobRequest
+from shared.settings import JobPolicy, Settings
+from shared.store import Database
+
+
+@dataclass
+class JobContext:
+    """The run a handler works on, and the shared clients it may use.
+
+    Attributes:
+        request: the job request as published.
+        attempt: 1-based attempt number (the message's delivery count).
+        args: `request.args` validated against the job's args model.
+        log: a logger bound to `job` and `run_id`.
+    """
+
+    request: JobRequest
+    attempt: int
+    args: BaseModel
+    settings: Settings
+    policy: JobPolicy
+    db: Database
+    nats: NatsClient
+    js: JetStreamContext
+    http: httpx.AsyncClient
+    log: BoundLogger
+    limiter: RateLimiter
+    metrics: RuntimeMetrics
+    _heartbeat: Heartbeat = field(repr=False)
+    _control: RunControl = field(repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.request.run_id
+
+    @property
+    def job(self) -> str:
+        return self.request.job
+
+    @property
+    def canceled(self) -> bool:
+        """True once a cancel of this run was seen."""
+        return self._control.canceled
+
+    async def checkpoint(self, progress: dict[str, Any] | None = None) -> None:
+        """Report progress (heartbeat) and stop here if the run was canceled.
+
+        Args:
+            progress: small dict stored in the run record (e.g. pages done).
+
+        Raises:
+            RunCanceled: an operator canceled the run; let it propagate.
+        """
+        if not self._control.canceled:
+            await self._heartbeat.beat(progress)
+        if self._control.canceled:
+            raise RunCanceled(f"run {self.run_id} was canceled")
+
+    async def acquire(self, bucket: str, tokens: int = 1) -> None:
+        """Take `tokens` from the shared bucket `bucket`, waiting up to the job's `rate_limit_wait_s`.
+
+        Raises:
+            RateLimited: the bucket stayed empty too long; the runtime then delays or
+                skips the run as the job's `on_rate_limited` says.
+            ConfigError: `bucket` is not configured in PULSE_RATE_LIMITS.
+        """
+        waited = await self.limiter.acquire(bucket, tokens, max_wait_s=self.policy.rate_limit_wait_s)
+        if waited > 0:
+            self.metrics.ratelimit_waits.labels(bucket=bucket).inc()
+            self.metrics.ratelimit_wait_seconds.labels(bucket=bucket).observe(waited)
+            self.log.debug("waited %.2fs for rate limit bucket %s", waited, bucket,
+                           extra={"event": "run.rate_limited_wait"})
+
+
+def context_logger(job: str, run_id: str, attempt: int) -> BoundLogger:
+    """The logger handlers get: every line carries job, run_id and attempt."""
+    return BoundLogger(logging.getLogger(f"job.{job}"), {"job": job, "run_id": run_id, "attempt": attempt})

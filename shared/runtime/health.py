@@ -1,0 +1,129 @@
+"""`/healthz`, `/readyz` and `/metrics` on one HTTP port, for every service.
+
+Reusable beyond job consumers (the ticker uses it too):
+
+    app = build_http_app({"nats": nats_ok, "mongo": mongo_ok}, registry)
+    server = HttpServer(app, settings.http_host, settings.http_port)
+    await server.start()          # server.port is the bound port (useful with port 0)
+    ...
+    await server.stop()
+
+`/healthz` answers 200 while the process serves requests (liveness). `/readyz` runs every
+readiness check concurrently (each bounded by `check_timeout_s`) and answers 200 when all
+pass, else 503; the JSON body names each check's result. `/metrics` is the Prometheus
+text format of the given registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _run_check(check: ReadinessCheck, timeout_s: float) -> bool:
+    try:
+        return bool(await asyncio.wait_for(check(), timeout=timeout_s))
+    except Exception:  # an unreachable dependency is "not ready", never a 500
+        return False
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_http_app(readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry, *,
+                   check_timeout_s: float = 2.0) -> AsgiApp:
+    """An ASGI app serving `/healthz`, `/readyz` and `/metrics`.
+
+    Args:
+        readiness_checks: name → async callable returning True when that dependency is fine.
+        registry: the Prometheus registry exposed on `/metrics`.
+        check_timeout_s: a check slower than this counts as failed.
+    """
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is switched off by HttpServer; ignore others
+            return
+        path = scope["path"].rstrip("/") or "/"
+        if path == "/healthz":
+            await _respond(send, 200, b'{"status":"ok"}', "application/json")
+        elif path == "/readyz":
+            names = list(readiness_checks)
+            results = await asyncio.gather(*(_run_check(readiness_checks[n], check_timeout_s) for n in names))
+            checks = dict(zip(names, results, strict=True))
+            ready = all(results)
+            body = json.dumps({"status": "ready" if ready else "unready", "checks": checks}).encode()
+            await _respond(send, 200 if ready else 503, body, "application/json")
+        elif path == "/metrics":
+            await _respond(send, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        else:
+            await _respond(send, 404, b'{"error":"not found: use /healthz, /readyz or /metrics"}',
+                           "application/json")
+
+    return app
+
+
+class _QuietServer(uvicorn.Server):
+    # The service owns SIGTERM/SIGINT (to drain runs first); uvicorn must not take them.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class HttpServer:
+    """Serves an ASGI app with uvicorn inside the running event loop."""
+
+    def __init__(self, app: AsgiApp, host: str, port: int) -> None:
+        config = uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None)
+        self._server = _QuietServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (after `start`)."""
+        for server in self._server.servers:
+            for sock in server.sockets:
+                port: int = sock.getsockname()[1]
+                return port
+        raise RuntimeError("the HTTP server is not started")
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        """Start serving; return once the port is bound.
+
+        Raises:
+            OSError: the port could not be bound (e.g. already in use).
+        """
+        self._task = asyncio.create_task(self._server.serve(), name="http")
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # re-raise the bind error
+                raise OSError("the HTTP server stopped during start-up")
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"the HTTP server did not start within {timeout_s:g}s")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop serving and wait for the server to close."""
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception, SystemExit):
+                await self._task
+            self._task = None

@@ -1,0 +1,89 @@
+"""Heartbeats while a handler runs: `in_progress` on the message, `heartbeat_at` in the record.
+
+`in_progress` resets JetStream's ack wait, so the ack wait can stay short (a dead worker
+is noticed quickly) without cutting long runs. Each beat also reads the record's
+`cancel_requested`: a cancel ends the attempt at once (its task is canceled) and the
+handler's next `ctx.checkpoint()` raises `RunCanceled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from types import TracebackType
+from typing import Any, Protocol
+
+from shared.runtime import records
+from shared.store import Database
+
+log = logging.getLogger(__name__)
+
+
+class Progressable(Protocol):
+    """The part of a JetStream message a heartbeat needs."""
+
+    async def in_progress(self) -> None: ...
+
+
+class RunControl:
+    """Cancel state of one running attempt, shared by the heartbeat, the context and the runner."""
+
+    def __init__(self) -> None:
+        self.canceled = False
+        self._task: asyncio.Task[Any] | None = None
+
+    def attach(self, task: asyncio.Task[Any]) -> None:
+        """The attempt task to cancel when a cancel request arrives."""
+        self._task = task
+
+    def cancel(self) -> None:
+        """Mark the run canceled and interrupt its attempt."""
+        if not self.canceled:
+            self.canceled = True
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+
+
+class Heartbeat:
+    """Beats every `interval_s` until closed; `beat()` also runs on each check point."""
+
+    def __init__(self, msg: Progressable, db: Database, run_id: str, interval_s: float, control: RunControl) -> None:
+        self._msg = msg
+        self._db = db
+        self._run_id = run_id
+        self._interval_s = interval_s
+        self._control = control
+        self._task: asyncio.Task[None] | None = None
+        self._last_write = time.monotonic()
+
+    async def beat(self, progress: dict[str, Any] | None = None, *, force: bool = False) -> None:
+        """Tell JetStream the message is in progress; refresh the record (throttled)."""
+        await self._msg.in_progress()
+        # Check points may be frequent; the record needs a refresh only a few times an interval.
+        if not force and progress is None and time.monotonic() - self._last_write < self._interval_s / 4:
+            return
+        self._last_write = time.monotonic()
+        if await records.heartbeat(self._db, self._run_id, progress):
+            self._control.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.beat(force=True)
+            except Exception as exc:  # a missed beat is survivable; the next one may work
+                log.warning("heartbeat of %s failed: %s", self._run_id, type(exc).__name__,
+                            extra={"event": "run.heartbeat_failed", "run_id": self._run_id})
+
+    async def __aenter__(self) -> Heartbeat:
+        self._task = asyncio.create_task(self._loop(), name=f"heartbeat:{self._run_id}")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,215 @@
+"""The only code that writes `runs`.
+
+A run record moves `queued`? → `running` ⇄ `retrying` → exactly one terminal status.
+Every write that ends a run is conditional on the record not being terminal yet, so two
+workers (or a worker and the watchdog) racing to finish one run produce one outcome, and
+the caller learns whether its write was the transition (and so owns the RunEvent).
+
+All queries run on MongoDB 6+ and on FerretDB 1.24 (which ignores `$slice` in `$push`,
+hence the explicit trim, and lacks projections in findAndModify).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from shared.errors import bounded
+from shared.names import Collections
+from shared.schemas import (
+    MAX_ATTEMPT_HISTORY,
+    TERMINAL_STATUSES,
+    AttemptRecord,
+    JobRequest,
+    RunRecord,
+    RunStatus,
+    Trigger,
+    utcnow,
+)
+from shared.store import Database
+
+_NOT_TERMINAL = {"$nin": [status.value for status in TERMINAL_STATUSES]}
+
+
+def _request_fields(request: JobRequest) -> dict[str, Any]:
+    return {
+        "job": request.job,
+        "trigger": request.trigger.value,
+        "scheduled_for": request.scheduled_for,
+        "requested_at": request.requested_at,
+        "requested_by": request.requested_by,
+        "args": request.args,
+    }
+
+
+def _attempt_doc(attempt: AttemptRecord) -> dict[str, Any]:
+    doc = attempt.model_dump(exclude_none=True)
+    if "error" in doc:
+        doc["error"] = bounded(doc["error"], 500)
+    return doc
+
+
+async def _trim_attempts(db: Database, run_id: str, count: int) -> None:
+    # `$push` with `$slice` bounds the list on MongoDB; FerretDB 1.24 ignores `$slice`,
+    # so drop the oldest entries explicitly (only runs past the history limit get here).
+    for _ in range(max(0, count - MAX_ATTEMPT_HISTORY)):
+        await db[Collections.RUNS].update_one({"_id": run_id}, {"$pop": {"attempts": -1}})
+
+
+def _push_attempt(attempt: AttemptRecord) -> dict[str, Any]:
+    return {"attempts": {"$each": [_attempt_doc(attempt)], "$slice": -MAX_ATTEMPT_HISTORY}}
+
+
+async def claim_run(db: Database, request: JobRequest, attempt: int, worker: str,
+                    now: datetime | None = None) -> tuple[RunRecord | None, RunRecord | None]:
+    """Mark the run `running` for attempt number `attempt`.
+
+    Returns:
+        (before, after): the record as it was (None if new) and as it is now; `after`
+        is None when the run already had a terminal record (nothing was written).
+    """
+    now = now or utcnow()
+    update = {
+        "$set": {**_request_fields(request), "status": RunStatus.RUNNING.value, "attempt_count": attempt,
+                 "attempt_started_at": now, "heartbeat_at": now, "worker": worker, "next_attempt_at": None,
+                 "updated_at": now},
+        "$min": {"started_at": now},
+    }
+    try:
+        before = await db[Collections.RUNS].find_one_and_update(
+            {"_id": request.run_id, "status": _NOT_TERMINAL}, update, upsert=True,
+            return_document=ReturnDocument.BEFORE)
+    except DuplicateKeyError:
+        return None, None  # the filter missed a terminal record; the upsert collided with it
+    previous = RunRecord.model_validate(before) if before else None
+    after = RunRecord.model_validate({
+        **(before or {}), **update["$set"], "_id": request.run_id,
+        "started_at": min(previous.started_at, now) if previous and previous.started_at else now,
+    })
+    return previous, after
+
+
+async def record_lost_attempt(db: Database, run_id: str, number: int, worker: str | None) -> None:
+    """Add an attempt whose worker died (it never reported an end) to the history."""
+    lost = AttemptRecord(number=number, started_at=utcnow(), outcome="lost", worker=worker,
+                         error="the worker stopped answering (heartbeat lost); the request was redelivered")
+    await db[Collections.RUNS].update_one({"_id": run_id}, {"$push": _push_attempt(lost)})
+
+
+async def heartbeat(db: Database, run_id: str, progress: dict[str, Any] | None = None) -> bool:
+    """Refresh `heartbeat_at` (and progress); return True when a cancel was requested."""
+    fields: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress:
+        fields["progress"] = progress
+    doc = await db[Collections.RUNS].find_one_and_update(
+        {"_id": run_id}, {"$set": fields}, return_document=ReturnDocument.AFTER)
+    return bool(doc and doc.get("cancel_requested"))
+
+
+async def record_retry(db: Database, run_id: str, attempt: AttemptRecord, next_attempt_at: datetime) -> None:
+    """The attempt failed and another will follow: status `retrying`, last error, next time."""
+    await db[Collections.RUNS].update_one(
+        {"_id": run_id, "status": _NOT_TERMINAL},
+        {"$set": {"status": RunStatus.RETRYING.value, "error": bounded(attempt.error or ""),
+                  "next_attempt_at": next_attempt_at, "updated_at": utcnow()},
+         "$push": _push_attempt(attempt)})
+    if attempt.number > MAX_ATTEMPT_HISTORY:
+        await _trim_attempts(db, run_id, attempt.number)
+
+
+async def finish_run(
+    db: Database,
+    run_id: str,
+    status: RunStatus,
+    *,
+    error: str | None = None,
+    summary: dict[str, Any] | None = None,
+    reason: str | None = None,
+    attempt: AttemptRecord | None = None,
+    request: JobRequest | None = None,
+) -> RunRecord | None:
+    """Set one terminal status, unless the record is terminal already.
+
+    Args:
+        db: the database.
+        run_id: the run.
+        status: a terminal status.
+        error: the last error (bounded here; must not hold secrets).
+        summary: small dict of counts from the handler.
+        reason: why a run was skipped (or failed without running), e.g. "overlap".
+        attempt: the attempt that ended the run, appended to the history.
+        request: when given, a missing record is created from it (runs that end before
+            they start: skipped, invalid, canceled while queued).
+
+    Returns:
+        The record after the transition, or None when it was already terminal (or
+        missing and no `request` was given): the caller then publishes no event.
+
+    Raises:
+        ValueError: when `status` is not terminal.
+    """
+    if not status.is_terminal:
+        raise ValueError(f"finish_run needs a terminal status, got {status.value!r}")
+    now = utcnow()
+    fields: dict[str, Any] = {"status": status.value, "ended_at": now, "updated_at": now, "next_attempt_at": None}
+    if error is not None:
+        fields["error"] = bounded(error)
+    if summary:
+        fields["summary"] = summary
+    if reason is not None:
+        fields["reason"] = reason
+    update: dict[str, Any] = {"$set": fields}
+    if attempt is not None:
+        update["$push"] = _push_attempt(attempt)
+    if request is not None:
+        update["$setOnInsert"] = {**_request_fields(request), "attempt_count": 0}
+    try:
+        doc = await db[Collections.RUNS].find_one_and_update(
+            {"_id": run_id, "status": _NOT_TERMINAL}, update, upsert=request is not None,
+            return_document=ReturnDocument.AFTER)
+    except DuplicateKeyError:
+        return None
+    if doc is None:
+        return None
+    if attempt is not None and attempt.number > MAX_ATTEMPT_HISTORY:
+        await _trim_attempts(db, run_id, attempt.number)
+    return RunRecord.model_validate(doc)
+
+
+async def get_run(db: Database, run_id: str) -> RunRecord | None:
+    """The record of `run_id`, or None."""
+    doc = await db[Collections.RUNS].find_one({"_id": run_id})
+    return RunRecord.model_validate(doc) if doc else None
+
+
+def _trigger_of(run_id: str) -> Trigger:
+    # run_id is `<job>:<trigger>:<id>` for non-scheduled runs, `<job>:<slot>` otherwise.
+    parts = run_id.split(":")
+    if len(parts) >= 3 and parts[1] in Trigger._value2member_map_:
+        return Trigger(parts[1])
+    return Trigger.SCHEDULE
+
+
+async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
+    """Ask for a run to be canceled; the runtime ends it `canceled` at its next check point.
+
+    A run with no record yet (still queued) gets a `queued` record carrying the request,
+    so the worker that picks it up ends it at once. A run already terminal is returned
+    unchanged.
+    """
+    now = utcnow()
+    try:
+        doc = await db[Collections.RUNS].find_one_and_update(
+            {"_id": run_id, "status": _NOT_TERMINAL},
+            {"$set": {"cancel_requested": True, "cancel_requested_at": now, "updated_at": now},
+             "$setOnInsert": {"job": job, "trigger": _trigger_of(run_id).value, "status": RunStatus.QUEUED.value,
+                              "attempt_count": 0}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+    except DuplicateKeyError:
+        doc = await db[Collections.RUNS].find_one({"_id": run_id})
+    if doc is None:  # deleted between the two calls by retention: report it as gone
+        raise LookupError(f"run {run_id!r} has no record")
+    return RunRecord.model_validate(doc)

@@ -1,0 +1,92 @@
+"""The one decision that turns an attempt's outcome into ack, nak(delay) or term.
+
+Handlers raise; they never ack. The runner classifies what happened into an `Outcome`
+and `decide` maps it, with the job's `RetryPolicy` and the delivery count, to a
+`Decision`: which status to record, whether to dead-letter or alert, and how to
+settle the message. The delay math itself is `RetryPolicy.delay_s` (settings).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from shared.schemas import RunStatus
+from shared.settings import RetryPolicy
+
+
+class Settle(StrEnum):
+    """How the JetStream message is settled."""
+
+    ACK = "ack"
+    NAK = "nak"
+    TERM = "term"
+
+
+class OutcomeKind(StrEnum):
+    """What an attempt (or the checks before it) ended with."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # retryable: any exception but the ones below, and timeouts
+    PERMANENT = "permanent"  # PermanentError: no retry can fix it
+    INVALID = "invalid"  # the request can never run
+    CANCELED = "canceled"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one attempt (or of a guard that decided without running)."""
+
+    kind: OutcomeKind
+    error: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    #: A delay the error asked for (RetryableError.delay_s), overriding the policy.
+    delay_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to record and how to settle the message."""
+
+    settle: Settle
+    status: RunStatus
+    delay_s: float | None = None
+    dead_letter: Literal["exhausted", "invalid", "permanent"] | None = None
+    alert: bool = False
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+def decide(outcome: Outcome, attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> Decision:
+    """Map an attempt's outcome to a decision.
+
+    Args:
+        outcome: what happened.
+        attempt: the 1-based attempt number (the message's delivery count).
+        policy: the job's retry policy; `max_attempts` counts the first attempt.
+        rng: source of jitter (tests pass a seeded one).
+
+    Returns:
+        The status to record and how to settle the message.
+    """
+    kind = outcome.kind
+    if kind is OutcomeKind.SUCCEEDED:
+        return Decision(Settle.ACK, RunStatus.COMPLETED)
+    if kind is OutcomeKind.CANCELED:
+        return Decision(Settle.ACK, RunStatus.CANCELED)
+    if kind is OutcomeKind.SKIPPED:
+        return Decision(Settle.ACK, RunStatus.SKIPPED)
+    if kind is OutcomeKind.INVALID:
+        return Decision(Settle.TERM, RunStatus.FAILED, dead_letter="invalid")
+    if kind is OutcomeKind.PERMANENT:
+        return Decision(Settle.TERM, RunStatus.FAILED, dead_letter="permanent", alert=True)
+    if attempt >= policy.max_attempts:
+        return Decision(Settle.TERM, RunStatus.FAILED, dead_letter="exhausted")
+    delay = outcome.delay_s if outcome.delay_s is not None else policy.delay_s(attempt, rng)
+    return Decision(Settle.NAK, RunStatus.RETRYING, delay_s=min(max(delay, 0.0), policy.max_backoff_s))

@@ -1,0 +1,330 @@
+"""The life of one job request, top to bottom: parse, guard, claim, attempt, decide, record, settle.
+
+`run_message` is the whole lifecycle; each step is a helper below it, in order. The
+message is settled (ack, nak with delay, or term) only after the outcome is recorded,
+so a worker that dies anywhere in between leaves the request to be redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
+from shared.logs import bind
+from shared.names import Names
+from shared.runtime import monitor, records
+from shared.runtime.context import JobContext, context_logger
+from shared.runtime.events import publish_alert, publish_dead_letter, publish_run_event
+from shared.runtime.heartbeat import Heartbeat, RunControl
+from shared.runtime.job import JobSpec
+from shared.runtime.metrics import RuntimeMetrics
+from shared.runtime.ratelimit import RateLimited, RateLimiter
+from shared.runtime.retry import Decision, Outcome, OutcomeKind, Settle, decide
+from shared.schedules import parse_schedule
+from shared.schemas import (
+    SCHEMA_VERSION,
+    Alert,
+    AlertKind,
+    AttemptRecord,
+    DeadLetter,
+    JobRequest,
+    RunRecord,
+    RunStatus,
+    Trigger,
+    utcnow,
+)
+from shared.settings import JobPolicy, Settings
+from shared.store import Database
+
+log = logging.getLogger("shared.runtime")
+
+_RAW_LIMIT = 65536
+
+
+@dataclass
+class Runtime:
+    """What every run of a worker shares: settings, clients, limiter, metrics."""
+
+    settings: Settings
+    names: Names
+    db: Database
+    nats: NatsClient
+    js: JetStreamContext
+    http: httpx.AsyncClient
+    limiter: RateLimiter
+    metrics: RuntimeMetrics
+    worker_id: str
+    scrub: Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A job as one worker serves it: the declaration and its effective policy."""
+
+    spec: JobSpec
+    policy: JobPolicy
+
+
+@dataclass(frozen=True)
+class Parsed:
+    request: JobRequest
+    args: BaseModel
+
+
+@dataclass(frozen=True)
+class Invalid:
+    error: str
+    request: JobRequest | None
+    run_id: str | None
+
+
+async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
+    """Run one delivery of a request of `job` and settle the message; return the decision."""
+    attempt = msg.metadata.num_delivered
+    parsed = parse_request(msg.data, job.spec)
+    if isinstance(parsed, Invalid):
+        return await reject_invalid(rt, job, msg, parsed, attempt)
+    request = parsed.request
+    outcome = guard(job.policy, request, attempt)
+    claimed: RunRecord | None = None
+    if outcome is None:
+        previous, claimed = await records.claim_run(rt.db, request, attempt, rt.worker_id)
+        if claimed is None:
+            return await settle_already_finished(rt, msg, request)
+        if previous is not None and previous.status is RunStatus.RUNNING and previous.attempt_count < attempt:
+            await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
+        if claimed.cancel_requested:
+            outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
+        else:
+            outcome = await run_attempt(rt, job, msg, parsed, attempt)
+    decision = decide(outcome, attempt, job.policy.retry)
+    await record_outcome(rt, job, request, attempt, outcome, decision, claimed, raw=None)
+    await settle(msg, decision)
+    return decision
+
+
+# -- parse ------------------------------------------------------------------------------
+
+
+def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
+    """Validate the payload as a JobRequest for `spec`, with valid args."""
+    try:
+        payload = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return Invalid(f"invalid request for job {spec.name}: the payload is not JSON ({exc}). "
+                       "Publish a JobRequest as JSON (shared.requests.publish_request).", None, None)
+    if not isinstance(payload, dict):
+        return Invalid(f"invalid request for job {spec.name}: expected a JSON object, got "
+                       f"{type(payload).__name__}.", None, None)
+    run_id = payload.get("run_id") if isinstance(payload.get("run_id"), str) else None
+    if payload.get("v") != SCHEMA_VERSION:
+        return Invalid(f"invalid request for job {spec.name}: schema version {payload.get('v')!r} is not "
+                       f"supported (this worker reads v={SCHEMA_VERSION}); upgrade the worker or the publisher.",
+                       None, run_id)
+    try:
+        request = JobRequest.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
+        return Invalid(f"invalid request for job {spec.name}: {problems}.", None, run_id)
+    if request.job != spec.name:
+        return Invalid(f"unknown job {request.job!r} in a request on the subject of job {spec.name!r}; "
+                       f"publish requests of {request.job!r} on its own subject.", request, request.run_id)
+    try:
+        args = spec.args_model.model_validate(request.args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
+        return Invalid(f"invalid args for job {spec.name}: {problems}. "
+                       f"Expected the fields of {spec.args_model.__name__}.", request, request.run_id)
+    return Parsed(request, args)
+
+
+# -- guard ------------------------------------------------------------------------------
+
+
+def guard(policy: JobPolicy, request: JobRequest, attempt: int) -> Outcome | None:
+    """Decide without running: a delivery past the last attempt, or a stale scheduled request."""
+    if attempt > policy.retry.max_attempts:
+        # The spare delivery (bus.SPARE_DELIVERIES): the worker of the last attempt died.
+        return Outcome(OutcomeKind.FAILED, error=f"the worker running attempt {policy.retry.max_attempts} "
+                       "(the last) stopped answering; the run is failed")
+    if (policy.overlap == "skip" and request.trigger is Trigger.SCHEDULE and attempt == 1
+            and parse_schedule(policy.schedule).next_slot(request.scheduled_for) <= utcnow()):
+        return Outcome(OutcomeKind.SKIPPED, reason="overlap",
+                       error="the next scheduled slot had already passed when this request arrived")
+    return None
+
+
+# -- attempt ----------------------------------------------------------------------------
+
+
+async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt: int) -> Outcome:
+    """Run the handler once, with heartbeats, the per-attempt timeout and cancel."""
+    control = RunControl()
+    request = parsed.request
+    async with Heartbeat(msg, rt.db, request.run_id, rt.settings.heartbeat_interval_s, control) as heartbeat:
+        ctx = JobContext(request=request, attempt=attempt, args=parsed.args, settings=rt.settings,
+                         policy=job.policy, db=rt.db, nats=rt.nats, js=rt.js, http=rt.http,
+                         log=context_logger(request.job, request.run_id, attempt), limiter=rt.limiter,
+                         metrics=rt.metrics, _heartbeat=heartbeat, _control=control)
+        task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
+        control.attach(task)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=job.policy.timeout_s)
+        finally:
+            if not task.done():  # timed out, or this worker is shutting down
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if not done:
+            return Outcome(OutcomeKind.FAILED, error=f"the attempt timed out after {job.policy.timeout_s:g}s")
+        return classify(rt, job.policy, task, control)
+
+
+async def _call(spec: JobSpec, ctx: JobContext) -> Any:
+    return await spec.handler(ctx)
+
+
+def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: RunControl) -> Outcome:
+    """Turn a finished attempt task into an Outcome."""
+    if task.cancelled():
+        return Outcome(OutcomeKind.CANCELED, error="canceled while running") if control.canceled else \
+            Outcome(OutcomeKind.FAILED, error="the attempt was interrupted")
+    exc = task.exception()
+    if exc is None:
+        summary = task.result()
+        if summary is not None and not isinstance(summary, dict):
+            return Outcome(OutcomeKind.FAILED, error=f"the handler returned {type(summary).__name__}; "
+                           "return a small dict or None")
+        return Outcome(OutcomeKind.SUCCEEDED, summary=summary or {})
+    error = rt.scrub(bounded(f"{type(exc).__name__}: {exc}"))
+    if isinstance(exc, RunCanceled) or control.canceled:
+        return Outcome(OutcomeKind.CANCELED, error=error)
+    if isinstance(exc, RateLimited):
+        if policy.on_rate_limited == "skip":
+            return Outcome(OutcomeKind.SKIPPED, reason="rate_limited", error=error)
+        return Outcome(OutcomeKind.FAILED, error=error, delay_s=exc.retry_in_s)
+    if isinstance(exc, PermanentError):
+        return Outcome(OutcomeKind.PERMANENT, error=error)
+    if isinstance(exc, InvalidRequest):
+        return Outcome(OutcomeKind.INVALID, error=error)
+    if isinstance(exc, RetryableError):
+        return Outcome(OutcomeKind.FAILED, error=error, delay_s=exc.delay_s)
+    return Outcome(OutcomeKind.FAILED, error=error)
+
+
+# -- record -----------------------------------------------------------------------------
+
+
+async def record_outcome(rt: Runtime, job: Bound, request: JobRequest | None, attempt: int, outcome: Outcome,
+                         decision: Decision, claimed: RunRecord | None, *, raw: bytes | None,
+                         run_id: str | None = None) -> RunRecord | None:
+    """Write the decision: retrying, or the terminal status with dead letter, event, alerts."""
+    run_id = request.run_id if request else run_id
+    lg = bind(log, job=job.spec.name, run_id=run_id, attempt=attempt, worker=rt.worker_id)
+    ran = claimed is not None
+    attempt_doc = AttemptRecord(number=attempt, started_at=claimed.heartbeat_at or utcnow() if claimed else utcnow(),
+                                ended_at=utcnow(), outcome=outcome.kind.value, error=outcome.error,
+                                worker=rt.worker_id) if ran else None
+    if ran:
+        rt.metrics.attempts.labels(job=job.spec.name, outcome=outcome.kind.value).inc()
+    if decision.status is RunStatus.RETRYING:
+        assert run_id is not None
+        assert attempt_doc is not None
+        delay = decision.delay_s or 0.0
+        await records.record_retry(rt.db, run_id, attempt_doc, utcnow() + timedelta(seconds=delay))
+        lg.warning("attempt %d failed, retrying in %.2fs: %s", attempt, delay, outcome.error,
+                   extra={"event": "run.retrying", "delay_s": round(delay, 3)})
+        return None
+    if decision.dead_letter is not None:
+        letter = DeadLetter(job=job.spec.name, run_id=run_id, request=request, error=outcome.error or "unknown",
+                            attempts=attempt, reason=decision.dead_letter,
+                            raw=raw.decode(errors="replace")[:_RAW_LIMIT] if raw is not None else None)
+        await publish_dead_letter(rt.js, rt.names, letter, f"{run_id}:dlq" if run_id else f"dlq:{id(letter)}")
+    if run_id is None:
+        lg.error("%s", outcome.error, extra={"event": "run.invalid", "status": decision.status.value})
+        return None
+    record = await records.finish_run(rt.db, run_id, decision.status, error=outcome.error, summary=outcome.summary,
+                                      reason=outcome.reason, attempt=attempt_doc, request=request)
+    if record is None:  # another worker (or the watchdog) finished it first: it owns the event
+        return None
+    await publish_run_event(rt.js, rt.names, record)
+    await note_terminal(rt, job, record, decision)
+    level = logging.INFO if decision.status in (RunStatus.COMPLETED, RunStatus.SKIPPED) else logging.ERROR
+    lg.log(level, "run %s %s", run_id, decision.status.value, extra={
+        "event": f"run.{decision.status.value}", "status": decision.status.value,
+        "duration_ms": _duration_ms(record)})
+    return record
+
+
+def _duration_ms(record: RunRecord) -> int | None:
+    if record.started_at and record.ended_at:
+        return max(0, int((record.ended_at - record.started_at).total_seconds() * 1000))
+    return None
+
+
+async def note_terminal(rt: Runtime, job: Bound, record: RunRecord, decision: Decision) -> None:
+    """Metrics, job_state and alerts for a run that just reached a terminal status."""
+    name = job.spec.name
+    rt.metrics.runs.labels(job=name, status=record.status.value).inc()
+    duration = _duration_ms(record)
+    if duration is not None:
+        rt.metrics.run_duration.labels(job=name, status=record.status.value).observe(duration / 1000)
+    if record.status is RunStatus.COMPLETED:
+        ended = record.ended_at or utcnow()
+        await monitor.note_success(rt.db, name, ended)
+        rt.metrics.observe_success_time(name, ended.timestamp())
+    elif record.status is RunStatus.FAILED:
+        await monitor.alert_on_failure(rt.db, rt.js, rt.names, name, job.policy.alert_after_failures, record.error)
+        if decision.alert:
+            await publish_alert(rt.js, rt.names, Alert(
+                job=name, kind=AlertKind.PERMANENT_ERROR, since=record.ended_at or utcnow(),
+                detail=f"run {record.run_id} failed permanently: {record.error or 'unknown'}"[:2000]),
+                msg_id=f"alert:{record.run_id}:permanent")
+
+
+async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, attempt: int) -> Decision:
+    """A request that can never run: failed at once, dead letter with the raw payload, term."""
+    outcome = Outcome(OutcomeKind.INVALID, error=invalid.error)
+    decision = decide(outcome, attempt, job.policy.retry)
+    await record_outcome(rt, job, invalid.request, attempt, outcome, decision, None, raw=msg.data,
+                         run_id=invalid.run_id)
+    await settle(msg, decision)
+    return decision
+
+
+async def settle_already_finished(rt: Runtime, msg: Msg, request: JobRequest) -> Decision:
+    """A redelivered request whose run is terminal: re-send its event (deduplicated), ack."""
+    record = await records.get_run(rt.db, request.run_id)
+    if record is not None:
+        await publish_run_event(rt.js, rt.names, record)
+        decision = Decision(Settle.ACK, record.status)
+    else:
+        decision = Decision(Settle.ACK, RunStatus.COMPLETED)
+    log.info("run %s already %s; acked without running", request.run_id, decision.status.value,
+             extra={"event": "run.duplicate", "job": request.job, "run_id": request.run_id})
+    await settle(msg, decision)
+    return decision
+
+
+# -- settle -----------------------------------------------------------------------------
+
+
+async def settle(msg: Msg, decision: Decision) -> None:
+    """Ack, nak with the decision's delay, or term the message."""
+    if decision.settle is Settle.ACK:
+        await msg.ack()
+    elif decision.settle is Settle.NAK:
+        await msg.nak(delay=decision.delay_s or None)
+    else:
+        await msg.term()

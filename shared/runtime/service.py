@@ -1,0 +1,77 @@
+"""`run_service`: the blocking entry point of a consumer service process.
+
+    # services/stats/__main__.py
+    from shared.runtime import run_service
+    from services.stats.jobs import compute_stats
+    run_service("stats", [compute_stats])
+
+It reads settings, configures JSON logging, starts the worker and the HTTP port
+(/healthz, /readyz, /metrics), and on SIGTERM or SIGINT stops fetching, lets running
+attempts finish within the ack wait, and exits 0. A configuration or connection problem
+at start-up is logged as one clear line and exits 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from shared.errors import ConfigError, PulseError
+from shared.logs import configure_logging
+from shared.runtime.health import HttpServer, build_http_app
+from shared.runtime.job import JobSpec
+from shared.runtime.worker import Worker
+from shared.settings import Settings, load_settings
+
+log = logging.getLogger("shared.runtime")
+
+EXIT_CONFIG = 2
+
+
+async def serve(settings: Settings, service: str, specs: Sequence[JobSpec], stop: asyncio.Event) -> None:
+    """Run the worker and its HTTP port until `stop` is set."""
+    worker = Worker(settings, specs, service=service)
+    app = build_http_app({"nats": worker.readiness_nats, "mongo": worker.readiness_mongo,
+                          "consumers": worker.readiness_consumers}, worker.metrics.registry)
+    http = HttpServer(app, settings.http_host, settings.http_port)
+    await http.start()
+    log.info("%s serving /healthz /readyz /metrics on port %d", service, http.port,
+             extra={"event": "service.http", "worker": worker.worker_id})
+    try:
+        await worker.start()
+        await stop.wait()
+    finally:
+        await worker.stop(timeout_s=settings.ack_wait_s)
+        await http.stop()
+
+
+def run_service(service: str, specs: Sequence[JobSpec]) -> None:
+    """Run a consumer service until SIGTERM/SIGINT; never returns normally (exits the process).
+
+    Args:
+        service: the service's name (logs, NATS connection name).
+        specs: its jobs, declared with `@job(...)`.
+    """
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"{service}: {exc}\n")
+        raise SystemExit(EXIT_CONFIG) from None
+    configure_logging(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, service, specs, stop)
+
+    try:
+        asyncio.run(main())
+    except PulseError as exc:  # start-up failures: one clear line, no traceback
+        log.error("%s cannot start: %s", service, exc, extra={"event": "service.failed"})
+        raise SystemExit(EXIT_CONFIG) from None
+    raise SystemExit(0)
