@@ -159,7 +159,7 @@ async def _trigger(
         elif existing is None:
             ack = await publish_request(conns.js, settings.names, request)
             duplicate = bool(ack.duplicate)
-        _report_trigger(run_id, job, at, duplicate, existing, as_json and not wait)
+        _report_trigger(run_id, job, at, duplicate, existing, json_out=as_json and not wait, quiet=as_json and wait)
         if not wait:
             return EXIT_OK
         record = existing if existing is not None and existing.status.is_terminal else None
@@ -177,14 +177,16 @@ async def _trigger(
 
 
 def _report_trigger(
-    run_id: str, job: str, at: datetime | None, duplicate: bool, existing: RunRecord | None, as_json: bool
+    run_id: str, job: str, at: datetime | None, duplicate: bool, existing: RunRecord | None, *, json_out: bool,
+    quiet: bool,
 ) -> None:
-    if as_json:
+    """Say what trigger did; `quiet` keeps stdout for the final JSON of `--wait --json`."""
+    if json_out:
         print_json({"run_id": run_id, "job": job, "at": at.isoformat() if at else None, "duplicate": duplicate,
                     "status": existing.status.value if existing else None})
         return
     # The run id alone goes to stdout so scripts can capture it; the story goes to stderr.
-    console.print(run_id, highlight=False, markup=False)
+    (err_console if quiet else console).print(run_id, highlight=False, markup=False)
     if existing is not None:
         err_console.print(f"same --key as an existing run: {run_id} is {existing.status.value}; not started again")
     elif duplicate:
