@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -14,69 +13,19 @@ from pydantic import BaseModel
 
 from shared.names import Collections
 from shared.requests import publish_request
-from shared.runtime import JobContext, JobPolicy, RetryPolicy, Worker, job
-from shared.runtime.job import JobSpec
-from shared.schemas import DeadLetter, JobRequest, RunEvent, Trigger, new_run_id, utcnow
+from shared.runtime import JobContext, RetryPolicy, job
+from shared.schemas import DeadLetter, RunEvent
 from shared.settings import Settings
 from shared.store import Database
 from tests.helpers import wait_for
-
-WorkerFactory = Callable[..., Any]
-
-
-def policy(**overrides: Any) -> JobPolicy:
-    """A test policy: fast retries, tight timeouts (overridable)."""
-    values: dict[str, Any] = {
-        "schedule": "every 1m",
-        "retry": RetryPolicy(max_attempts=3, initial_backoff_s=0.4, base=2, jitter=0),
-        "timeout_s": 10,
-        "stale_after_s": 3600,
-        "overlap": "queue",
-    }
-    values.update(overrides)
-    return JobPolicy(**values)
-
-
-def request_for(name: str, **overrides: Any) -> JobRequest:
-    values: dict[str, Any] = {"run_id": new_run_id(name, Trigger.MANUAL), "job": name, "trigger": Trigger.MANUAL,
-                              "scheduled_for": utcnow(), "requested_by": "tests"}
-    values.update(overrides)
-    return JobRequest(**values)
-
-
-@pytest.fixture
-async def start_worker(settings: Settings) -> AsyncIterator[WorkerFactory]:
-    """Factory of started workers, stopped at the end of the test."""
-    workers: list[Worker] = []
-
-    async def _start(specs: list[JobSpec], worker_settings: Settings | None = None) -> Worker:
-        worker = Worker(worker_settings or settings, specs)
-        await worker.start()
-        workers.append(worker)
-        return worker
-
-    yield _start
-    for worker in workers:
-        await worker.stop(timeout_s=5)
-
-
-async def collect(js: JetStreamContext, subject: str, stream: str) -> list[bytes]:
-    """Every message stored on `subject` so far."""
-    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
-    out: list[bytes] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except Exception:
-                return out
-            out.append(msg.data)
-    finally:
-        await sub.unsubscribe()
-
-
-async def run_doc(db: Database, run_id: str) -> dict[str, Any] | None:
-    return await db[Collections.RUNS].find_one({"_id": run_id})
+from tests.integration.test_runtime_support import (
+    WorkerFactory,
+    collect,
+    policy,
+    request_for,
+    terminal_run,
+)
+from tests.integration.test_runtime_support import start_worker as start_worker
 
 
 async def test_handler_failing_twice_then_succeeding_completes_with_three_attempts(
@@ -95,7 +44,7 @@ async def test_handler_failing_twice_then_succeeding_completes_with_three_attemp
     worker = await start_worker([flaky])
     request = request_for("flaky")
     await publish_request(js, settings.names, request)
-    doc = await wait_for(lambda: _terminal(db, request.run_id), timeout_s=20, what="flaky run to finish")
+    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=20, what="flaky run to finish")
     assert doc["status"] == "completed"
     assert doc["attempt_count"] == 3
     assert [a["outcome"] for a in doc["attempts"]] == ["failed", "failed", "succeeded"]
@@ -112,11 +61,6 @@ async def test_handler_failing_twice_then_succeeding_completes_with_three_attemp
     assert (event.status, event.attempts, event.summary) == ("completed", 3, {"ok": 1})
 
 
-async def _terminal(db: Database, run_id: str) -> dict[str, Any] | None:
-    doc = await run_doc(db, run_id)
-    return doc if doc and doc["status"] in ("completed", "failed", "skipped", "canceled", "timed_out") else None
-
-
 async def test_always_failing_handler_is_dead_lettered_after_max_attempts(
     settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
 ) -> None:
@@ -127,7 +71,7 @@ async def test_always_failing_handler_is_dead_lettered_after_max_attempts(
     worker = await start_worker([doomed])
     request = request_for("doomed")
     await publish_request(js, settings.names, request)
-    doc = await wait_for(lambda: _terminal(db, request.run_id), timeout_s=20, what="doomed run to fail")
+    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=20, what="doomed run to fail")
     assert doc["status"] == "failed"
     assert doc["attempt_count"] == 3
     assert "always broken" in doc["error"]
@@ -191,7 +135,7 @@ async def test_invalid_requests_fail_at_once_with_a_dead_letter(
         assert letter.raw == data.decode()
     assert calls == []
     if run_id is not None:
-        doc = await run_doc(db, run_id)
+        doc = await db[Collections.RUNS].find_one({"_id": run_id})
         assert doc is not None
         assert doc["status"] == "failed"
         assert expected in doc["error"]
@@ -212,7 +156,7 @@ async def test_request_with_a_terminal_record_is_acked_without_running(
     worker = await start_worker([once])
     request = request_for("once")
     await publish_request(js, settings.names, request)
-    await wait_for(lambda: _terminal(db, request.run_id), timeout_s=10, what="first run")
+    await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=10, what="first run")
     # A replay of the same run_id past the duplicate window: publish without the Msg-Id.
     await js.publish(settings.names.job_subject("once"), request.to_bytes(), stream=settings.names.jobs_stream)
     await worker.run_until_idle(timeout_s=10)
@@ -233,7 +177,7 @@ async def test_permanent_error_fails_at_once_and_alerts(
     worker = await start_worker([rejected])
     request = request_for("rejected")
     await publish_request(js, settings.names, request)
-    doc = await wait_for(lambda: _terminal(db, request.run_id), timeout_s=10, what="permanent failure")
+    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=10, what="permanent failure")
     assert (doc["status"], doc["attempt_count"]) == ("failed", 1)
     await worker.run_until_idle(timeout_s=10)
     alerts = await collect(js, settings.names.alert_subject("rejected"), settings.names.events_stream)

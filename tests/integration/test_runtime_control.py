@@ -1,0 +1,183 @@
+"""Timeouts, cancel, overlap, alerts and staleness through a real worker (real NATS + FerretDB)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from shared.names import Collections
+from shared.requests import publish_request
+from shared.runtime import JobContext, RetryPolicy, job, request_cancel
+from shared.runtime.records import finish_run
+from shared.schemas import Alert, RunStatus, Trigger, scheduled_run_id, utcnow
+from shared.settings import Settings
+from shared.store import Database
+from tests.helpers import wait_for
+from tests.integration.test_runtime_support import (
+    WorkerFactory,
+    collect,
+    policy,
+    request_for,
+    terminal_run,
+)
+from tests.integration.test_runtime_support import start_worker as start_worker
+
+
+async def test_attempt_timeout_fails_the_attempt_and_the_retry_policy_applies(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    @job("slow", policy=policy(timeout_s=0.5, retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.2, jitter=0)))
+    async def slow(ctx: JobContext) -> dict[str, Any]:
+        if ctx.attempt == 1:
+            await asyncio.sleep(30)
+        return {"attempt": ctx.attempt}
+
+    await start_worker([slow])
+    request = request_for("slow")
+    await publish_request(js, settings.names, request)
+    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=15, what="slow run")
+    assert doc["status"] == "completed"
+    assert doc["summary"] == {"attempt": 2}
+    first = doc["attempts"][0]
+    assert first["outcome"] == "failed"
+    assert "timed out after 0.5s" in first["error"]
+
+
+async def test_cancel_of_a_queued_run_ends_it_canceled_without_running(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    calls: list[int] = []
+
+    @job("queued", policy=policy())
+    async def queued(ctx: JobContext) -> None:
+        calls.append(ctx.attempt)
+
+    request = request_for("queued")
+    record = await request_cancel(db, request.run_id, "queued")
+    assert record.status is RunStatus.QUEUED
+    assert record.cancel_requested
+    await publish_request(js, settings.names, request)
+    worker = await start_worker([queued])
+    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=10, what="canceled run")
+    assert doc["status"] == "canceled"
+    await worker.run_until_idle(timeout_s=10)
+    assert calls == []
+    events = await collect(js, settings.names.run_events_wildcard("queued"), settings.names.events_stream)
+    assert [json.loads(e)["status"] for e in events] == ["canceled"]
+
+
+async def test_cancel_of_a_running_run_stops_it_at_the_next_check_point(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    started = asyncio.Event()
+    steps: list[int] = []
+
+    @job("looping", policy=policy(timeout_s=60))
+    async def looping(ctx: JobContext) -> None:
+        started.set()
+        for step in range(600):
+            steps.append(step)
+            await ctx.checkpoint({"step": step})
+            await asyncio.sleep(0.05)
+
+    @job("sleeping", policy=policy(timeout_s=60))
+    async def sleeping(ctx: JobContext) -> None:
+        await asyncio.sleep(60)  # no check point: the heartbeat interrupts it
+
+    await start_worker([looping, sleeping])
+    looping_request, sleeping_request = request_for("looping"), request_for("sleeping")
+    await publish_request(js, settings.names, looping_request)
+    await publish_request(js, settings.names, sleeping_request)
+    await asyncio.wait_for(started.wait(), timeout=10)
+    await wait_for(lambda: _status_is(db, sleeping_request.run_id, "running"), timeout_s=10, what="sleeping runs")
+    for request in (looping_request, sleeping_request):
+        record = await request_cancel(db, request.run_id, request.job)
+        assert record.cancel_requested
+    for request in (looping_request, sleeping_request):
+        doc = await wait_for(lambda r=request: terminal_run(db, r.run_id), timeout_s=10, what="cancel")  # type: ignore[misc]
+        assert doc["status"] == "canceled"
+        assert doc["attempt_count"] == 1
+    count = len(steps)
+    assert count < 600
+    await asyncio.sleep(0.3)  # not a synchronization: proves the handler no longer advances
+    assert len(steps) == count
+
+
+async def _status_is(db: Database, run_id: str, status: str) -> bool:
+    doc = await db[Collections.RUNS].find_one({"_id": run_id})
+    return bool(doc and doc["status"] == status)
+
+
+async def test_overlap_skip_skips_stale_scheduled_requests_but_never_manual_ones(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    calls: list[str] = []
+
+    @job("ticking", policy=policy(overlap="skip", schedule="every 1m"))
+    async def ticking(ctx: JobContext) -> None:
+        calls.append(ctx.run_id)
+
+    old_slot = (utcnow() - timedelta(minutes=5)).replace(second=0, microsecond=0)
+    current_slot = utcnow().replace(second=0, microsecond=0)
+    stale = request_for("ticking", run_id=scheduled_run_id("ticking", old_slot), trigger=Trigger.SCHEDULE,
+                        scheduled_for=old_slot)
+    fresh = request_for("ticking", run_id=scheduled_run_id("ticking", current_slot), trigger=Trigger.SCHEDULE,
+                        scheduled_for=current_slot)
+    manual = request_for("ticking", scheduled_for=old_slot)
+    for request in (stale, fresh, manual):
+        await publish_request(js, settings.names, request)
+    worker = await start_worker([ticking])
+    await worker.run_until_idle(timeout_s=15)
+    stale_doc = await terminal_run(db, stale.run_id)
+    assert stale_doc is not None
+    assert (stale_doc["status"], stale_doc["reason"]) == ("skipped", "overlap")
+    assert sorted(calls) == sorted([fresh.run_id, manual.run_id])
+
+
+async def test_three_failed_runs_in_a_row_publish_exactly_one_alert(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    @job("broken", policy=policy(retry=RetryPolicy(max_attempts=1), alert_after_failures=3))
+    async def broken(ctx: JobContext) -> None:
+        raise RuntimeError("still broken")
+
+    worker = await start_worker([broken])
+    for _ in range(5):
+        await publish_request(js, settings.names, request_for("broken"))
+    await worker.run_until_idle(timeout_s=20)
+    assert await db[Collections.RUNS].count_documents({"job": "broken", "status": "failed"}) == 5
+    alerts = [Alert.model_validate_json(a) for a in
+              await collect(js, settings.names.alert_subject("broken"), settings.names.events_stream)]
+    assert [a.kind for a in alerts] == ["consecutive_failures"]
+    assert "3 runs of broken failed in a row" in alerts[0].detail
+
+
+async def test_no_success_within_stale_after_raises_one_stale_alert(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    @job("idle", policy=policy(stale_after_s=0.5))
+    async def idle(ctx: JobContext) -> None:
+        return None
+
+    worker = await start_worker([idle])
+    await asyncio.sleep(0.6)  # not a synchronization: lets the stale period pass
+    await worker.check_stale()
+    await worker.check_stale()  # a second check of the same period must not alert again
+    alerts = [Alert.model_validate_json(a) for a in
+              await collect(js, settings.names.alert_subject("idle"), settings.names.events_stream)]
+    assert [a.kind for a in alerts] == ["stale"]
+
+
+async def test_finish_run_sets_one_terminal_status_only(db: Database) -> None:
+    request = request_for("manual_finish")
+    first = await finish_run(db, request.run_id, RunStatus.SKIPPED, reason="overlap", request=request)
+    assert first is not None
+    assert first.status is RunStatus.SKIPPED
+    assert await finish_run(db, request.run_id, RunStatus.FAILED, error="late") is None
+    doc = await db[Collections.RUNS].find_one({"_id": request.run_id})
+    assert doc is not None
+    assert (doc["status"], doc["reason"]) == ("skipped", "overlap")

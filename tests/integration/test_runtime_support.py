@@ -1,0 +1,80 @@
+"""Shared helpers and fixtures of the runtime integration tests (no tests of its own).
+
+Named `test_runtime_*` to stay inside the runtime's test files; other runtime test
+modules import from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+
+from shared.names import Collections
+from shared.runtime import JobPolicy, JobSpec, RetryPolicy, Worker
+from shared.schemas import TERMINAL_STATUSES, JobRequest, Trigger, new_run_id, utcnow
+from shared.settings import Settings
+from shared.store import Database
+
+
+def policy(**overrides: Any) -> JobPolicy:
+    """A test policy: fast retries without jitter, queue overlap (overridable)."""
+    values: dict[str, Any] = {
+        "schedule": "every 1m",
+        "retry": RetryPolicy(max_attempts=3, initial_backoff_s=0.4, base=2, jitter=0),
+        "timeout_s": 10,
+        "stale_after_s": 3600,
+        "overlap": "queue",
+    }
+    values.update(overrides)
+    return JobPolicy(**values)
+
+
+def request_for(name: str, **overrides: Any) -> JobRequest:
+    """A manual request of job `name` (fields overridable)."""
+    values: dict[str, Any] = {"run_id": new_run_id(name, Trigger.MANUAL), "job": name, "trigger": Trigger.MANUAL,
+                              "scheduled_for": utcnow(), "requested_by": "tests"}
+    values.update(overrides)
+    return JobRequest(**values)
+
+
+async def collect(js: JetStreamContext, subject: str, stream: str) -> list[bytes]:
+    """Every message stored on `subject` so far (reads until 0.5 s pass with nothing new)."""
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
+    out: list[bytes] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except TimeoutError:
+                return out
+            out.append(msg.data)
+    finally:
+        await sub.unsubscribe()
+
+
+async def terminal_run(db: Database, run_id: str) -> dict[str, Any] | None:
+    """The run record once it is terminal, else None (a probe for wait_for)."""
+    doc = await db[Collections.RUNS].find_one({"_id": run_id})
+    return doc if doc and doc["status"] in {s.value for s in TERMINAL_STATUSES} else None
+
+
+WorkerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_worker(settings: Settings) -> AsyncIterator[WorkerFactory]:
+    """Factory of started in-process workers, stopped at the end of the test."""
+    workers: list[Worker] = []
+
+    async def _start(specs: list[JobSpec], worker_settings: Settings | None = None) -> Worker:
+        worker = Worker(worker_settings or settings, specs)
+        await worker.start()
+        workers.append(worker)
+        return worker
+
+    yield _start
+    for worker in workers:
+        await worker.stop(timeout_s=5)
