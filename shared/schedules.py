@@ -139,6 +139,8 @@ def _cron(expression: str, text: str, kind: ScheduleKind = "cron") -> CronSchedu
 
 def _weekday(name: str, text: str) -> int:
     day = _DAYS.get(name, _FULL_DAYS.get(name))
+    if day is None and name.isdigit():
+        raise _invalid(text, f"a weekly schedule takes a day of the week (mon..sun), not a day of the month ({name})")
     if day is None:
         raise _invalid(text, f"the day must be one of mon, tue, wed, thu, fri, sat, sun, got {name!r}")
     return day
@@ -183,8 +185,6 @@ def parse_schedule(text: str) -> Schedule:
         hour = _check(int(match.group(2)), 0, 23, "the hour", text)
         minute = _check(int(match.group(3)), 0, 59, "the minute", text)
         return _cron(f"{minute} {hour} {day} * *", text, "monthly")
-    if normalized.startswith("weekly") and re.search(r"\bon\s+\d", normalized):
-        raise _invalid(text, "a weekly schedule takes a day of the week (mon..sun), not a day of the month")
     raise _invalid(text, f"expected {GRAMMAR}")
 
 

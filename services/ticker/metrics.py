@@ -23,20 +23,32 @@ class TickerMetrics:
             registry=self.registry,
         )
         self.fired = Counter(
-            "pulse_ticker_slots_fired_total", "Slots this replica claimed and published", ["job", "kind"],
+            "pulse_ticker_slots_fired_total",
+            "Slots this replica claimed and published",
+            ["job", "kind"],
             registry=self.registry,
         )
         self.republished = Counter(
-            "pulse_ticker_republished_total", "Unconfirmed claims published again after a claimer's crash",
-            ["job"], registry=self.registry,
+            "pulse_ticker_republished_total",
+            "Unconfirmed claims published again after a claimer's crash",
+            ["job"],
+            registry=self.registry,
         )
         self.lost_claims = Counter(
-            "pulse_ticker_claims_lost_total", "Slots another replica claimed first", ["job"], registry=self.registry,
+            "pulse_ticker_claims_lost_total",
+            "Slots another replica claimed first",
+            ["job"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "pulse_ticker_errors_total", "Failed evaluations of a job (NATS errors)", ["job"], registry=self.registry,
+            "pulse_ticker_errors_total",
+            "Failed evaluations of a job (NATS errors)",
+            ["job"],
+            registry=self.registry,
         )
         self.last_slot = Gauge(
-            "pulse_ticker_last_slot_timestamp_seconds", "Unix time of the last slot this replica saw fired",
-            ["job"], registry=self.registry,
+            "pulse_ticker_last_slot_timestamp_seconds",
+            "Unix time of the last slot this replica saw fired",
+            ["job"],
+            registry=self.registry,
         )

@@ -247,9 +247,7 @@ class Ticker:
         except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
             self._cache.pop(job, None)  # re-read the truth next time
             self.metrics.errors.labels(job=job).inc()
-            log.warning(
-                "ticker.error %s: %s", type(exc).__name__, exc, extra={"event": "ticker.error", "job": job}
-            )
+            log.warning("ticker.error %s: %s", type(exc).__name__, exc, extra={"event": "ticker.error", "job": job})
             return None
 
     async def _settle(self, job: str, eff: EffectiveSchedule, due: datetime, now: datetime) -> Fired | None:

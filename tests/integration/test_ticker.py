@@ -126,8 +126,9 @@ async def test_each_slot_fires_once_as_time_passes(
         assert await ticker.tick() == []
 
     run_ids = [r.run_id for r in await read_requests(js, settings)]
-    assert run_ids == [scheduled_run_id("whale_sync", T0.replace(microsecond=0) + timedelta(seconds=10 * i))
-                       for i in range(4)]
+    assert run_ids == [
+        scheduled_run_id("whale_sync", T0.replace(microsecond=0) + timedelta(seconds=10 * i)) for i in range(4)
+    ]
 
 
 async def test_after_downtime_only_the_latest_missed_slot_fires(
@@ -171,8 +172,13 @@ async def test_claim_left_unpublished_by_a_crash_is_published_again(
     settings = settings_with(make_settings, {"whale_sync": "every 1m"})
     slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     kv = await js.key_value(settings.names.ticker_bucket)
-    claim = SlotState(slot=slot, run_id=scheduled_run_id("whale_sync", slot), published=False,
-                      claimed_at=clock.now(), claimed_by="dead")
+    claim = SlotState(
+        slot=slot,
+        run_id=scheduled_run_id("whale_sync", slot),
+        published=False,
+        claimed_at=clock.now(),
+        claimed_by="dead",
+    )
     await kv.put("whale_sync", claim.to_bytes())
 
     ticker = await make_ticker(settings, claim_grace_s=2.0)
@@ -193,11 +199,16 @@ async def test_republish_after_a_publish_that_did_get_through_is_deduplicated(
     settings = settings_with(make_settings, {"whale_sync": "every 1m"})
     slot = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     run_id = scheduled_run_id("whale_sync", slot)
-    await publish_request(js, settings.names, JobRequest(run_id=run_id, job="whale_sync",
-                                                         trigger=Trigger.SCHEDULE, scheduled_for=slot))
+    await publish_request(
+        js, settings.names, JobRequest(run_id=run_id, job="whale_sync", trigger=Trigger.SCHEDULE, scheduled_for=slot)
+    )
     kv = await js.key_value(settings.names.ticker_bucket)
-    await kv.put("whale_sync", SlotState(slot=slot, run_id=run_id, published=False,
-                                         claimed_at=clock.now() - timedelta(seconds=10), claimed_by="dead").to_bytes())
+    await kv.put(
+        "whale_sync",
+        SlotState(
+            slot=slot, run_id=run_id, published=False, claimed_at=clock.now() - timedelta(seconds=10), claimed_by="dead"
+        ).to_bytes(),
+    )
 
     ticker = await make_ticker(settings)
     fired = await ticker.tick()
