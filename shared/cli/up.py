@@ -27,6 +27,7 @@ from typing import Annotated
 
 import httpx
 import typer
+from pydantic import SecretStr
 from rich.table import Table
 
 from shared.localstack import LocalServers, free_port, start_local_servers
@@ -107,17 +108,20 @@ def _base_env(settings: Settings, nats_url: str, mongo_url: str) -> dict[str, st
     return env
 
 
-def plan_children(settings: Settings, nats_url: str, mongo_url: str, logs: Path, *, simulator: bool) -> list[Child]:
-    """The simulator (optional) and every service, each on its own free port."""
+def plan_children(
+    settings: Settings, nats_url: str, mongo_url: str, logs: Path, *, simulator: bool,
+    services: tuple[str, ...] = SERVICES,
+) -> list[Child]:
+    """The simulator (optional) and the services, each on its own free port."""
     base = _base_env(settings, nats_url, mongo_url)
     children: list[Child] = []
     if simulator:
         port = free_port()
         sim_url = f"http://127.0.0.1:{port}"
-        children.append(Child("simulator", [sys.executable, "-m", "shared.providers.simulator", "--port", str(port)],
-                              f"{sim_url}/_sim/health", port, logs / "simulator.log", base))
+        command = [sys.executable, "-m", "shared.cli.simulate", "--host", "127.0.0.1", "--port", str(port)]
+        children.append(Child("simulator", command, f"{sim_url}/_sim/health", port, logs / "simulator.log", base))
         base = {**base, "PULSE_POLYMARKET_GAMMA_URL": sim_url, "PULSE_POLYMARKET_DATA_URL": sim_url}
-    for service in SERVICES:
+    for service in services:
         port = free_port()
         env = {**base, "PULSE_HTTP_PORT": str(port), "PULSE_HTTP_HOST": "127.0.0.1"}
         children.append(Child(service, [sys.executable, "-m", f"services.{service}"],
@@ -232,6 +236,8 @@ def up(
     no_simulator: Annotated[bool, typer.Option(
         "--no-simulator", help="Use the configured provider URLs instead of the local simulator.")] = False,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for /readyz.")] = 90.0,
+    service: Annotated[list[str] | None, typer.Option(
+        "--service", "-s", help=f"Start only this service (repeatable): {', '.join(SERVICES)}.")] = None,
 ) -> None:
     """Start the whole system locally (servers, simulator, ticker, services) and watch it.
 
@@ -243,6 +249,10 @@ def up(
     settings = cli_settings()
     if for_ is not None and for_ <= 0:
         fail("--for must be a positive number of seconds")
+    services = tuple(service) if service else SERVICES
+    unknown = [name for name in services if name not in SERVICES]
+    if unknown:
+        fail(f"unknown service {unknown[0]!r}: expected one of {', '.join(SERVICES)}")
     given_nats = "PULSE_NATS_URL" in os.environ
     given_mongo = "PULSE_MONGO_URL" in os.environ
     logs = data_dir / "logs"
@@ -257,9 +267,9 @@ def up(
             fail(str(exc))
     nats_url = settings.nats_url if given_nats or servers is None else servers.nats_url
     mongo_url = settings.mongo_url.get_secret_value() if given_mongo or servers is None else servers.mongo_url
-    run_settings = settings.model_copy(update={"nats_url": nats_url})
-    run_settings = run_settings.model_copy(update={"mongo_url": type(settings.mongo_url)(mongo_url)})
-    stack = Stack(servers, plan_children(settings, nats_url, mongo_url, logs, simulator=not no_simulator))
+    run_settings = settings.model_copy(update={"nats_url": nats_url, "mongo_url": SecretStr(mongo_url)})
+    stack = Stack(servers, plan_children(settings, nats_url, mongo_url, logs, simulator=not no_simulator,
+                                              services=services))
     code = EXIT_FAILED
     try:
         code = run_async(lambda: _run_up(stack, run_settings, for_, not no_status, ready_timeout))
