@@ -1,0 +1,61 @@
+"""`pulse up` as a real process: children become ready, a job runs, SIGTERM stops all, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.settings import Settings
+from tests.conftest import settings_env
+from tests.helpers import wait_for
+from tests.integration.test_cli_common import invoke
+
+SERVICES = ("ticker", "market_sync", "whale_sync")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes (its parent has not reaped it yet).
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
+
+
+async def test_pulse_up_runs_the_system_and_stops_cleanly_on_sigterm(settings: Settings, tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    args = [sys.executable, "-c", "from shared.cli.app import main; main()", "up", "--no-status",
+            "--data-dir", str(tmp_path / "data")]
+    for service in SERVICES:
+        args += ["--service", service]
+    env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
+    with log.open("wb") as out:
+        up = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        async def _ready() -> bool:
+            if up.poll() is not None:
+                raise AssertionError(f"pulse up exited {up.returncode}:\n{log.read_text()}")
+            return "marketpulse is up" in log.read_text()
+
+        await wait_for(_ready, timeout_s=90, interval_s=0.2, what="pulse up to report ready")
+        pids = [int(pid) for pid in re.findall(r"ready \w+ \(port \d+, pid (\d+)\)", log.read_text())]
+        assert len(pids) == len(SERVICES) + 1  # and the simulator
+
+        result = await asyncio.to_thread(invoke, settings, "trigger", "whale_sync", "--wait", "--timeout", "60")
+        assert result.exit_code == 0, result.output + log.read_text()[-3000:]
+
+        up.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(up.wait, 30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    text = log.read_text()
+    assert "stopped" in text
+    assert [pid for pid in pids if _alive(pid)] == []
