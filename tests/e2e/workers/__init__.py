@@ -1,0 +1,1 @@
+"""Tiny worker programs that the runtime's end-to-end tests run as real processes."""
