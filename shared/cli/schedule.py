@@ -360,9 +360,11 @@ def pending(
         return
     from rich.table import Table
 
-    table = Table("run_id", "job", "fires at (UTC)", "requested by")
+    table = Table("job", "fires at (UTC)", "requested by")
+    # The run id is what cancel-pending needs: never wrap or cut it.
+    table.add_column("run_id", no_wrap=True, min_width=max(len(row["run_id"]) for row in rows))
     for row in rows:
-        table.add_row(row["run_id"], row["job"], row["at"], row["requested_by"])
+        table.add_row(row["job"], row["at"], row["requested_by"], row["run_id"])
     console.print(table)
 
 

@@ -62,7 +62,9 @@ async def read_requests(js: JetStreamContext, settings: Settings, job: str | Non
     info = await js.stream_info(names.jobs_stream)
     prefix = names.job_subject(job) if job else names.job_subject("x")[: -len("x")]
     found: list[JobRequest] = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+    if not info.state.messages:
+        return found
+    for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
         try:
             message = await js.get_msg(names.jobs_stream, seq, direct=True)
         except nats.js.errors.NotFoundError:
