@@ -540,6 +540,9 @@ def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # Listen before announcing the URL: connections made while uvicorn starts then wait
+    # in the backlog instead of being refused.
+    sock.listen(512)
     bound_port = sock.getsockname()[1]
     app = Simulator(config)
     server = uvicorn.Server(
