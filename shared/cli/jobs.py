@@ -26,6 +26,7 @@ from shared.settings import Settings
 
 from .common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     Connections,
     check_job,
@@ -222,7 +223,13 @@ def trigger(
     if timeout is not None and timeout <= 0:
         fail("--timeout must be a positive number of seconds")
     args = parse_args(arg or [])
-    raise typer.Exit(run_async(lambda: _trigger(job, args, when, key, wait, timeout, as_json)))
+    try:
+        code = run_async(lambda: _trigger(job, args, when, key, wait, timeout, as_json))
+    except typer.Exit as exc:
+        if wait and exc.exit_code == EXIT_INTERRUPTED:
+            err_console.print("stopped waiting; the run itself goes on (see: pulse runs --job " + job + ")")
+        raise
+    raise typer.Exit(code)
 
 
 # -- status / watch ---------------------------------------------------------------------------
