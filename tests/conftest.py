@@ -76,6 +76,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PULSE_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
         "PULSE_ACK_WAIT_S": str(settings.ack_wait_s),
         "PULSE_HTTP_PORT": str(settings.http_port),
+        "PULSE_NATS_CONNECT_TIMEOUT_S": str(settings.nats_connect_timeout_s),
+        "PULSE_MONGO_TIMEOUT_S": str(settings.mongo_timeout_s),
         "PULSE_LOG_LEVEL": settings.log_level,
         "PULSE_POLYMARKET_GAMMA_URL": settings.polymarket_gamma_url,
         "PULSE_POLYMARKET_DATA_URL": settings.polymarket_data_url,
