@@ -4,7 +4,6 @@ slots.py    what to do for one job now (pure: catch-up and recovery rules)
 state.py    the `ticker` KV bucket, compare-and-set only
 ticker.py   the loop: schedules (watched overrides), claims, publishes
 metrics.py  tick lateness and slots fired
-http.py     /healthz, /readyz, /metrics
 __main__.py wiring of the process
 """
 

@@ -1,7 +1,9 @@
 """Run the ticker service: `python -m services.ticker`.
 
-Wiring only: settings, logging, NATS, topology, HTTP port, then the loop (`ticker.py`).
-SIGTERM/SIGINT stop it cleanly; a crash at any point is safe (see `ticker.py`).
+Wiring only: settings, logging, NATS, topology, the HTTP port (`shared.runtime.health`),
+then the loop (`ticker.py`). SIGTERM/SIGINT stop it cleanly; a crash at any point is
+safe (see `ticker.py`). A configuration or connection problem at start-up is logged as
+one clear line and exits 2.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import logging
 import signal
 import sys
 
-from services.ticker.http import make_app, serve
 from services.ticker.ticker import Ticker, default_replica_id
 from shared.bus import connect_nats, ensure_topology
-from shared.errors import PulseError
+from shared.errors import ConfigError, PulseError
 from shared.logs import configure_logging
-from shared.settings import Settings, get_settings
+from shared.runtime.health import HttpServer, build_http_app
+from shared.settings import Settings, load_settings
 
 log = logging.getLogger("services.ticker")
+
+EXIT_CONFIG = 2
 
 
 async def run_ticker(settings: Settings) -> None:
@@ -31,10 +35,23 @@ async def run_ticker(settings: Settings) -> None:
         ticker = Ticker(settings, js, replica=replica)
         await ticker.start()
 
-        async def ready() -> bool:
-            return ticker.started and nats_client.is_connected
+        async def nats_ready() -> bool:
+            return bool(nats_client.is_connected)
 
-        http_task = await serve(make_app(ticker.metrics.registry, ready), settings.http_host, settings.http_port)
+        async def ticker_ready() -> bool:
+            return ticker.running
+
+        http = HttpServer(
+            build_http_app({"nats": nats_ready, "ticker": ticker_ready}, ticker.metrics.registry),
+            settings.http_host,
+            settings.http_port,
+        )
+        await http.start()
+        log.info(
+            "ticker serving /healthz /readyz /metrics on port %d",
+            http.port,
+            extra={"event": "service.http", "worker": replica},
+        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(ticker.stop()))
@@ -42,24 +59,24 @@ async def run_ticker(settings: Settings) -> None:
             await ticker.run()
         finally:
             await ticker.stop()
-            http_task.cancel()
+            await http.stop()
     finally:
         await nats_client.close()
-    log.info("ticker.stopped", extra={"event": "ticker.stopped"})
+    log.info("ticker.stopped", extra={"event": "ticker.stopped", "worker": replica})
 
 
 def main() -> None:
     try:
-        settings = get_settings()
-    except PulseError as exc:
+        settings = load_settings()
+    except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
     configure_logging(settings)
     try:
         asyncio.run(run_ticker(settings))
     except PulseError as exc:
         log.error("ticker.failed %s", exc, extra={"event": "ticker.failed"})
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 if __name__ == "__main__":

@@ -136,10 +136,12 @@ class Ticker:
         self._stopping = asyncio.Event()
         self.ticks = 0
         self.fired_count = 0
+        self.errors = 0
         self.started = False
+        self._last_tick_ok = True
 
     def __repr__(self) -> str:
-        return f"<Ticker replica={self.replica!r} ticks={self.ticks} fired={self.fired_count}>"
+        return f"<Ticker replica={self.replica!r} ticks={self.ticks} fired={self.fired_count} errors={self.errors}>"
 
     # -- life cycle ----------------------------------------------------------------
     async def start(self, *, watch_timeout_s: float = 10.0) -> None:
@@ -179,6 +181,11 @@ class Ticker:
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=delay)
+
+    @property
+    def running(self) -> bool:
+        """Started, not stopping, and the last evaluation reached NATS (for /readyz)."""
+        return self.started and not self._stopping.is_set() and self._last_tick_ok
 
     # -- schedules -------------------------------------------------------------------
     def schedule_of(self, job: str) -> EffectiveSchedule:
@@ -232,7 +239,9 @@ class Ticker:
             raise RuntimeError("Ticker.start() must run before tick()")
         now = self._clock.now()
         self.ticks += 1
+        errors_before = self.errors
         results = await asyncio.gather(*(self._tick_job(job, now) for job in self._effective))
+        self._last_tick_ok = self.errors == errors_before
         fired = [item for item in results if item is not None]
         self.fired_count += len(fired)
         return fired
@@ -246,6 +255,7 @@ class Ticker:
             return await self._settle(job, eff, due, now)
         except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
             self._cache.pop(job, None)  # re-read the truth next time
+            self.errors += 1
             self.metrics.errors.labels(job=job).inc()
             log.warning("ticker.error %s: %s", type(exc).__name__, exc, extra={"event": "ticker.error", "job": job})
             return None
