@@ -80,8 +80,10 @@ def parse_retry_after(response: httpx.Response) -> float | None:
         try:
             seconds = float(raw)
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(raw) if raw.strip() else None
-            seconds = parsed.timestamp() - time.time() if parsed is not None else math.nan
+            try:
+                seconds = email.utils.parsedate_to_datetime(raw).timestamp() - time.time()
+            except (ValueError, TypeError, IndexError):
+                seconds = math.nan  # unreadable: fall back to our own backoff
         if math.isfinite(seconds):
             return max(0.0, seconds)
     try:

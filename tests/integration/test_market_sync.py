@@ -93,7 +93,9 @@ async def test_full_run_stores_every_valid_market_as_served_and_a_second_run_wri
         counts = await sync_markets(db, provider_for(settings, http), checkpoint=no_checkpoint)
         served = await served_catalogue(sim.url, 50)
 
-        invalid = {r.get("id") for i, r in enumerate(served) if record_kind(SEED, "markets", i, rate) in INVALID_MARKET_KINDS}
+        invalid = {
+            r.get("id") for i, r in enumerate(served) if record_kind(SEED, "markets", i, rate) in INVALID_MARKET_KINDS
+        }
         valid = [r for i, r in enumerate(served) if record_kind(SEED, "markets", i, rate) not in INVALID_MARKET_KINDS]
         assert 10 < len(invalid) < 60, "the seed should give a handful of invalid records"
         assert (counts.fetched, counts.invalid, counts.inserted) == (240, len(served) - len(valid), len(valid))

@@ -58,11 +58,16 @@ async def test_injected_5xx_and_429_are_retried_and_the_run_completes(
     assert (counts.inserted, counts.invalid) == (200, 0)
     assert stats["faults_served"]["markets:5xx"] > 0
     assert stats["faults_served"]["markets:429"] > 0
-    assert stats["requests"]["markets"] == 8 + stats["faults_served"]["markets:5xx"] + stats["faults_served"]["markets:429"]
+    assert (
+        stats["requests"]["markets"]
+        == 8 + stats["faults_served"]["markets:5xx"] + stats["faults_served"]["markets:429"]
+    )
     assert await db[Collections.MARKETS].count_documents({}) == 200
 
 
-async def test_slow_and_malformed_answers_are_retried(make_settings: Any, db: Database, http: httpx.AsyncClient) -> None:
+async def test_slow_and_malformed_answers_are_retried(
+    make_settings: Any, db: Database, http: httpx.AsyncClient
+) -> None:
     faults = ["markets:slow=0.2", "markets:malformed=0.2"]
     with simulator_process(markets=100, seed=SEED, faults=faults, extra=["--slow-s", "3"]) as sim:
         settings = make_settings(polymarket_gamma_url=sim.url, page_size=20, http_timeout_s=0.5, http_attempts=8)
@@ -102,7 +107,9 @@ async def test_a_refused_request_is_permanent_and_not_retried(
     make_settings: Any, db: Database, http: httpx.AsyncClient
 ) -> None:
     with simulator_process(markets=10, seed=SEED) as sim:
-        settings = make_settings(polymarket_gamma_url=f"{sim.url}/wrong-prefix", http_attempts=4, polymarket_api_key="s3cret-key")
+        settings = make_settings(
+            polymarket_gamma_url=f"{sim.url}/wrong-prefix", http_attempts=4, polymarket_api_key="s3cret-key"
+        )
         with pytest.raises(ProviderRejected, match="HTTP 404") as caught:
             await sync_markets(db, PolymarketProvider(settings, http, NoLimit()), checkpoint=no_checkpoint)
     assert "s3cret-key" not in str(caught.value)
@@ -132,8 +139,10 @@ async def test_records_that_would_break_the_store_never_reach_it(
     assert markets - invalid == sum(kind in MESSY_MARKET_KINDS for kind in kinds) > 0
     async for doc in db[Collections.MARKETS].find({}):
         check_storable(doc)
-        assert "a.b" not in doc and "nested" not in doc
-        assert "\x00" not in doc["question"] and "\x07" not in doc["question"]
+        assert "a.b" not in doc
+        assert "nested" not in doc
+        assert "\x00" not in doc["question"]
+        assert "\x07" not in doc["question"]
 
 
 async def test_a_permanent_outage_through_the_worker_ends_failed_with_a_dead_letter(

@@ -47,9 +47,10 @@ def test_faults_can_be_changed_at_runtime_and_429_carries_retry_after() -> None:
 
 
 def test_prices_move_and_new_trades_appear_as_sim_time_advances() -> None:
-    with simulator_process(markets=200, extra=["--move-every-s", "10", "--trades-every-s", "5"]) as sim, httpx.Client(
-        base_url=sim.url
-    ) as client:
+    with (
+        simulator_process(markets=200, extra=["--move-every-s", "10", "--trades-every-s", "5"]) as sim,
+        httpx.Client(base_url=sim.url) as client,
+    ):
         before = client.get("/markets/keyset", params={"limit": 200}).json()["markets"]
         trades_before = client.get("/trades", params={"limit": 1}).json()
         client.post("/_sim/advance", json={"seconds": 30})
@@ -81,6 +82,9 @@ def test_bad_fault_options_name_what_is_wrong(text: str, message: str) -> None:
 
 
 def test_records_are_deterministic_per_seed_and_index() -> None:
-    one, two = Simulator(SimConfig(markets=5, seed=9, frozen=True)), Simulator(SimConfig(markets=5, seed=9, frozen=True))
+    one, two = (
+        Simulator(SimConfig(markets=5, seed=9, frozen=True)),
+        Simulator(SimConfig(markets=5, seed=9, frozen=True)),
+    )
     assert [one.market(i) for i in range(5)] == [two.market(i) for i in range(5)]
     assert one.market(0) != Simulator(SimConfig(markets=5, seed=10, frozen=True)).market(0)

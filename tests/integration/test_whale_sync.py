@@ -44,7 +44,13 @@ async def whales_served(url: str) -> dict[tuple[Any, ...], dict[str, Any]]:
         if record_kind(SEED, "trades", latest - position, RATE) in INVALID_TRADE_KINDS:
             continue
         if float(trade["size"]) * float(trade["price"]) >= THRESHOLD:
-            key = (trade["transactionHash"], trade["asset"], trade["proxyWallet"], trade["side"], int(trade["timestamp"]))
+            key = (
+                trade["transactionHash"],
+                trade["asset"],
+                trade["proxyWallet"],
+                trade["side"],
+                int(trade["timestamp"]),
+            )
             whales[key] = trade
     return whales
 
