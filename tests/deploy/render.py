@@ -16,7 +16,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from shared.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -100,3 +103,13 @@ def rendered(overlay: str) -> Rendered:
 def k8s_name(service: str) -> str:
     """Kubernetes object name of a service (`market_sync` -> `market-sync`)."""
     return service.replace("_", "-")
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    """Settings as a process with exactly this PULSE_* environment would load them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return load_settings()

@@ -115,7 +115,8 @@ def test_service_monitor_selects_every_service_port() -> None:
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     selected = [s for s in prod.of_kind("Service") if selector.items() <= s["metadata"].get("labels", {}).items()]
-    assert sorted(s["metadata"]["name"] for s in selected) == sorted(d["metadata"]["name"] for d in prod.of_kind("Deployment"))
+    deployments = sorted(d["metadata"]["name"] for d in prod.of_kind("Deployment"))
+    assert sorted(s["metadata"]["name"] for s in selected) == deployments
     for service in selected:
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
 
