@@ -24,6 +24,7 @@ from shared.settings import Settings
 from shared.store import Database
 from tests.conftest import settings_env
 from tests.helpers import wait_for
+from tests.integration.test_runtime_support import wait_value
 
 ROOT = Path(__file__).resolve().parents[2]
 Spawn = Callable[..., subprocess.Popen[bytes]]
@@ -79,7 +80,7 @@ async def test_worker_killed_mid_run_is_redelivered_to_another_and_completes_onc
             return int(doc["worker"].rsplit(":", 1)[1])
         return None
 
-    pid = await wait_for(_running_worker, timeout_s=30, what="a worker to start the run")
+    pid = await wait_for(_running_worker, timeout_s=60, what="a worker to start the run")
     victim = next(p for p in workers if p.pid == pid)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
@@ -88,7 +89,7 @@ async def test_worker_killed_mid_run_is_redelivered_to_another_and_completes_onc
         doc = await run_record(db, request.run_id)
         return doc if doc and doc["status"] == "completed" else None
 
-    doc = await wait_for(_completed, timeout_s=30, what="the redelivered run to complete")
+    doc = await wait_value(_completed, timeout_s=60, what="the redelivered run to complete")
     survivor = next(p for p in workers if p.pid != pid)
     assert doc["summary"] == {"pid": survivor.pid}
     assert doc["attempt_count"] == 2
@@ -129,7 +130,7 @@ async def test_two_worker_processes_never_overlap_and_stale_scheduled_requests_a
         finished = [d for d in docs if d["status"] in ("completed", "skipped")]
         return docs if len(finished) == len(requests) + len(stale) else None
 
-    docs = await wait_for(_all_done, timeout_s=45, what="every run to finish")
+    docs = await wait_value(_all_done, timeout_s=90, what="every run to finish")
     by_id = {d["_id"]: d for d in docs}
     assert all(by_id[r.run_id]["status"] == "completed" for r in requests)
     assert all((by_id[r.run_id]["status"], by_id[r.run_id]["reason"]) == ("skipped", "overlap") for r in stale)

@@ -23,6 +23,7 @@ from tests.integration.test_runtime_support import (
     policy,
     request_for,
     terminal_run,
+    wait_value,
 )
 from tests.integration.test_runtime_support import start_worker as start_worker
 
@@ -39,7 +40,7 @@ async def test_attempt_timeout_fails_the_attempt_and_the_retry_policy_applies(
     await start_worker([slow])
     request = request_for("slow")
     await publish_request(js, settings.names, request)
-    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=15, what="slow run")
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=15, what="slow run")
     assert doc["status"] == "completed"
     assert doc["summary"] == {"attempt": 2}
     first = doc["attempts"][0]
@@ -62,7 +63,7 @@ async def test_cancel_of_a_queued_run_ends_it_canceled_without_running(
     assert record.cancel_requested
     await publish_request(js, settings.names, request)
     worker = await start_worker([queued])
-    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=10, what="canceled run")
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=10, what="canceled run")
     assert doc["status"] == "canceled"
     await worker.run_until_idle(timeout_s=10)
     assert calls == []
@@ -98,7 +99,7 @@ async def test_cancel_of_a_running_run_stops_it_at_the_next_check_point(
         record = await request_cancel(db, request.run_id, request.job)
         assert record.cancel_requested
     for request in (looping_request, sleeping_request):
-        doc = await wait_for(lambda r=request: terminal_run(db, r.run_id), timeout_s=10, what="cancel")  # type: ignore[misc]
+        doc = await wait_value(lambda r=request: terminal_run(db, r.run_id), timeout_s=10, what="cancel")  # type: ignore[misc]
         assert doc["status"] == "canceled"
         assert doc["attempt_count"] == 1
     count = len(steps)

@@ -24,6 +24,7 @@ from tests.integration.test_runtime_support import (
     policy,
     request_for,
     terminal_run,
+    wait_value,
 )
 from tests.integration.test_runtime_support import start_worker as start_worker
 
@@ -44,7 +45,7 @@ async def test_handler_failing_twice_then_succeeding_completes_with_three_attemp
     worker = await start_worker([flaky])
     request = request_for("flaky")
     await publish_request(js, settings.names, request)
-    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=20, what="flaky run to finish")
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=20, what="flaky run to finish")
     assert doc["status"] == "completed"
     assert doc["attempt_count"] == 3
     assert [a["outcome"] for a in doc["attempts"]] == ["failed", "failed", "succeeded"]
@@ -71,7 +72,7 @@ async def test_always_failing_handler_is_dead_lettered_after_max_attempts(
     worker = await start_worker([doomed])
     request = request_for("doomed")
     await publish_request(js, settings.names, request)
-    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=20, what="doomed run to fail")
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=20, what="doomed run to fail")
     assert doc["status"] == "failed"
     assert doc["attempt_count"] == 3
     assert "always broken" in doc["error"]
@@ -177,7 +178,7 @@ async def test_permanent_error_fails_at_once_and_alerts(
     worker = await start_worker([rejected])
     request = request_for("rejected")
     await publish_request(js, settings.names, request)
-    doc = await wait_for(lambda: terminal_run(db, request.run_id), timeout_s=10, what="permanent failure")
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=10, what="permanent failure")
     assert (doc["status"], doc["attempt_count"]) == ("failed", 1)
     await worker.run_until_idle(timeout_s=10)
     alerts = await collect(js, settings.names.alert_subject("rejected"), settings.names.events_stream)

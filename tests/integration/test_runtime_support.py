@@ -6,8 +6,8 @@ modules import from here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from nats.js import JetStreamContext
@@ -17,6 +17,9 @@ from shared.runtime import JobPolicy, JobSpec, RetryPolicy, Worker
 from shared.schemas import TERMINAL_STATUSES, JobRequest, Trigger, new_run_id, utcnow
 from shared.settings import Settings
 from shared.store import Database
+from tests.helpers import wait_for
+
+T = TypeVar("T")
 
 
 def policy(**overrides: Any) -> JobPolicy:
@@ -78,3 +81,12 @@ async def start_worker(settings: Settings) -> AsyncIterator[WorkerFactory]:
     yield _start
     for worker in workers:
         await worker.stop(timeout_s=5)
+
+
+async def wait_value(
+    probe: Callable[[], Awaitable[T | None]], *, timeout_s: float = 10.0, what: str = "condition"
+) -> T:
+    """`wait_for` for probes that return a value or None; returns the (non-None) value."""
+    value = await wait_for(probe, timeout_s=timeout_s, what=what)
+    assert value is not None
+    return value

@@ -24,7 +24,7 @@ POLICY = JobPolicy(
     retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.2, jitter=0),
     timeout_s=60,
     stale_after_s=3600,
-    overlap=os.environ.get("PROBE_OVERLAP", "skip"),  # type: ignore[arg-type]
+    overlap=os.environ.get("PROBE_OVERLAP", "skip"),
 )
 
 

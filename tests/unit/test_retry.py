@@ -1,0 +1,65 @@
+"""The outcome → ack/nak/term decision and its delay math."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from shared.runtime.retry import Outcome, OutcomeKind, Settle, decide
+from shared.schemas import RunStatus
+from shared.settings import RetryPolicy
+
+POLICY = RetryPolicy(max_attempts=4, initial_backoff_s=0.5, base=2, max_backoff_s=3, jitter=0)
+
+
+@pytest.mark.parametrize(("attempt", "delay"), [(1, 0.5), (2, 1.0), (3, 2.0)])
+def test_failed_attempt_is_nakked_with_exponential_delay(attempt: int, delay: float) -> None:
+    decision = decide(Outcome(OutcomeKind.FAILED, error="x"), attempt, POLICY)
+    assert (decision.settle, decision.status, decision.delay_s) == (Settle.NAK, RunStatus.RETRYING, delay)
+    assert decision.dead_letter is None
+
+
+def test_delay_is_capped_by_max_backoff() -> None:
+    policy = RetryPolicy(max_attempts=10, initial_backoff_s=1, base=3, max_backoff_s=3, jitter=0)
+    assert decide(Outcome(OutcomeKind.FAILED), 5, policy).delay_s == 3
+
+
+def test_last_attempt_fails_the_run_with_a_dead_letter() -> None:
+    decision = decide(Outcome(OutcomeKind.FAILED, error="x"), 4, POLICY)
+    assert (decision.settle, decision.status, decision.dead_letter) == (Settle.TERM, RunStatus.FAILED, "exhausted")
+
+
+def test_spare_delivery_past_the_last_attempt_is_failed_too() -> None:
+    assert decide(Outcome(OutcomeKind.FAILED), 5, POLICY).status is RunStatus.FAILED
+
+
+def test_error_asked_delay_overrides_the_policy_but_not_the_cap() -> None:
+    assert decide(Outcome(OutcomeKind.FAILED, delay_s=2.5), 1, POLICY).delay_s == 2.5
+    assert decide(Outcome(OutcomeKind.FAILED, delay_s=60), 1, POLICY).delay_s == 3
+
+
+@pytest.mark.parametrize(
+    ("kind", "settle", "status", "dead_letter", "alert"),
+    [
+        (OutcomeKind.SUCCEEDED, Settle.ACK, RunStatus.COMPLETED, None, False),
+        (OutcomeKind.CANCELED, Settle.ACK, RunStatus.CANCELED, None, False),
+        (OutcomeKind.SKIPPED, Settle.ACK, RunStatus.SKIPPED, None, False),
+        (OutcomeKind.INVALID, Settle.TERM, RunStatus.FAILED, "invalid", False),
+        (OutcomeKind.PERMANENT, Settle.TERM, RunStatus.FAILED, "permanent", True),
+    ],
+)
+def test_non_retryable_outcomes_are_decided_at_once(
+    kind: OutcomeKind, settle: Settle, status: RunStatus, dead_letter: str | None, alert: bool
+) -> None:
+    decision = decide(Outcome(kind), 1, POLICY)
+    assert (decision.settle, decision.status, decision.dead_letter, decision.alert) == (
+        settle, status, dead_letter, alert)
+
+
+def test_jitter_spreads_delays_within_its_fraction() -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff_s=1, base=2, jitter=0.1)
+    rng = random.Random(7)
+    delays = [decide(Outcome(OutcomeKind.FAILED), 2, policy, rng).delay_s for _ in range(200)]
+    assert all(d is not None and 1.8 <= d <= 2.2 for d in delays)
+    assert len(set(delays)) > 100
