@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -106,6 +107,7 @@ class Ticker:
         replica: this replica's name in claims.
         claim_grace_s: age of an unconfirmed claim before it is published again.
         max_idle_s: longest sleep between evaluations (bounds reaction to lost wake-ups).
+        on_fired: called with each published slot (benchmarks, tests); must not block.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Ticker:
         replica: str | None = None,
         claim_grace_s: float = 2.0,
         max_idle_s: float = 1.0,
+        on_fired: Callable[[Fired], None] | None = None,
     ) -> None:
         self._settings = settings
         self._names = settings.names
@@ -127,6 +130,7 @@ class Ticker:
         self.replica = replica or default_replica_id()
         self._claim_grace_s = claim_grace_s
         self._max_idle_s = max_idle_s
+        self._on_fired = on_fired
         self._overrides: dict[str, ScheduleOverride] = {}
         self._effective: dict[str, EffectiveSchedule] = {job: self._resolve(job) for job in JOBS}
         self._cache: dict[str, Stored] = {}
@@ -244,6 +248,9 @@ class Ticker:
         self._last_tick_ok = self.errors == errors_before
         fired = [item for item in results if item is not None]
         self.fired_count += len(fired)
+        if self._on_fired is not None:
+            for item in fired:
+                self._on_fired(item)
         return fired
 
     async def _tick_job(self, job: str, now: datetime) -> Fired | None:
