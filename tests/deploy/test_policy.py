@@ -306,3 +306,10 @@ def test_kustomize_tree_has_no_stray_files() -> None:
         referenced |= {str((kustomization.parent / m).resolve()) for m in re.findall(r"[\w./-]+\.(?:yaml|conf)", text)}
     files = [p for p in K8S.rglob("*") if p.suffix in (".yaml", ".conf") and p.name != "kustomization.yaml"]
     assert sorted(str(p.relative_to(K8S)) for p in files if str(p.resolve()) not in referenced) == []
+
+
+def test_readme_explains_every_setting() -> None:
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    variables = [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
+    missing = [variable for variable in variables if f"`{variable}`" not in readme]
+    assert missing == [], "add them to the settings table of deploy/README.md"
