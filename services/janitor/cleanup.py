@@ -1,14 +1,18 @@
 """Retention cleanup: delete run records and whale trades past their retention, in batches.
 
-Each batch finds at most `batch_size` ids (`find` + `limit`, ids only) and deletes them
-with `delete_many({_id: {$in: ids}, <same filter>})`. The repeated filter makes a
-document that changed between the two steps (say, a run that was revived) survive. So
-memory holds one batch of ids whatever the backlog, no single delete stalls the server
-for long, and the run heartbeats between batches, so millions of documents neither
-exhaust memory nor make the run look dead. A run killed midway loses nothing: the next
-attempt finds what is left.
+Each batch takes the `batch_size` smallest expired `_id`s (`find` sorted on `_id`, ids
+only, `limit`) and deletes the expired documents in that `_id` range,
+`delete_many({<filter>, _id: {$gte: first, $lte: last}})`: exactly that batch, and the
+repeated filter spares a document that changed in between. So memory holds one batch of
+ids whatever the backlog, no single delete runs long, and the run heartbeats between
+batches: millions of documents neither exhaust memory nor make the run look dead. A run
+killed midway loses nothing; the next attempt finds what is left.
 
-Every query also runs on FerretDB 1.24 (no update pipelines, no transactions).
+Why a range and not `_id: {$in: ids}`: FerretDB 1.24 (SQLite) evaluates `$in` against
+every document with a linear scan of the list, so deleting 5,000 ids from 200,000 runs
+took 41 s, against 13 s for the range (one scan); on MongoDB both walk the `_id` index.
+And why batches at all, beyond memory: FerretDB 1.24 fails a delete of more than about
+32,000 documents at once ("too many SQL variables").
 """
 
 from __future__ import annotations
@@ -105,11 +109,11 @@ async def delete_in_batches(
     collection = db[sweep.collection]
     deleted = 0
     while True:
-        cursor = collection.find(sweep.expired, {"_id": 1}).limit(batch_size)
+        cursor = collection.find(sweep.expired, {"_id": 1}).sort("_id", 1).limit(batch_size)
         ids = [doc["_id"] async for doc in cursor]
         if not ids:
             return deleted
-        result = await collection.delete_many({"_id": {"$in": ids}, **sweep.expired})
+        result = await collection.delete_many({**sweep.expired, "_id": {"$gte": ids[0], "$lte": ids[-1]}})
         deleted += result.deleted_count
         await checkpoint({"sweep": sweep.label, "deleted": deleted})
         if len(ids) < batch_size:
