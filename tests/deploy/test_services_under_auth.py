@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from nats.aio.msg import Msg
 
 from shared.bus import ensure_topology, nats_connect_options
 from shared.localstack import free_port
-from shared.names import JOBS, Names
+from shared.names import JOBS, Collections, Names
 from shared.permissions import OPERATOR, jobs_of
 from shared.providers.simprocess import RunningSimulator, simulator_process
 from shared.requests import publish_request
@@ -124,15 +125,9 @@ async def wait_ready(process: subprocess.Popen[bytes], log: Path, port: int) -> 
         await wait_for(ready, timeout_s=60, interval_s=0.2, what=f"/readyz of {log.stem}")
 
 
-@pytest.mark.parametrize("service", CONSUMER_SERVICES)
-async def test_consumer_service_completes_its_jobs_as_its_own_user(
-    service: str, server: AuthServer, deployed: Settings, start_service: Any
-) -> None:
-    port = free_port()
-    process, log = start_service(service, service_env(deployed, server, service, port))
-    await wait_ready(process, log, port)
-
-    operator = await connect_operator(deployed, server)
+async def run_by_hand(settings: Settings, server: AuthServer, jobs: tuple[str, ...], until: set[str]) -> dict[str, str]:
+    """As the operator, request `jobs` manually; return the last run status per job seen in EVENTS."""
+    operator = await connect_operator(settings, server)
     outcomes: dict[str, str] = {}
 
     async def record(msg: Msg) -> None:
@@ -142,23 +137,58 @@ async def test_consumer_service_completes_its_jobs_as_its_own_user(
     try:
         await operator.subscribe(NAMES.run_events_wildcard(), cb=record)
         js = operator.jetstream(timeout=5)
-        for job in jobs_of(service):
+        for job in jobs:
             now = utcnow()
             request = JobRequest(run_id=new_run_id(job, Trigger.MANUAL), job=job, trigger=Trigger.MANUAL,
                                  scheduled_for=now, requested_at=now, requested_by="tests")  # fmt: skip
             await publish_request(js, NAMES, request)
 
         async def all_finished() -> bool:
-            return set(outcomes) >= set(jobs_of(service)) and "running" not in outcomes.values()
+            return set(outcomes) >= until and "running" not in outcomes.values()
 
-        await wait_for(all_finished, timeout_s=60, interval_s=0.2, what=f"runs of {jobs_of(service)}")
+        await wait_for(all_finished, timeout_s=60, interval_s=0.2, what=f"run events of {sorted(until)}")
     finally:
         await operator.close()
+    return outcomes
+
+
+@pytest.mark.parametrize("service", CONSUMER_SERVICES)
+async def test_consumer_service_completes_its_jobs_as_its_own_user(
+    service: str, server: AuthServer, deployed: Settings, start_service: Any
+) -> None:
+    port = free_port()
+    process, log = start_service(service, service_env(deployed, server, service, port))
+    await wait_ready(process, log, port)
+    try:
+        outcomes = await run_by_hand(deployed, server, jobs_of(service), set(jobs_of(service)))
+    finally:
         await drop_database(deployed)
     assert outcomes == dict.fromkeys(jobs_of(service), "completed"), tail(log)
     assert violations(server) == []
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+async def test_janitor_may_time_out_another_jobs_run(
+    server: AuthServer, deployed: Settings, start_service: Any
+) -> None:
+    """The watchdog publishes market_sync's run event: the one cross-job grant."""
+    client = make_client(deployed)
+    long_ago = utcnow() - timedelta(hours=1)
+    await client[deployed.mongo_db][Collections.RUNS].insert_one({
+        "_id": "market_sync:manual:lost", "job": "market_sync", "trigger": "manual", "status": "running",
+        "started_at": long_ago, "heartbeat_at": long_ago, "attempt_count": 1,
+    })  # fmt: skip
+    await client.close()
+    port = free_port()
+    process, log = start_service("janitor", service_env(deployed, server, "janitor", port))
+    await wait_ready(process, log, port)
+    try:
+        outcomes = await run_by_hand(deployed, server, ("watchdog",), {"watchdog", "market_sync"})
+    finally:
+        await drop_database(deployed)
+    assert outcomes == {"watchdog": "completed", "market_sync": "timed_out"}, tail(log)
+    assert violations(server) == []
 
 
 async def test_ticker_publishes_its_start_up_requests_as_its_own_user(
