@@ -17,6 +17,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# Imported early on purpose: hypothesis's pytest plugin importing it late trips a CPython
+# 3.11.7 bug (gh-106905, "AST constructor recursion depth mismatch") at session end.
+import hypothesis  # noqa: F401
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
