@@ -5,6 +5,9 @@ No I/O here, so the catch-up rules are unit-tested with plain values:
 - no state yet (a schedule seen for the first time): fire the latest slot, once;
 - the latest due slot is newer than the last claimed slot: fire it (after downtime this
   is the latest missed slot only; the ones before it are skipped on purpose);
+- the latest due slot is the claimed one, claimed by this replica ahead of time and not
+  yet published (`Ticker.prepare` claims the next slot shortly before it is due, so the
+  compare-and-set is off the critical path): publish it now;
 - the latest due slot is the claimed one but its publish was never confirmed, and the
   claim is older than `claim_grace_s`: publish it again (the claimer probably died
   between claim and publish; `Nats-Msg-Id` = `run_id` makes the repeat harmless);
@@ -40,8 +43,9 @@ class SlotState(BaseModel):
 
 class Action(StrEnum):
     IDLE = "idle"
-    FIRE = "fire"
-    REPUBLISH = "republish"
+    FIRE = "fire"  # claim the slot, then publish
+    PUBLISH = "publish"  # our own claim, made ahead of the slot: publish
+    REPUBLISH = "republish"  # someone's unconfirmed claim, past the grace: re-claim and publish again
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,13 @@ IDLE = Decision(Action.IDLE)
 
 
 def decide(
-    schedule: Schedule, due: datetime | None, state: SlotState | None, now: datetime, *, claim_grace_s: float
+    schedule: Schedule,
+    due: datetime | None,
+    state: SlotState | None,
+    now: datetime,
+    *,
+    claim_grace_s: float,
+    replica: str | None = None,
 ) -> Decision:
     """Decide what to do for one job.
 
@@ -68,12 +78,19 @@ def decide(
         now: the current time (UTC).
         claim_grace_s: how long an unconfirmed claim is left to its claimer before
             another replica (or a restarted ticker) publishes it again.
+        replica: this replica's name: its own unconfirmed claim is published at once.
     """
     if due is None:
         return IDLE
     if state is None or state.slot < due:
         return Decision(Action.FIRE, due, catch_up=is_catch_up(schedule, due, state))
-    if state.slot == due and not state.published and now - state.claimed_at >= timedelta(seconds=claim_grace_s):
+    if state.slot != due or state.published:
+        return IDLE
+    if replica is not None and state.claimed_by == replica:
+        # Claimed before the slot: on time. Claimed after it: an earlier run of this
+        # replica died between claim and publish.
+        return Decision(Action.PUBLISH, due, catch_up=state.claimed_at > due)
+    if now - state.claimed_at >= timedelta(seconds=claim_grace_s):
         return Decision(Action.REPUBLISH, due, catch_up=True)
     return IDLE
 

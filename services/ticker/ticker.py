@@ -6,7 +6,11 @@ How "exactly one" holds across replicas and restarts:
    the same `run_id` (`scheduled_run_id(job, slot)`).
 2. A replica *claims* the slot with a compare-and-set on the job's key in the `ticker`
    bucket (state `published: false`). Of replicas racing with the same revision exactly
-   one wins; the others see the conflict, re-read, and stand down.
+   one wins; the others see the conflict, re-read, and stand down. The loop claims each
+   slot `lead_s` (250 ms) *before* it is due (`prepare`), so that at the slot itself only
+   the publish remains: tick lateness is one publish round trip, as for a plain
+   scheduler. A slot not claimed ahead (start-up, catch-up, schedule change) is claimed
+   at the slot.
 3. The winner publishes the request with `Nats-Msg-Id: <run_id>` (a second guard:
    JetStream drops a repeat within `duplicate_window_s`), then confirms the claim
    (`published: true`) with another compare-and-set.
@@ -37,7 +41,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import nats.errors
@@ -108,6 +112,7 @@ class Ticker:
         claim_grace_s: age of an unconfirmed claim before it is published again.
         max_idle_s: longest sleep between evaluations (bounds reaction to lost wake-ups).
         on_fired: called with each published slot (benchmarks, tests); must not block.
+        lead_s: how long before a slot `run()` claims it (`prepare`).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class Ticker:
         claim_grace_s: float = 2.0,
         max_idle_s: float = 1.0,
         on_fired: Callable[[Fired], None] | None = None,
+        lead_s: float = 0.25,
     ) -> None:
         self._settings = settings
         self._names = settings.names
@@ -131,11 +137,14 @@ class Ticker:
         self._claim_grace_s = claim_grace_s
         self._max_idle_s = max_idle_s
         self._on_fired = on_fired
+        self._lead_s = lead_s
         self._overrides: dict[str, ScheduleOverride] = {}
         self._effective: dict[str, EffectiveSchedule] = {job: self._resolve(job) for job in JOBS}
         self._cache: dict[str, Stored] = {}
         self._store: SlotStore | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watch_timeout_s = 10.0
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self.ticks = 0
@@ -155,12 +164,8 @@ class Ticker:
         just because the default schedule says so.
         """
         self._store = SlotStore(await self._js.key_value(self._names.ticker_bucket))
-        schedules = await self._js.key_value(self._names.schedules_bucket)
-        watcher = await schedules.watchall()
-        # The watcher yields current values, then None, then live changes.
-        while (entry := await watcher.updates(timeout=watch_timeout_s)) is not None:  # type: ignore[no-untyped-call]
-            self._apply_entry(entry)
-        self._watch_task = asyncio.create_task(self._watch(watcher), name="ticker-watch")
+        self._watch_timeout_s = watch_timeout_s
+        await self._start_watch()
         self.started = True
         log.info("ticker.started", extra={"event": "ticker.started", "worker": self.replica})
 
@@ -168,11 +173,7 @@ class Ticker:
         """Stop the loop and the watcher (a tick in progress finishes its publishes)."""
         self._stopping.set()
         self._changed.set()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        await self._stop_watch()
 
     async def run(self) -> None:
         """Tick at every slot until `stop()`; errors are logged and retried, never fatal."""
@@ -180,11 +181,42 @@ class Ticker:
             await self.start()
         while not self._stopping.is_set():
             self._changed.clear()  # before the tick: a change during it wakes the next wait
-            await self.tick()
-            delay = self._seconds_to_next_slot()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=delay)
+            try:
+                if self._watch_task is None or self._watch_task.done():
+                    await self._start_watch()  # the watch died (e.g. NATS restarted): resume it
+                await self.tick()
+            except Exception:
+                # Never die on one bad evaluation: the next one re-reads everything it needs.
+                self._last_tick_ok = False
+                self.errors += 1
+                log.exception("ticker.tick_failed", extra={"event": "ticker.tick_failed"})
+            await self._wait_and_prepare()
+
+    async def _wait_and_prepare(self) -> None:
+        """Sleep until the next slot, claiming it `lead_s` ahead; return early on a schedule change."""
+        now = self._clock.now()
+        upcoming = self._next_fire_time(now)
+        if upcoming is None or (upcoming - now).total_seconds() - self._lead_s > self._max_idle_s:
+            await self._sleep_until(now + timedelta(seconds=self._max_idle_s))
+            return
+        if await self._sleep_until(upcoming - timedelta(seconds=self._lead_s)):
+            return  # the schedules changed: plan again
+        try:
+            await self.prepare(upcoming)
+        except Exception:
+            log.exception("ticker.prepare_failed", extra={"event": "ticker.prepare_failed"})
+        await self._sleep_until(upcoming)
+
+    async def _sleep_until(self, moment: datetime) -> bool:
+        """Sleep until `moment` (clock time); True when woken early by a change or stop()."""
+        delay = (moment - self._clock.now()).total_seconds()
+        if delay <= 0:
+            return self._changed.is_set()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def running(self) -> bool:
@@ -225,16 +257,75 @@ class Ticker:
         state = "disabled" if not eff.enabled else "paused" if eff.paused else "active"
         return f"{eff.schedule.text!r} ({eff.source}, {state})"
 
-    async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                self._apply_entry(entry)
+    async def _start_watch(self) -> None:
+        """Watch `schedules`: load every current override (replacing what we had), then follow changes."""
+        await self._stop_watch()
+        schedules = await self._js.key_value(self._names.schedules_bucket)
+        watcher = await schedules.watchall()
+        current: list[KeyValue.Entry] = []
+        # The watcher yields current values, then None, then live changes.
+        while (entry := await watcher.updates(timeout=self._watch_timeout_s)) is not None:  # type: ignore[no-untyped-call]
+            current.append(entry)
+        # Rebuild from scratch: an override deleted while we were not watching must go too.
+        self._overrides.clear()
+        self._effective = {job: self._resolve(job) for job in JOBS}
+        for entry in current:
+            self._apply_entry(entry)
+        self._watcher = watcher
+        self._watch_task = asyncio.create_task(self._watch(watcher), name="ticker-watch")
 
-    def _seconds_to_next_slot(self) -> float:
-        now = self._clock.now()
+    async def _stop_watch(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch_task
+            self._watch_task = None
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):  # the subscription may already be gone with the connection
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
+            self._watcher = None
+
+    async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async for entry in watcher:
+                if entry is not None:
+                    self._apply_entry(entry)
+        except Exception:
+            log.exception("ticker.watch_failed", extra={"event": "ticker.watch_failed"})
+            raise
+
+    def _next_fire_time(self, now: datetime) -> datetime | None:
         fires = [when for eff in self._effective.values() if (when := eff.next_fire(now)) is not None]
-        delay = min(((when - now).total_seconds() for when in fires), default=self._max_idle_s)
-        return max(0.0, min(delay, self._max_idle_s))
+        return min(fires, default=None)
+
+    async def prepare(self, slot: datetime) -> int:
+        """Claim `slot` ahead of time for every job whose next slot it is; returns how many were claimed.
+
+        Called `lead_s` before the slot, so that at the slot only the publish remains. A
+        claim lost to another replica is fine: that replica publishes. A claim whose
+        claimer dies is published by the others after `claim_grace_s` (see `decide`).
+        """
+        if self._store is None:
+            raise RuntimeError("Ticker.start() must run before prepare()")
+        now = self._clock.now()
+        jobs = [job for job, eff in self._effective.items() if eff.next_fire(now) == slot]
+        claimed = await asyncio.gather(*(self._claim_ahead(job, slot, now) for job in jobs))
+        return sum(claimed)
+
+    async def _claim_ahead(self, job: str, slot: datetime, now: datetime) -> bool:
+        assert self._store is not None
+        stored = self._cache.get(job) or await self._store.read(job)
+        if stored.state is not None and stored.state.slot >= slot:
+            return False
+        claim = SlotState(
+            slot=slot, run_id=scheduled_run_id(job, slot), published=False, claimed_at=now, claimed_by=self.replica
+        )
+        revision = await self._store.write(job, claim, stored.revision)
+        if revision is None:
+            self._cache.pop(job, None)  # someone else's claim: read it at the slot
+            return False
+        self._cache[job] = Stored(claim, revision)
+        return True
 
     # -- one evaluation ----------------------------------------------------------------
     async def tick(self) -> list[Fired]:
@@ -273,7 +364,9 @@ class Ticker:
         if stored is None:
             stored = await self._store.read(job)
         for _ in range(_MAX_CLAIM_TRIES):
-            decision = decide(eff.schedule, due, stored.state, now, claim_grace_s=self._claim_grace_s)
+            decision = decide(
+                eff.schedule, due, stored.state, now, claim_grace_s=self._claim_grace_s, replica=self.replica
+            )
             if decision.action is Action.IDLE:
                 self._cache[job] = stored
                 return None
@@ -295,11 +388,14 @@ class Ticker:
         slot = decision.slot
         run_id = scheduled_run_id(job, slot)
         republish = decision.action is Action.REPUBLISH
-        claim = SlotState(slot=slot, run_id=run_id, published=False, claimed_at=now, claimed_by=self.replica)
-        if republish and stored.state is not None:
-            claim = stored.state.model_copy(update={"claimed_at": now, "claimed_by": self.replica})
-        # Re-claiming an unconfirmed slot is a CAS too, so two replicas never both repeat it.
-        revision = await self._store.write(job, claim, stored.revision)
+        if decision.action is Action.PUBLISH and stored.state is not None:
+            claim, revision = stored.state, stored.revision  # claimed ahead by `prepare`
+        else:
+            claim = SlotState(slot=slot, run_id=run_id, published=False, claimed_at=now, claimed_by=self.replica)
+            if republish and stored.state is not None:
+                claim = stored.state.model_copy(update={"claimed_at": now, "claimed_by": self.replica})
+            # Re-claiming an unconfirmed slot is a CAS too, so two replicas never both repeat it.
+            revision = await self._store.write(job, claim, stored.revision)
         if revision is None:
             return None
         request = JobRequest(

@@ -6,6 +6,7 @@ stays in the stream, and the tests read them by sequence without consuming.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -213,3 +214,49 @@ async def test_delayed_run_survives_a_restart_of_every_process(
 
 def delayed(job: str) -> JobRequest:
     return JobRequest(run_id=new_run_id(job, Trigger.DELAYED), job=job, trigger=Trigger.DELAYED, scheduled_for=utcnow())
+
+
+async def pulse(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`pulse ARGS` as a separate process, with the test's environment."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PULSE_")}
+    env.update(settings_env(settings))
+    return await asyncio.to_thread(
+        subprocess.run, [str(Path(sys.executable).parent / "pulse"), *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+
+
+async def test_cli_changes_apply_to_a_running_ticker_process(
+    settings: Settings, bare_js: JetStreamContext, start_ticker: Any
+) -> None:
+    ticker = start_ticker(ticker_env(settings, {"whale_sync": "daily at 02:00"}))
+    await ticker.wait_serving()
+
+    async def count() -> int:
+        return len(await read_requests(bare_js, settings, "whale_sync"))
+
+    await wait_for(count, timeout_s=10, what="the start-up request")  # first seen: today's 02:00 fires once
+    changed = await pulse(settings, "schedule", "set", "whale_sync", "--every", "1s")
+    assert changed.returncode == 0, changed.stderr
+    assert "every 1s" in changed.stdout
+
+    async def ticking(at_least: int) -> bool:
+        return await count() >= at_least
+
+    await wait_for(lambda: ticking(4), timeout_s=15, what="the new schedule applied")
+    paused = await pulse(settings, "schedule", "pause", "whale_sync")
+    assert paused.returncode == 0, paused.stderr
+    settled = utcnow() + timedelta(seconds=1.5)  # a publish in flight at the pause may still land
+
+    async def past(moment: datetime) -> bool:
+        return utcnow() >= moment
+
+    await wait_for(lambda: past(settled), timeout_s=5, what="the pause to settle")
+    at_pause = await count()
+    await wait_for(lambda: past(settled + timedelta(seconds=3)), timeout_s=10, what="three paused slots")
+    assert await count() == at_pause, "a paused job fired"
+
+    resumed = await pulse(settings, "schedule", "resume", "whale_sync")
+    assert resumed.returncode == 0, resumed.stderr
+    await wait_for(lambda: ticking(at_pause + 2), timeout_s=15, what="ticking after resume")
+    assert ticker.process.poll() is None  # the same process throughout: no restart

@@ -291,3 +291,46 @@ async def _source_is(ticker: Ticker, job: str, source: str) -> bool:
 
 async def _paused_is(ticker: Ticker, job: str, paused: bool) -> bool:
     return ticker.schedule_of(job).paused is paused
+
+
+async def test_slot_claimed_ahead_is_published_at_the_slot_without_a_second_claim(
+    make_settings: Any, js: JetStreamContext, make_ticker: Any, clock: FakeClock
+) -> None:
+    settings = settings_with(make_settings, {"whale_sync": "every 10s"})
+    one = await make_ticker(settings, replica="one")
+    two = await make_ticker(settings, replica="two")
+    await one.tick()
+    next_slot = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
+    clock.advance(seconds=9.3)  # 250 ms before the slot, as run() does
+
+    assert await one.prepare(next_slot) == 1
+    assert await two.prepare(next_slot) == 0  # already claimed by one
+    assert await one.tick() == []  # not due yet
+    assert await two.tick() == []
+    clock.advance(seconds=0.25)
+    fired = await asyncio.gather(two.tick(), one.tick())
+
+    assert [[(f.slot, f.catch_up) for f in batch] for batch in fired] == [[], [(next_slot, False)]]
+    assert [r.scheduled_for for r in await read_requests(js, settings)][-1] == next_slot
+
+
+async def test_claim_ahead_by_a_replica_that_dies_is_published_by_another(
+    make_settings: Any, js: JetStreamContext, make_ticker: Any, clock: FakeClock
+) -> None:
+    settings = settings_with(make_settings, {"whale_sync": "every 10s"})
+    doomed = await make_ticker(settings, replica="doomed")
+    survivor = await make_ticker(settings, replica="survivor", claim_grace_s=2.0)
+    await doomed.tick()
+    next_slot = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
+    clock.advance(seconds=9.3)
+    assert await doomed.prepare(next_slot) == 1
+    await doomed.stop()  # dies before the slot: its claim is never published
+
+    clock.advance(seconds=0.25)
+    assert await survivor.tick() == []  # within the grace
+    clock.advance(seconds=2)
+    fired = await survivor.tick()
+
+    assert [(f.slot, f.republished) for f in fired] == [(next_slot, True)]
+    run_ids = [r.run_id for r in await read_requests(js, settings)]
+    assert run_ids.count(scheduled_run_id("whale_sync", next_slot)) == 1

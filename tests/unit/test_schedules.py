@@ -326,3 +326,16 @@ def timezone_offset(hours: int) -> object:
     from datetime import timezone
 
     return timezone(timedelta(hours=hours))
+
+
+def test_decide_publishes_its_own_claim_made_ahead_of_the_slot_at_once() -> None:
+    slot = utc(2026, 3, 1, 12)
+    ahead = state(slot, published=False, claimed_at=slot - timedelta(milliseconds=250))
+    decision = decide(EVERY_MIN, slot, ahead, slot, claim_grace_s=2, replica="r1")
+    assert (decision.action, decision.catch_up) == (Action.PUBLISH, False)
+    # Another replica leaves it to the claimer until the grace has passed.
+    assert decide(EVERY_MIN, slot, ahead, slot, claim_grace_s=2, replica="r2").action is Action.IDLE
+    # Before the slot is due nothing happens, even for the claimer.
+    before = decide(EVERY_MIN, slot - timedelta(minutes=1), ahead, slot - timedelta(milliseconds=100),
+                    claim_grace_s=2, replica="r1")  # fmt: skip
+    assert before.action is Action.IDLE
