@@ -1,11 +1,12 @@
 """market_sync's domain work: stream the catalogue into `markets`, writing only what changed.
 
-Per page: parse (done by the provider), fetch the stored content hashes of the page's
-markets with one query, upsert the new and changed ones with one unordered bulk write,
-refresh `seen_at` of the unchanged ones with one update, then heartbeat. Memory holds at
-most two pages (the one being written and the one being fetched), whatever the size of
-the catalogue. Only after the listing completed are markets not seen in this run marked
-inactive: a listing cut short says nothing about the markets it did not reach.
+Pages are parsed by the provider and buffered into chunks of `CHUNK_MARKETS`. Per chunk:
+fetch the stored content hashes with one query, insert the new markets with one
+unordered `insert_many`, update the changed ones with one unordered bulk write, and
+refresh `seen_at` of the unchanged ones with one update. A heartbeat follows every page.
+Memory holds one chunk and one page in flight, whatever the size of the catalogue.
+Only after the listing completed are markets not seen in this run marked inactive: a
+listing cut short says nothing about the markets it did not reach.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 
 from shared.names import Collections
 from shared.providers.base import MarketParse, Provider, RecordError
@@ -35,6 +37,8 @@ Checkpoint = Callable[[dict[str, Any]], Awaitable[object]]
 #: Invalid records logged one by one per run; the rest are only counted (a bad upstream
 #: deploy can make every record invalid, and 200,000 log lines help nobody).
 MAX_LOGGED_INVALID = 20
+#: Markets written per chunk (see MarketWriter): bounds memory, amortizes collection scans.
+CHUNK_MARKETS = 1000
 #: Fields that are bookkeeping, not content: a change in them is not a change of the market.
 _BOOKKEEPING = frozenset({"synced_at", "seen_at", "content_hash"})
 
@@ -149,24 +153,40 @@ async def prefetched(pages: AsyncIterator[T]) -> AsyncIterator[T]:
 
 
 class MarketWriter:
-    """Writes pages of markets to `markets`; keeps the counts."""
+    """Writes pages of markets to `markets` in chunks; keeps the counts.
 
-    def __init__(self, db: Database, run_started: datetime) -> None:
+    Pages are buffered up to `chunk_size` markets and written together: on FerretDB 1.24
+    (SQLite) an `$in` query or update scans the whole collection, so one scan per chunk
+    instead of one per page is what keeps a large catalogue fast. The buffer is bounded
+    by `chunk_size`, not by the catalogue, so memory stays flat.
+    """
+
+    def __init__(self, db: Database, run_started: datetime, chunk_size: int = CHUNK_MARKETS) -> None:
         self._markets = db[Collections.MARKETS]
         self._run_started = run_started
+        self._chunk_size = chunk_size
+        self._buffer: dict[str, Document] = {}
         self.counts = MarketSyncCounts()
 
     async def write_page(self, page: list[MarketParse]) -> None:
+        """Buffer one page; write the buffer once it holds `chunk_size` markets."""
         markets, errors = split_parses(page)
         self.counts.pages += 1
         self.counts.fetched += len(page)
         self._note_invalid(errors)
-        documents: list[Document] = []
         for market in markets:
             try:
-                documents.append(market_document(market))
+                document = market_document(market)
             except ValueError as exc:  # UnsafeValue: the parser let something through
                 self._note_invalid([RecordError("market", market.market_id, str(exc))])
+                continue
+            self._buffer[document["_id"]] = document
+        if len(self._buffer) >= self._chunk_size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the buffered markets: insert new, update changed, stamp unchanged as seen."""
+        documents, self._buffer = list(self._buffer.values()), {}
         if not documents:
             return
         ids = [document["_id"] for document in documents]
@@ -175,15 +195,18 @@ class MarketWriter:
             async for found in self._markets.find({"_id": {"$in": ids}}, {"content_hash": 1})
         }
         plan = plan_page(documents, stored)
-        if plan.upserts:
-            stamp = {"synced_at": self._run_started, "seen_at": self._run_started}
+        stamp = {"synced_at": self._run_started, "seen_at": self._run_started}
+        new = [{**document, **stamp} for document in plan.upserts if document["_id"] in plan.new_ids]
+        changed = [document for document in plan.upserts if document["_id"] not in plan.new_ids]
+        changed += await self._insert(new)
+        if changed:
             operations = [
                 UpdateOne(
                     {"_id": document["_id"]},
                     {"$set": {**{k: v for k, v in document.items() if k != "_id"}, **stamp}},
                     upsert=True,
                 )
-                for document in plan.upserts
+                for document in changed
             ]
             result = await self._markets.bulk_write(operations, ordered=False)
             self.counts.inserted += result.upserted_count
@@ -194,6 +217,22 @@ class MarketWriter:
                 {"_id": {"$in": plan.unchanged_ids}}, {"$set": {"seen_at": self._run_started}}
             )
             self.counts.unchanged += len(plan.unchanged_ids)
+
+    async def _insert(self, documents: list[Document]) -> list[Document]:
+        """Insert new markets in one batch (far cheaper than upserts); return those that already existed."""
+        if not documents:
+            return []
+        try:
+            result = await self._markets.insert_many(documents, ordered=False)
+            self.counts.inserted += len(result.inserted_ids)
+            return []
+        except BulkWriteError as exc:
+            # Someone stored some of them since we looked: write those as updates instead.
+            duplicates = {error["index"] for error in exc.details.get("writeErrors", []) if error.get("code") == 11000}
+            if len(duplicates) != len(exc.details.get("writeErrors", [])):
+                raise
+            self.counts.inserted += exc.details.get("nInserted", 0)
+            return [documents[index] for index in sorted(duplicates)]
 
     def _note_invalid(self, errors: list[RecordError]) -> None:
         for error in errors:
@@ -248,6 +287,7 @@ async def sync_markets(
     async for page in prefetched(provider.iter_market_pages()):
         await writer.write_page(page)
         await checkpoint({"pages": writer.counts.pages, "fetched": writer.counts.fetched})
+    await writer.flush()
     writer.counts.complete = True
     writer.counts.deactivated = await writer.deactivate_unseen(provider.name)
     log.info("market_sync.done %s", writer.counts.as_summary())
