@@ -1,22 +1,28 @@
-"""Per-job bookkeeping that outlives a run, and the alerts it raises.
+"""Alert bookkeeping: failure streaks and staleness, read from `runs`, deduplicated in `job_state`.
 
-One `job_state` document per job (`_id` = `runtime:<job>`, so it never collides with a
-service's own state such as whale_sync's watermark) holds the consecutive failure count,
-the last success and which stale period was already alerted. Counting with `$inc` makes
-exactly one caller see the threshold reached, so replicas raise one alert, not several.
+Nothing here runs on a successful run's path: the streak and the last success are read
+from the run records when needed (after a failed run; periodically for staleness). The
+small `job_state` document per job (`_id` = `runtime:<job>`, so it never collides with a
+service's own state such as whale_sync's watermark) only remembers which streak and
+which stale period were already alerted. A conditional update there lets exactly one
+replica raise each alert.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from nats.js import JetStreamContext
-from pymongo import ReturnDocument
 
 from shared.names import Collections, Names
 from shared.runtime.events import publish_alert
-from shared.schemas import Alert, AlertKind, utcnow
+from shared.schemas import Alert, AlertKind, RunStatus, utcnow
 from shared.store import Database
+
+_FAILED = (RunStatus.FAILED.value, RunStatus.TIMED_OUT.value)
+#: Outcomes that make or break a failure streak (skipped and canceled runs do neither).
+_COUNTED = (RunStatus.COMPLETED.value, *_FAILED)
 
 
 def state_id(job: str) -> str:
@@ -26,48 +32,56 @@ def state_id(job: str) -> str:
 
 async def register_job(db: Database, job: str) -> None:
     """Remember when the runtime first served `job` (the stale clock starts there)."""
-    now = utcnow()
     await db[Collections.JOB_STATE].update_one(
-        {"_id": state_id(job)}, {"$setOnInsert": {"job": job, "first_seen_at": now, "consecutive_failures": 0}},
-        upsert=True)
+        {"_id": state_id(job)}, {"$setOnInsert": {"job": job, "first_seen_at": utcnow()}}, upsert=True)
 
 
-async def note_success(db: Database, job: str, at: datetime) -> None:
-    """A run completed: the failure streak ends and the stale clock restarts."""
-    await db[Collections.JOB_STATE].update_one(
-        {"_id": state_id(job)}, {"$set": {"job": job, "consecutive_failures": 0, "last_success_at": at}},
-        upsert=True)
+async def failure_streak(db: Database, job: str, limit: int) -> list[dict[str, Any]]:
+    """The most recent failed runs of `job` in a row (newest first), at most `limit`."""
+    recent = await db[Collections.RUNS].find(
+        {"job": job, "status": {"$in": list(_COUNTED)}}).sort("ended_at", -1).limit(limit).to_list(None)
+    streak: list[dict[str, Any]] = []
+    for doc in recent:
+        if doc["status"] not in _FAILED:
+            break
+        streak.append(doc)
+    return streak
 
 
-async def note_failure(db: Database, job: str, at: datetime) -> tuple[int, datetime]:
-    """A run failed: return the streak length (including it) and when the streak began."""
-    doc = await db[Collections.JOB_STATE].find_one_and_update(
-        {"_id": state_id(job)}, {"$inc": {"consecutive_failures": 1}, "$set": {"job": job, "last_failure_at": at}},
-        upsert=True, return_document=ReturnDocument.AFTER)
-    count = int(doc["consecutive_failures"]) if doc else 1
-    if count == 1:
-        await db[Collections.JOB_STATE].update_one({"_id": state_id(job)}, {"$set": {"failing_since": at}})
-        return count, at
-    since = doc.get("failing_since", at) if doc else at
-    return count, since
+async def _claim_alert(db: Database, job: str, field: str, key: Any) -> bool:
+    result = await db[Collections.JOB_STATE].update_one(
+        {"_id": state_id(job), field: {"$ne": key}}, {"$set": {field: key, "job": job}})
+    if result.matched_count == 0 and await db[Collections.JOB_STATE].count_documents({"_id": state_id(job)}) == 0:
+        await register_job(db, job)
+        return await _claim_alert(db, job, field, key)
+    return result.modified_count == 1
 
 
 async def alert_on_failure(db: Database, js: JetStreamContext, names: Names, job: str, threshold: int,
                            error: str | None) -> bool:
-    """Count a failed run; publish one alert when the streak reaches `threshold`."""
-    count, since = await note_failure(db, job, utcnow())
-    if count != threshold:
+    """After a failed run: publish one alert when `threshold` runs in a row have failed.
+
+    The streak is identified by its first failed run, so each streak alerts once, however
+    long it grows and however many replicas see it.
+    """
+    streak = await failure_streak(db, job, 1000)
+    if len(streak) < threshold:
         return False
+    first = streak[-1]
+    if not await _claim_alert(db, job, "alerted_streak", first["_id"]):
+        return False
+    since = first.get("ended_at") or utcnow()
     alert = Alert(job=job, kind=AlertKind.CONSECUTIVE_FAILURES, since=since,
-                  detail=f"{count} runs of {job} failed in a row; last error: {(error or 'unknown')[:1500]}")
+                  detail=f"{len(streak)} runs of {job} failed in a row; last error: {(error or 'unknown')[:1500]}")
     await publish_alert(js, names, alert)
     return True
 
 
 async def last_success(db: Database, job: str) -> datetime | None:
-    """When `job` last completed, as recorded by the runtime."""
-    doc = await db[Collections.JOB_STATE].find_one({"_id": state_id(job)})
-    value = doc.get("last_success_at") if doc else None
+    """When `job` last completed, from its run records."""
+    doc = await db[Collections.RUNS].find_one({"job": job, "status": RunStatus.COMPLETED.value},
+                                              sort=[("ended_at", -1)])
+    value = doc.get("ended_at") if doc else None
     return value if isinstance(value, datetime) else None
 
 
@@ -79,17 +93,14 @@ async def check_stale(db: Database, js: JetStreamContext, names: Names, job: str
         True when this call raised the alert (one per stale period, across replicas).
     """
     now = now or utcnow()
-    doc = await db[Collections.JOB_STATE].find_one({"_id": state_id(job)})
-    if not doc:
-        return False
-    since = doc.get("last_success_at") or doc.get("first_seen_at")
+    since = await last_success(db, job)
+    if since is None:
+        state = await db[Collections.JOB_STATE].find_one({"_id": state_id(job)})
+        since = state.get("first_seen_at") if state else None
     if not isinstance(since, datetime) or now - since <= timedelta(seconds=stale_after_s):
         return False
-    claimed = await db[Collections.JOB_STATE].update_one(
-        {"_id": state_id(job), "stale_alerted_for": {"$ne": since}}, {"$set": {"stale_alerted_for": since}})
-    if claimed.modified_count != 1:
+    if not await _claim_alert(db, job, "stale_alerted_for", since):
         return False
-    detail = (f"no run of {job} completed since {since.isoformat()} "
-              f"(stale after {stale_after_s:g}s)")
+    detail = f"no run of {job} completed since {since.isoformat()} (stale after {stale_after_s:g}s)"
     await publish_alert(js, names, Alert(job=job, kind=AlertKind.STALE, since=since, detail=detail))
     return True

@@ -281,9 +281,7 @@ async def note_terminal(rt: Runtime, job: Bound, record: RunRecord, decision: De
     if duration is not None:
         rt.metrics.run_duration.labels(job=name, status=record.status.value).observe(duration / 1000)
     if record.status is RunStatus.COMPLETED:
-        ended = record.ended_at or utcnow()
-        await monitor.note_success(rt.db, name, ended)
-        rt.metrics.observe_success_time(name, ended.timestamp())
+        rt.metrics.observe_success_time(name, (record.ended_at or utcnow()).timestamp())
     elif record.status is RunStatus.FAILED:
         await monitor.alert_on_failure(rt.db, rt.js, rt.names, name, job.policy.alert_after_failures, record.error)
         if decision.alert:
