@@ -182,3 +182,57 @@ async def test_finish_run_sets_one_terminal_status_only(db: Database) -> None:
     doc = await db[Collections.RUNS].find_one({"_id": request.run_id})
     assert doc is not None
     assert (doc["status"], doc["reason"]) == ("skipped", "overlap")
+
+
+async def test_a_success_ends_the_failure_streak(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """fail, fail, succeed, fail, fail: never three in a row, so no alert; one more failure alerts."""
+    outcomes = iter([False, False, True, False, False, False])
+
+    @job("wobbly", policy=policy(retry=RetryPolicy(max_attempts=1), alert_after_failures=3))
+    async def wobbly(ctx: JobContext) -> None:
+        if not next(outcomes):
+            raise RuntimeError("wobble")
+
+    worker = await start_worker([wobbly])
+    for _ in range(5):
+        await publish_request(js, settings.names, request_for("wobbly"))
+        await worker.run_until_idle(timeout_s=15)  # one at a time: the streak order is the publish order
+    subject = settings.names.alert_subject("wobbly")
+    assert await collect(js, subject, settings.names.events_stream) == []
+    await publish_request(js, settings.names, request_for("wobbly"))
+    await worker.run_until_idle(timeout_s=15)
+    alerts = [Alert.model_validate_json(a) for a in await collect(js, subject, settings.names.events_stream)]
+    assert [a.kind for a in alerts] == ["consecutive_failures"]
+
+
+async def test_empty_bucket_delays_or_skips_the_run_as_configured(
+    make_settings: Any, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    settings = make_settings(rate_limits={"tiny": {"rate": 1, "period_s": 60, "burst": 1}})
+    taken: list[str] = []
+
+    async def take(ctx: JobContext) -> None:
+        await ctx.acquire("tiny")
+        taken.append(ctx.run_id)
+
+    skipper = job("skipper", policy=policy(on_rate_limited="skip", rate_limit_wait_s=0.2))(take)
+    delayer = job("delayer", policy=policy(on_rate_limited="delay", rate_limit_wait_s=0.2,
+                                           retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0)))(take)
+    first, skipped, delayed = request_for("skipper"), request_for("skipper"), request_for("delayer")
+    await start_worker([skipper, delayer], settings)
+    await publish_request(js, settings.names, first)
+    await wait_value(lambda: terminal_run(db, first.run_id), timeout_s=10, what="first run")
+    await publish_request(js, settings.names, skipped)
+    doc = await wait_value(lambda: terminal_run(db, skipped.run_id), timeout_s=10, what="skipped run")
+    assert (doc["status"], doc["reason"]) == ("skipped", "rate_limited")
+    await publish_request(js, settings.names, delayed)
+    doc = await wait_value(lambda: _retrying(db, delayed.run_id), timeout_s=10, what="delayed run to retry")
+    assert "rate limit bucket 'tiny' stayed empty" in doc["error"]
+    assert taken == [first.run_id]
+
+
+async def _retrying(db: Database, run_id: str) -> dict[str, Any] | None:
+    doc = await db[Collections.RUNS].find_one({"_id": run_id})
+    return doc if doc and doc["status"] in ("retrying", "failed") and doc.get("error") else None
