@@ -413,7 +413,8 @@ class Ticker:
         self._cache[job] = Stored(confirmed, new_revision) if new_revision is not None else Stored(claim, revision)
         kind = "catch_up" if decision.catch_up else "slot"
         self.metrics.lateness.labels(job=job, kind=kind).observe(max(0.0, lateness_s))
-        self.metrics.fired.labels(job=job, kind=kind).inc()
+        if not ack.duplicate:  # a repeat JetStream dropped is not a second request
+            self.metrics.fired.labels(job=job, kind=kind).inc()
         self.metrics.last_slot.labels(job=job).set(slot.timestamp())
         if republish:
             self.metrics.republished.labels(job=job).inc()

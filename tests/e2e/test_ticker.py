@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nats.js import JetStreamContext
 
@@ -77,6 +79,13 @@ class TickerProcess:
 
         await wait_for(serving, timeout_s=30, interval_s=0.1, what=f"the ticker to serve ({self.log})")
 
+    @property
+    def http_port(self) -> int:
+        """The port its /healthz, /readyz and /metrics are served on (from its log)."""
+        match = re.search(r"serving /healthz /readyz /metrics on port (\d+)", self.log_text())
+        assert match, "the ticker has not logged its HTTP port yet"
+        return int(match.group(1))
+
 
 @pytest.fixture
 def start_ticker(tmp_path: Path) -> Iterator[Callable[..., TickerProcess]]:
@@ -129,6 +138,18 @@ async def test_two_replicas_publish_every_slot_exactly_once(
         return bool(slots) and slots[-1] - both_up >= timedelta(seconds=20)
 
     await wait_for(twenty_seconds_of_slots, timeout_s=60, interval_s=0.5, what="20 s of slots")
+    async with httpx.AsyncClient(timeout=5) as http:
+        fired_total = 0.0
+        for replica in replicas:
+            base = f"http://127.0.0.1:{replica.http_port}"
+            assert (await http.get(f"{base}/readyz")).status_code == 200
+            metrics = (await http.get(f"{base}/metrics")).text
+            assert "pulse_ticker_lateness_seconds_bucket" in metrics
+            fired_total += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith('pulse_ticker_slots_fired_total{job="whale_sync"')
+            )
     assert [replica.stop() for replica in replicas] == [0, 0]
 
     requests = await read_requests(bare_js, settings, "whale_sync")
@@ -136,6 +157,7 @@ async def test_two_replicas_publish_every_slot_exactly_once(
     assert len(run_ids) == len(set(run_ids)), "a slot was requested twice"
     slots = sorted(request.scheduled_for for request in requests)
     assert gaps(slots) == [], "a slot is missing"
+    assert len(requests) - 2 <= fired_total <= len(requests)  # the replicas' counters add up (a tick or two later)
     assert all(request.trigger is Trigger.SCHEDULE for request in requests)
 
 

@@ -103,3 +103,11 @@ async def test_naive_time_is_refused(js: JetStreamContext, settings: Settings) -
         await schedule_delayed(js, settings.names, delayed_request(), utcnow().replace(tzinfo=None))
     info = await js.stream_info(settings.names.jobs_stream, subjects_filter=settings.names.delayed_wildcard())
     assert not info.state.subjects
+
+
+async def test_a_time_in_the_past_fires_at_once(js: JetStreamContext, settings: Settings) -> None:
+    request = delayed_request()
+    await schedule_delayed(js, settings.names, request, utcnow() - timedelta(minutes=5))
+
+    fired = await wait_for(lambda: read_requests(js, settings, "stats"), timeout_s=10, what="the overdue request")
+    assert fired == [request]
