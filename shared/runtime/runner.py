@@ -51,6 +51,7 @@ from shared.store import Database
 log = logging.getLogger("shared.runtime")
 
 _RAW_LIMIT = 65536
+_DEAD_LETTER_REASONS = ("exhausted", "invalid", "permanent")
 
 
 @dataclass
@@ -100,17 +101,16 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     outcome = guard(job.policy, request, attempt)
     claimed: RunRecord | None = None
     if outcome is None:
-        previous, claimed = await records.claim_run(rt.db, request, attempt, rt.worker_id)
+        claimed = await claim(rt, request, attempt)
         if claimed is None:
             return await settle_already_finished(rt, msg, request)
-        if previous is not None and previous.status is RunStatus.RUNNING and previous.attempt_count < attempt:
-            await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
         if claimed.cancel_requested:
             outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
         else:
             outcome = await run_attempt(rt, job, msg, parsed, attempt)
     decision = decide(outcome, attempt, job.policy.retry)
-    await record_outcome(rt, job, request, attempt, outcome, decision, claimed, raw=None)
+    await record_outcome(rt, job, request, attempt, outcome, decision, claimed, raw=None,
+                         stream_seq=msg.metadata.sequence.stream)
     await settle(msg, decision)
     return decision
 
@@ -164,6 +164,19 @@ def guard(policy: JobPolicy, request: JobRequest, attempt: int) -> Outcome | Non
         return Outcome(OutcomeKind.SKIPPED, reason="overlap",
                        error="the next scheduled slot had already passed when this request arrived")
     return None
+
+
+# -- claim ------------------------------------------------------------------------------
+
+
+async def claim(rt: Runtime, request: JobRequest, attempt: int) -> RunRecord | None:
+    """Record the run `running`; None when it is already terminal (a duplicate delivery)."""
+    previous, claimed = await records.claim_run(rt.db, request, attempt, rt.worker_id)
+    if claimed is not None and previous is not None and previous.status is RunStatus.RUNNING \
+            and previous.attempt_count < attempt:
+        # The previous attempt's worker died without a word: keep that attempt in the history.
+        await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
+    return claimed
 
 
 # -- attempt ----------------------------------------------------------------------------
@@ -228,7 +241,7 @@ def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: R
 
 async def record_outcome(rt: Runtime, job: Bound, request: JobRequest | None, attempt: int, outcome: Outcome,
                          decision: Decision, claimed: RunRecord | None, *, raw: bytes | None,
-                         run_id: str | None = None) -> RunRecord | None:
+                         stream_seq: int, run_id: str | None = None) -> RunRecord | None:
     """Write the decision: retrying, or the terminal status with dead letter, event, alerts."""
     run_id = request.run_id if request else run_id
     lg = bind(log, job=job.spec.name, run_id=run_id, attempt=attempt, worker=rt.worker_id)
@@ -246,18 +259,25 @@ async def record_outcome(rt: Runtime, job: Bound, request: JobRequest | None, at
         lg.warning("attempt %d failed, retrying in %.2fs: %s", attempt, delay, outcome.error,
                    extra={"event": "run.retrying", "delay_s": round(delay, 3)})
         return None
+    letter = None
     if decision.dead_letter is not None:
         letter = DeadLetter(job=job.spec.name, run_id=run_id, request=request, error=outcome.error or "unknown",
                             attempts=attempt, reason=decision.dead_letter,
                             raw=raw.decode(errors="replace")[:_RAW_LIMIT] if raw is not None else None)
-        await publish_dead_letter(rt.js, rt.names, letter, f"{run_id}:dlq" if run_id else f"dlq:{id(letter)}")
-    if run_id is None:
+    if request is None or run_id is None:  # unparseable: there is no run to record, only the dead letter
+        assert letter is not None
+        await publish_dead_letter(rt.js, rt.names, letter, f"{run_id}:dlq" if run_id else f"dlq:seq:{stream_seq}")
         lg.error("%s", outcome.error, extra={"event": "run.invalid", "status": decision.status.value})
         return None
+    # A failed run's reason says why it was dead-lettered, so a redelivery after a crash
+    # right here can publish the dead letter again (see settle_already_finished).
     record = await records.finish_run(rt.db, run_id, decision.status, error=outcome.error, summary=outcome.summary,
-                                      reason=outcome.reason, attempt=attempt_doc, request=request)
-    if record is None:  # another worker (or the watchdog) finished it first: it owns the event
+                                      reason=outcome.reason or decision.dead_letter, attempt=attempt_doc,
+                                      request=request)
+    if record is None:  # already terminal (a duplicate, or the watchdog was first): it owns the outcome
         return None
+    if letter is not None:
+        await publish_dead_letter(rt.js, rt.names, letter, f"{run_id}:dlq")
     await publish_run_event(rt.js, rt.names, record)
     await note_terminal(rt, job, record, decision)
     level = logging.INFO if decision.status in (RunStatus.COMPLETED, RunStatus.SKIPPED) else logging.ERROR
@@ -296,7 +316,7 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
     outcome = Outcome(OutcomeKind.INVALID, error=invalid.error)
     decision = decide(outcome, attempt, job.policy.retry)
     await record_outcome(rt, job, invalid.request, attempt, outcome, decision, None, raw=msg.data,
-                         run_id=invalid.run_id)
+                         stream_seq=msg.metadata.sequence.stream, run_id=invalid.run_id)
     await settle(msg, decision)
     return decision
 
@@ -305,6 +325,11 @@ async def settle_already_finished(rt: Runtime, msg: Msg, request: JobRequest) ->
     """A redelivered request whose run is terminal: re-send its event (deduplicated), ack."""
     record = await records.get_run(rt.db, request.run_id)
     if record is not None:
+        # Both publishes are deduplicated: they repair a crash between recording and settling.
+        if record.status is RunStatus.FAILED and record.reason in _DEAD_LETTER_REASONS:
+            letter = DeadLetter(job=record.job, run_id=record.run_id, request=request, error=record.error or "unknown",
+                                attempts=record.attempt_count, reason=record.reason)
+            await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
         await publish_run_event(rt.js, rt.names, record)
         decision = Decision(Settle.ACK, record.status)
     else:

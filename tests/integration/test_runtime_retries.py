@@ -186,3 +186,30 @@ async def test_permanent_error_fails_at_once_and_alerts(
     assert kinds == ["permanent_error"]
     letters = await collect(js, settings.names.dlq_subject("rejected"), settings.names.dlq_stream)
     assert [DeadLetter.model_validate_json(x).reason for x in letters] == ["permanent"]
+
+
+async def test_redelivery_after_a_crash_past_the_record_repairs_event_and_dead_letter(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """A worker that recorded `failed` and died before publishing: the redelivery publishes both, once."""
+    from shared.runtime import finish_run
+    from shared.schemas import RunStatus
+
+    calls: list[int] = []
+
+    @job("repaired", policy=policy())
+    async def repaired(ctx: JobContext) -> None:
+        calls.append(ctx.attempt)
+
+    request = request_for("repaired")
+    await finish_run(db, request.run_id, RunStatus.FAILED, error="boom", reason="exhausted", request=request)
+    worker = await start_worker([repaired])
+    for _ in range(2):  # the second delivery finds both already published: deduplicated
+        await js.publish(settings.names.job_subject("repaired"), request.to_bytes(),
+                         stream=settings.names.jobs_stream)
+        await worker.run_until_idle(timeout_s=10)
+    assert calls == []
+    letters = await collect(js, settings.names.dlq_subject("repaired"), settings.names.dlq_stream)
+    assert [DeadLetter.model_validate_json(x).reason for x in letters] == ["exhausted"]
+    events = await collect(js, settings.names.run_events_wildcard("repaired"), settings.names.events_stream)
+    assert [RunEvent.model_validate_json(e).status for e in events] == ["failed"]
