@@ -159,3 +159,30 @@ async def test_two_processes_sharing_a_bucket_stay_within_rate_times_time_plus_b
     assert total <= rate * window + burst, (total, window)
     assert all(o["count"] > 0 for o in outputs)
     assert total >= rate * seconds * 0.6, f"the limiter starved the takers: {outputs}"
+
+
+async def test_sigterm_lets_the_running_attempt_finish_and_exits_zero_with_json_logs(
+    settings: Settings, js: JetStreamContext, db: Database, spawn: Spawn, tmp_path: Path
+) -> None:
+    worker = spawn("probe", env={"PROBE_SLEEP_S": "1.0"})
+    request = manual("probe")
+    await publish_request(js, settings.names, request)
+
+    async def _running() -> bool:
+        doc = await run_record(db, request.run_id)
+        return bool(doc and doc["status"] == "running")
+
+    await wait_for(_running, timeout_s=60, what="the run to start")
+    worker.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(worker.wait, 30)
+    assert code == 0
+    doc = await run_record(db, request.run_id)
+    assert doc is not None
+    assert doc["status"] == "completed", "the attempt in progress finishes before the process exits"
+    lines = [json.loads(line) for line in _log_lines(tmp_path, "probe-*.log") if line.startswith("{")]
+    completed = [line for line in lines if line.get("event") == "run.completed"]
+    assert [(c["job"], c["run_id"]) for c in completed] == [("probe", request.run_id)]
+
+
+def _log_lines(folder: Path, pattern: str) -> list[str]:
+    return [line for log in sorted(folder.glob(pattern)) for line in log.read_text().splitlines()]
