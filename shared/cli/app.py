@@ -29,3 +29,7 @@ for module in (up, jobs, dlq, schedule, simulate, stats):
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

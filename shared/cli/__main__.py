@@ -1,0 +1,5 @@
+"""`python -m shared.cli` is `pulse`."""
+
+from shared.cli.app import main
+
+main()
