@@ -7,7 +7,7 @@ cancel, rate limits, events, alerts, metrics and health are the runtime's busine
 
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled
 from shared.runtime.context import JobContext
-from shared.runtime.events import publish_alert, publish_run_event
+from shared.runtime.events import publish_alert, publish_cancel_hint, publish_run_event
 from shared.runtime.health import HttpServer, build_http_app
 from shared.runtime.job import JobSpec, NoArgs, job
 from shared.runtime.ratelimit import RateLimited, RateLimiter
@@ -34,6 +34,7 @@ __all__ = [
     "finish_run",
     "job",
     "publish_alert",
+    "publish_cancel_hint",
     "publish_run_event",
     "request_cancel",
     "run_service",

@@ -7,6 +7,7 @@ JetStream: one RunEvent per run and terminal status, one dead letter per run.
 
 from __future__ import annotations
 
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from shared.errors import bounded
@@ -80,3 +81,12 @@ async def publish_alert(js: JetStreamContext, names: Names, alert: Alert, *, msg
         stream=names.events_stream,
         headers={MSG_ID_HEADER: key},
     )
+
+
+async def publish_cancel_hint(nc: NatsClient, names: Names, job: str, run_id: str) -> None:
+    """Tell running workers of `job` at once that `run_id` was canceled (core NATS, best effort).
+
+    Call it after `records.request_cancel`: the record is the truth (a worker that misses
+    the hint sees it at its next heartbeat); the hint only makes the cancel immediate.
+    """
+    await nc.publish(names.cancel_subject(job), run_id.encode())

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -68,6 +68,8 @@ class Runtime:
     metrics: RuntimeMetrics
     worker_id: str
     scrub: Callable[[str], str]
+    #: Attempts running in this process, by run_id (for the core-NATS cancel hint).
+    controls: dict[str, RunControl] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,11 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
                          metrics=rt.metrics, _heartbeat=heartbeat, _control=control)
         task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
         control.attach(task)
+        rt.controls[request.run_id] = control
         try:
             done, _ = await asyncio.wait({task}, timeout=job.policy.timeout_s)
         finally:
+            rt.controls.pop(request.run_id, None)
             if not task.done():  # timed out, or this worker is shutting down
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -22,6 +22,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from pymongo import AsyncMongoClient
 
@@ -159,6 +160,8 @@ class Worker:
             for slot in range(bound.policy.max_running):
                 self._tasks.append(asyncio.create_task(self._consume(bound), name=f"consume:{bound.spec.name}:{slot}"))
         self._tasks.append(asyncio.create_task(self._watch_stale(), name="stale-monitor"))
+        for bound in self.jobs:
+            await self._nats.subscribe(settings.names.cancel_subject(bound.spec.name), cb=self._on_cancel_hint)
         log.info("worker %s started: %s", self.worker_id, [b.spec.name for b in self.jobs],
                  extra={"event": "worker.started", "worker": self.worker_id})
 
@@ -237,6 +240,12 @@ class Worker:
                 finally:
                     self._in_flight -= 1
 
+    async def _on_cancel_hint(self, msg: Msg) -> None:
+        # A hint only: the record's cancel_requested is the truth, seen at the next heartbeat.
+        control = self.runtime.controls.get(msg.data.decode(errors="replace"))
+        if control is not None:
+            control.cancel()
+
     async def _watch_stale(self) -> None:
         interval = max(1.0, self.settings.heartbeat_interval_s * 4)
         while not self._stopping.is_set():
@@ -271,8 +280,7 @@ class Worker:
             info = await rt.js.consumer_info(rt.names.jobs_stream, rt.names.consumer_name(bound.spec.name))
             if info.num_pending or info.num_ack_pending:
                 return False
-        state = await rt.js.stream_info(rt.names.jobs_stream,
-                                        subjects_filter=rt.names.job_subject(self.jobs[0].spec.name))
+        state = await rt.js.stream_info(rt.names.jobs_stream, subjects_filter=rt.names.jobs_stream_subjects[0])
         subjects = {rt.names.job_subject(b.spec.name) for b in self.jobs}
         # Work-queue messages are deleted when acked or termed; a nak'ed one waits here.
         return not any(count for subject, count in (state.state.subjects or {}).items() if subject in subjects)

@@ -236,3 +236,25 @@ async def test_empty_bucket_delays_or_skips_the_run_as_configured(
 async def _retrying(db: Database, run_id: str) -> dict[str, Any] | None:
     doc = await db[Collections.RUNS].find_one({"_id": run_id})
     return doc if doc and doc["status"] in ("retrying", "failed") and doc.get("error") else None
+
+
+async def test_cancel_hint_on_core_nats_cancels_at_once_between_heartbeats(
+    make_settings: Any, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """With 5 s heartbeats, the hint ends the run well before the next beat would."""
+    from shared.runtime import publish_cancel_hint
+
+    settings = make_settings(heartbeat_interval_s=5.0, ack_wait_s=30.0)
+
+    @job("hinted", policy=policy(timeout_s=60))
+    async def hinted(ctx: JobContext) -> None:
+        await asyncio.sleep(60)
+
+    worker = await start_worker([hinted], settings)
+    request = request_for("hinted")
+    await publish_request(js, settings.names, request)
+    await wait_for(lambda: _status_is(db, request.run_id, "running"), timeout_s=10, what="the run to start")
+    await request_cancel(db, request.run_id, "hinted")
+    await publish_cancel_hint(worker.runtime.nats, settings.names, "hinted", request.run_id)
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=3, what="canceled at once")
+    assert doc["status"] == "canceled"

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
     "HttpServer", "InvalidRequest", "JobContext", "JobPolicy", "JobSpec", "NoArgs", "PermanentError",
     "RateLimited", "RateLimiter", "RetryPolicy", "RetryableError", "RunCanceled", "Worker", "build_http_app",
-    "finish_run", "job", "publish_alert", "publish_run_event", "request_cancel", "run_service",
+    "finish_run", "job", "publish_alert", "publish_cancel_hint", "publish_run_event", "request_cancel", "run_service",
 }
 
 
