@@ -270,7 +270,9 @@ class Settings(BaseSettings):
     failed_runs_retention_days: float = Field(7, gt=0, description="keep failed/timed-out run records this long")
     whale_trades_retention_days: float = Field(30, gt=0, description="keep whale trades this long")
     stats_retention_days: float = Field(30, gt=0, description="keep stats snapshots this long")
-    cleanup_batch_size: int = Field(5000, ge=1, le=100_000, description="documents deleted per batch")
+    # FerretDB 1.24 (SQLite) fails a delete of more than ~32k documents ("too many SQL
+    # variables"), so the cap stays below that.
+    cleanup_batch_size: int = Field(5000, ge=1, le=30_000, description="documents deleted per batch")
 
     @field_validator("nats_url")
     @classmethod
