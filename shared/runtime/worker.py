@@ -247,7 +247,10 @@ class Worker:
             control.cancel()
 
     async def _watch_stale(self) -> None:
-        interval = max(1.0, self.settings.heartbeat_interval_s * 4)
+        # Often enough to alert within a fifth of the shortest stale_after, never more than
+        # once a heartbeat: on FerretDB the last-success lookup scans the job's runs.
+        shortest = min(bound.policy.stale_after_s for bound in self.jobs)
+        interval = min(60.0, max(self.settings.heartbeat_interval_s, shortest / 5))
         while not self._stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
