@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr
 
@@ -81,6 +82,11 @@ def secret_values(settings: Settings) -> list[str]:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
             found.append(value.get_secret_value())
+    # The password alone may show up in a driver's message, without the URL around it.
+    password = urlsplit(settings.mongo_url.get_secret_value()).password
+    if password:
+        found.append(unquote(password))
+        found.append(password)
     return found
 
 

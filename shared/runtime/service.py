@@ -74,4 +74,8 @@ def run_service(service: str, specs: Sequence[JobSpec]) -> None:
     except PulseError as exc:  # start-up failures: one clear line, no traceback
         log.error("%s cannot start: %s", service, exc, extra={"event": "service.failed"})
         raise SystemExit(EXIT_CONFIG) from None
+    except OSError as exc:
+        log.error("%s cannot serve HTTP on %s:%d (%s); set PULSE_HTTP_PORT to a free port", service,
+                  settings.http_host, settings.http_port, exc.strerror or exc, extra={"event": "service.failed"})
+        raise SystemExit(EXIT_CONFIG) from None
     raise SystemExit(0)

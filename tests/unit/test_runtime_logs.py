@@ -59,3 +59,14 @@ def test_configuring_twice_writes_each_line_once(output: io.StringIO) -> None:
         assert output.getvalue().count('"once"') == 1
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_the_mongodb_password_alone_is_redacted() -> None:
+    stream = io.StringIO()
+    handler = configure_logging(load_settings(mongo_url="mongodb://app:only-in-the-uri@db:27017/"), stream=stream)
+    try:
+        logging.getLogger("shared.test").error("auth failed for password only-in-the-uri")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "only-in-the-uri" not in stream.getvalue()
+    assert "***" in stream.getvalue()
