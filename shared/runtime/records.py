@@ -13,6 +13,11 @@ the write is undone by putting the previous document back. Exactly one writer se
 non-terminal "before", so exactly one owns the transition; the undo only runs for
 duplicates and races, never on the normal path.
 
+Measured on FerretDB 1.24 (SQLite): an update that makes a document larger costs time
+growing with the collection (about 14 ms at 6,000 runs), as does an upsert that inserts;
+inserts and same-size updates by `_id` stay near 1 ms. Hence insert-first claims; the
+terminal write grows the record (ended_at, attempt) and pays that cost once per run.
+
 All queries run on MongoDB 6+ and on FerretDB 1.24 (which also ignores `$slice` in
 `$push`, hence the explicit trim, and lacks projections in findAndModify).
 """
@@ -23,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from shared.errors import bounded
 from shared.names import Collections
@@ -46,16 +52,46 @@ def _is_terminal(doc: dict[str, Any] | None) -> bool:
 
 
 async def _write_unless_terminal(db: Database, run_id: str, update: dict[str, Any], *,
-                                 upsert: bool) -> tuple[bool, dict[str, Any] | None]:
-    """Apply `update` unless the run is terminal; return (applied, document before)."""
+                                 upsert: bool, likely_new: bool = False) -> tuple[bool, dict[str, Any] | None]:
+    """Apply `update` unless the run is terminal; return (applied, document before).
+
+    With `upsert`, a missing record is created by `insert_one` rather than an upserting
+    update: FerretDB 1.24 scans the whole collection for an upsert that inserts (16 ms at
+    10,000 runs, growing linearly, measured), while insert and update by `_id` stay flat.
+    `likely_new` tries the insert first (a first attempt); otherwise the update.
+    """
+    if upsert and likely_new:
+        try:
+            await db[Collections.RUNS].insert_one(_as_new_document(run_id, update))
+            return True, None
+        except DuplicateKeyError:
+            pass  # it exists: update it below
+    before = await _update_unless_terminal(db, run_id, update)
+    if before is not None or not upsert:
+        return not _is_terminal(before), before
+    try:
+        await db[Collections.RUNS].insert_one(_as_new_document(run_id, update))
+        return True, None
+    except DuplicateKeyError:  # created concurrently: update that one
+        before = await _update_unless_terminal(db, run_id, update)
+        return not _is_terminal(before), before
+
+
+async def _update_unless_terminal(db: Database, run_id: str, update: dict[str, Any]) -> dict[str, Any] | None:
     runs = db[Collections.RUNS]
-    before = await runs.find_one_and_update({"_id": run_id}, update, upsert=upsert,
-                                            return_document=ReturnDocument.BEFORE)
+    before = await runs.find_one_and_update({"_id": run_id}, update, return_document=ReturnDocument.BEFORE)
     if _is_terminal(before):
         assert before is not None
         await runs.replace_one({"_id": run_id}, before)  # undo: the terminal record stands
-        return False, before
-    return True, before
+    return before
+
+
+def _as_new_document(run_id: str, update: dict[str, Any]) -> dict[str, Any]:
+    """The document an upsert of `update` would create (for $set, $setOnInsert and $push)."""
+    doc: dict[str, Any] = {"_id": run_id, **update.get("$setOnInsert", {}), **update.get("$set", {})}
+    for field, value in update.get("$push", {}).items():
+        doc[field] = list(value["$each"]) if isinstance(value, dict) and "$each" in value else [value]
+    return doc
 
 
 def _request_fields(request: JobRequest) -> dict[str, Any]:
@@ -104,7 +140,7 @@ async def claim_run(db: Database, request: JobRequest, attempt: int, worker: str
         # A record created earlier by a cancel request has no start, and never gets one.
         "$setOnInsert": {"started_at": now},
     }
-    applied, before = await _write_unless_terminal(db, request.run_id, update, upsert=True)
+    applied, before = await _write_unless_terminal(db, request.run_id, update, upsert=True, likely_new=attempt == 1)
     if not applied:
         return RunRecord.model_validate(before), None
     previous = RunRecord.model_validate(before) if before else None
