@@ -4,6 +4,15 @@ Pages are parsed by the provider and buffered into chunks of `CHUNK_MARKETS`. Pe
 fetch the stored content hashes with one query, insert the new markets with one
 unordered `insert_many`, update the changed ones with one unordered bulk write, and
 refresh `seen_at` of the unchanged ones with one update. A heartbeat follows every page.
+
+While chunks turn out to be mostly new (a first sync, a catalogue that grew), a chunk is
+inserted first and only the markets the store already holds (duplicate-key errors) go
+through the hash lookup: on FerretDB 1.24 (SQLite) that lookup is a scan of the whole
+collection (only `{"_id": x}` is pushed down to SQL), while `insert_many` costs the same
+at any size, so a first sync is linear instead of quadratic. Measured there at 40,000
+markets: `insert_many` of 1,000 in 30 ms, a `$in` lookup of 1,000 in 3.3 s; an update
+or delete of one market by `_id` in ~130 ms (growing with the collection), so deleting
+and re-inserting changed markets would gain nothing. On MongoDB both paths use indexes.
 Memory holds one chunk and one page in flight, whatever the size of the catalogue.
 Only after the listing completed are markets not seen in this run marked inactive: a
 listing cut short says nothing about the markets it did not reach.
@@ -161,11 +170,16 @@ class MarketWriter:
     by `chunk_size`, not by the catalogue, so memory stays flat.
     """
 
-    def __init__(self, db: Database, run_started: datetime, chunk_size: int = CHUNK_MARKETS) -> None:
+    def __init__(
+        self, db: Database, run_started: datetime, chunk_size: int = CHUNK_MARKETS, *, expect_new: bool = False
+    ) -> None:
         self._markets = db[Collections.MARKETS]
         self._run_started = run_started
         self._chunk_size = chunk_size
         self._buffer: dict[str, Document] = {}
+        #: Insert the next chunk before looking anything up (see the module docstring).
+        #: Follows the last chunk: True while most of its markets were new.
+        self.expect_new = expect_new
         self.counts = MarketSyncCounts()
 
     async def write_page(self, page: list[MarketParse]) -> None:
@@ -189,16 +203,24 @@ class MarketWriter:
         documents, self._buffer = list(self._buffer.values()), {}
         if not documents:
             return
+        stamp = {"synced_at": self._run_started, "seen_at": self._run_started}
+        if self.expect_new:
+            inserted_before, chunk = self.counts.inserted, len(documents)
+            documents = await self._insert([{**document, **stamp} for document in documents])
+            self.expect_new = (self.counts.inserted - inserted_before) * 2 > chunk
+            if not documents:
+                return
         ids = [document["_id"] for document in documents]
         stored = {
             found["_id"]: found.get("content_hash")
             async for found in self._markets.find({"_id": {"$in": ids}}, {"content_hash": 1})
         }
         plan = plan_page(documents, stored)
-        stamp = {"synced_at": self._run_started, "seen_at": self._run_started}
         new = [{**document, **stamp} for document in plan.upserts if document["_id"] in plan.new_ids]
         changed = [document for document in plan.upserts if document["_id"] not in plan.new_ids]
         changed += await self._insert(new)
+        if len(plan.new_ids) * 2 > len(documents):
+            self.expect_new = True
         if changed:
             operations = [
                 UpdateOne(
@@ -263,6 +285,7 @@ async def sync_markets(
     *,
     checkpoint: Checkpoint,
     now: Callable[[], datetime] = utcnow,
+    chunk_size: int = CHUNK_MARKETS,
 ) -> MarketSyncCounts:
     """Bring `markets` in line with the provider's catalogue.
 
@@ -272,6 +295,7 @@ async def sync_markets(
         checkpoint: called after every page with the progress so far (the runtime's
             heartbeat; it raises RunCanceled to stop the run between pages).
         now: clock (tests pass a fixed one).
+        chunk_size: markets written together (tests pass small ones to cross chunks).
 
     Returns:
         The counts of the run; `complete` is True when the whole listing was read.
@@ -283,7 +307,12 @@ async def sync_markets(
     started = now()
     # BSON dates keep milliseconds: truncate, or this run's own `seen_at` would compare
     # as older than the run start and every market would be deactivated.
-    writer = MarketWriter(db, started.replace(microsecond=started.microsecond // 1000 * 1000))
+    # An empty store (for this provider) means a first sync: start with insert-first.
+    # `find_one` stops at the first match, so this is cheap on FerretDB too.
+    empty = await db[Collections.MARKETS].find_one({"provider": provider.name}, {"_id": 1}) is None
+    writer = MarketWriter(
+        db, started.replace(microsecond=started.microsecond // 1000 * 1000), chunk_size, expect_new=empty
+    )
     async for page in prefetched(provider.iter_market_pages()):
         await writer.write_page(page)
         await checkpoint({"pages": writer.counts.pages, "fetched": writer.counts.fetched})

@@ -177,3 +177,32 @@ async def test_an_interrupted_listing_deactivates_nothing(
         with pytest.raises(ProviderUnavailable):
             await sync_markets(db, CutShort(provider_for(settings, http)), checkpoint=no_checkpoint)
         assert await db[Collections.MARKETS].count_documents({"active": True}) == active > 0
+
+
+async def test_a_partly_stored_catalogue_inserts_the_missing_and_updates_the_moved_across_chunks(
+    make_settings: Any, db: Database, http: httpx.AsyncClient
+) -> None:
+    """Chunks that are mostly new are inserted first; the markets already stored among them
+    (duplicate keys) still go through the hash comparison, so moved ones are updated."""
+    with simulator_process(markets=90, seed=SEED, extra=["--move-every-s", "10"]) as sim:
+        settings = make_settings(polymarket_gamma_url=sim.url, page_size=15)
+        await sync_markets(db, provider_for(settings, http), checkpoint=no_checkpoint)
+        markets = db[Collections.MARKETS]
+        ids = sorted([doc["_id"] async for doc in markets.find({}, {"_id": 1})])
+        kept = ids[::3]  # two in three markets vanish from the store: most of every chunk is new
+        await markets.delete_many({"_id": {"$nin": kept}})
+        async with httpx.AsyncClient() as control:
+            await control.post(f"{sim.url}/_sim/advance", json={"seconds": 10})
+        served = {f"polymarket:{r['id']}": r for r in await served_catalogue(sim.url, 15)}
+        before = {doc["_id"]: doc["yes_price"] async for doc in markets.find({})}
+        moved = sum(1 for key in kept if float(json.loads(served[key]["outcomePrices"])[0]) != before[key])
+        assert 0 < moved < len(kept)
+
+        counts = await sync_markets(db, provider_for(settings, http), checkpoint=no_checkpoint, chunk_size=20)
+        assert (counts.inserted, counts.updated, counts.unchanged) == (90 - len(kept), moved, len(kept) - moved)
+        assert counts.deactivated == 0
+        stored = {doc["_id"]: doc async for doc in markets.find({})}
+        assert set(stored) == set(served)
+        for key, raw in served.items():
+            for field, value in expected_document(raw).items():
+                assert stored[key][field] == value, (key, field)
