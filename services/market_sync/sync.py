@@ -166,8 +166,10 @@ class MarketWriter:
 
     Pages are buffered up to `chunk_size` markets and written together: on FerretDB 1.24
     (SQLite) an `$in` query or update scans the whole collection, so one scan per chunk
-    instead of one per page is what keeps a large catalogue fast. The buffer is bounded
-    by `chunk_size`, not by the catalogue, so memory stays flat.
+    instead of one per page is what keeps a large catalogue fast, and `expect_new`
+    (insert first, look up only the duplicates) skips that scan altogether while the
+    chunks are mostly new. The buffer is bounded by `chunk_size`, not by the catalogue,
+    so memory stays flat.
     """
 
     def __init__(
