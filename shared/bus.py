@@ -33,7 +33,7 @@ from nats.js.kv import KeyValue
 
 from shared.errors import BusUnavailable, PulseError
 from shared.names import JOBS
-from shared.settings import Settings
+from shared.settings import JobPolicy, Settings
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,15 @@ async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None
         timeout_s: overall bound; defaults to `settings.nats_connect_timeout_s`.
     """
     limit = timeout_s if timeout_s is not None else settings.nats_connect_timeout_s
+    # Reconnects stay unlimited so a long-lived client survives a NATS restart; the first
+    # connect is bounded by `limit` instead (nats-py keeps trying servers until then).
     options = nats_connect_options(settings, name=name)
-    # A first connect must not retry forever: fail fast with a clear message.
-    options["allow_reconnect"] = True
-    options["max_reconnect_attempts"] = -1
 
     async def _quiet(_: Exception) -> None:  # nats-py logs every failed try otherwise
         return None
 
     try:
-        client: NatsClient = await asyncio.wait_for(
-            nats.connect(error_cb=_quiet, **{**options, "max_reconnect_attempts": 0}), timeout=limit
-        )
+        client: NatsClient = await asyncio.wait_for(nats.connect(error_cb=_quiet, **options), timeout=limit)
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise BusUnavailable(
             f"cannot reach NATS at {settings.nats_url_redacted} within {limit:g}s "
@@ -192,10 +189,17 @@ async def ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
 # -- consumers -----------------------------------------------------------------------
 
 
-def consumer_config(settings: Settings, job: str) -> ConsumerConfig:
-    """The one durable pull consumer of `job`, derived from its policy."""
+def consumer_config(settings: Settings, job: str, policy: JobPolicy | None = None) -> ConsumerConfig:
+    """The one durable pull consumer of `job`, derived from its policy.
+
+    Args:
+        settings: names, ack wait and replicas.
+        job: the job's name.
+        policy: the job's policy; defaults to `settings.jobs.<job>` (required for a job
+            that settings do not know, such as a test job).
+    """
     names = settings.names
-    policy = settings.jobs.for_job(job)
+    policy = policy if policy is not None else settings.jobs.for_job(job)
     return ConsumerConfig(
         durable_name=names.consumer_name(job),
         filter_subject=names.job_subject(job),
@@ -208,9 +212,9 @@ def consumer_config(settings: Settings, job: str) -> ConsumerConfig:
     )
 
 
-async def ensure_consumer(js: JetStreamContext, settings: Settings, job: str) -> None:
+async def ensure_consumer(js: JetStreamContext, settings: Settings, job: str, policy: JobPolicy | None = None) -> None:
     """Create or update the durable consumer of `job` (FastStream would not update it)."""
-    await js.add_consumer(settings.names.jobs_stream, consumer_config(settings, job))
+    await js.add_consumer(settings.names.jobs_stream, consumer_config(settings, job, policy))
 
 
 async def ensure_topology(js: JetStreamContext, settings: Settings, jobs: tuple[str, ...] = JOBS) -> None:
