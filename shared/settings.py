@@ -250,7 +250,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_json: bool = Field(True, description="one JSON object per log line (False: plain text)")
     heartbeat_interval_s: float = Field(5.0, gt=0, description="how often a running handler reports progress")
-    ack_wait_s: float = Field(30.0, gt=0, description="JetStream ack wait; a silent worker is presumed dead after it")
+    # Two heartbeats: a dead worker's request is redelivered (and its run resumed by
+    # another worker) before the watchdog, at three heartbeats, would call it timed out.
+    ack_wait_s: float = Field(
+        10.0, gt=0, description="JetStream ack wait; a silent worker's request is redelivered after it"
+    )
     jobs: JobPolicies = JobPolicies()
     rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
 

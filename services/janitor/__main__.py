@@ -34,6 +34,7 @@ async def watchdog_job(ctx: JobContext) -> dict[str, Any]:
         ctx.db,
         now=utcnow(),
         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+        redelivery_after_s=ctx.settings.ack_wait_s,
         finish=finish_run,
         publish=publish,
     )

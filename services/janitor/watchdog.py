@@ -46,13 +46,31 @@ class WatchdogResult:
         return {"timed_out": len(self.timed_out), "runs": self.timed_out[:20], "already_ended": self.already_ended}
 
 
-def stale_cutoff(now: datetime, heartbeat_interval_s: float) -> datetime:
-    """Heartbeats strictly older than this mean the run's worker is gone."""
+def silence_limit_s(heartbeat_interval_s: float, redelivery_after_s: float | None = None) -> float:
+    """How long a run may stay silent before the watchdog ends it.
+
+    Three heartbeat intervals, but never less than the JetStream redelivery of the run's
+    request (the ack wait) plus one interval: a dead worker's run is first resumed by
+    another worker through redelivery (crash safety); the watchdog only ends runs that
+    no worker picked up again.
+
+    Args:
+        heartbeat_interval_s: the configured heartbeat interval.
+        redelivery_after_s: the consumers' ack wait; None when no redelivery can come.
+    """
     if heartbeat_interval_s <= 0:
         raise ValueError(
             f"heartbeat_interval_s must be positive (got {heartbeat_interval_s}); set PULSE_HEARTBEAT_INTERVAL_S"
         )
-    return now - timedelta(seconds=STALE_HEARTBEATS * heartbeat_interval_s)
+    limit = STALE_HEARTBEATS * heartbeat_interval_s
+    if redelivery_after_s is not None:
+        limit = max(limit, redelivery_after_s + heartbeat_interval_s)
+    return limit
+
+
+def stale_cutoff(now: datetime, heartbeat_interval_s: float, redelivery_after_s: float | None = None) -> datetime:
+    """Heartbeats strictly older than this mean the run's worker is gone."""
+    return now - timedelta(seconds=silence_limit_s(heartbeat_interval_s, redelivery_after_s))
 
 
 def stale_filter(cutoff: datetime) -> Document:
@@ -74,6 +92,7 @@ async def time_out_dead_runs(
     heartbeat_interval_s: float,
     finish: Finish,
     publish: Publish,
+    redelivery_after_s: float | None = None,
     limit: int = MAX_RUNS_PER_PASS,
 ) -> WatchdogResult:
     """End `timed_out` every running run whose heartbeat stopped, with a RunEvent each.
@@ -82,17 +101,19 @@ async def time_out_dead_runs(
         db: the marketpulse database.
         now: the reference time.
         heartbeat_interval_s: the configured heartbeat interval; runs silent for more
-            than `STALE_HEARTBEATS` intervals are ended.
+            than `STALE_HEARTBEATS` intervals are ended (see `silence_limit_s`).
         finish: `shared.runtime.records.finish_run`: the only writer of run outcomes;
             it returns None when the run was already terminal (someone else ended it).
         publish: publishes the RunEvent of a record `finish` just ended.
+        redelivery_after_s: the consumers' ack wait: runs are left to JetStream's
+            redelivery until it had its chance. None: do not wait for a redelivery.
         limit: at most this many runs are ended per call.
 
     Returns:
         The runs ended, and how many stale runs had been ended by someone else first.
     """
-    cutoff = stale_cutoff(now, heartbeat_interval_s)
-    silence_s = STALE_HEARTBEATS * heartbeat_interval_s
+    silence_s = silence_limit_s(heartbeat_interval_s, redelivery_after_s)
+    cutoff = now - timedelta(seconds=silence_s)
     cursor = db[Collections.RUNS].find(stale_filter(cutoff), {"_id": 1, "heartbeat_at": 1}).limit(limit)
     stale = [(str(doc["_id"]), doc.get("heartbeat_at")) async for doc in cursor]
     timed_out: list[str] = []

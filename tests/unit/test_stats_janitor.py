@@ -48,3 +48,13 @@ def test_watchdog_summary_is_small() -> None:
     assert summary["already_ended"] == 2
     assert isinstance(summary["runs"], list)
     assert len(summary["runs"]) == 20
+
+
+def test_watchdog_waits_for_redelivery_before_ending_a_run() -> None:
+    """A dead worker's run is first redelivered (ack wait); the watchdog never pre-empts that."""
+    from services.janitor.watchdog import silence_limit_s
+
+    assert silence_limit_s(5.0, redelivery_after_s=12.0) == 17.0
+    assert silence_limit_s(5.0, redelivery_after_s=30.0) == 35.0
+    assert silence_limit_s(5.0, redelivery_after_s=None) == 15.0
+    assert stale_cutoff(NOW, 5.0, 12.0) == NOW - timedelta(seconds=17)
