@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -32,7 +33,7 @@ from shared.runtime.job import JobSpec
 from shared.runtime.metrics import RuntimeMetrics
 from shared.runtime.ratelimit import RateLimited, RateLimiter
 from shared.runtime.retry import Decision, Outcome, OutcomeKind, Settle, decide
-from shared.schedules import parse_schedule
+from shared.schedules import Schedule, ScheduleOverride, effective_schedule, parse_schedule
 from shared.schemas import (
     SCHEMA_VERSION,
     Alert,
@@ -100,7 +101,8 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     if isinstance(parsed, Invalid):
         return await reject_invalid(rt, job, msg, parsed, attempt)
     request = parsed.request
-    outcome = guard(job.policy, request, attempt)
+    schedule = await current_schedule(rt, job) if request.trigger is Trigger.SCHEDULE else None
+    outcome = guard(job.policy, request, attempt, schedule)
     claimed: RunRecord | None = None
     if outcome is None:
         claimed = await claim(rt, request, attempt)
@@ -155,14 +157,36 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
 # -- guard ------------------------------------------------------------------------------
 
 
-def guard(policy: JobPolicy, request: JobRequest, attempt: int) -> Outcome | None:
-    """Decide without running: a delivery past the last attempt, or a stale scheduled request."""
+async def current_schedule(rt: Runtime, job: Bound) -> Schedule:
+    """The schedule the ticker follows for `job` now: a runtime override, else the policy's."""
+    override: ScheduleOverride | None = None
+    try:
+        bucket = await rt.js.key_value(rt.names.schedules_bucket)
+        entry = await bucket.get(job.spec.name)
+        if entry.value:
+            override = ScheduleOverride.from_bytes(entry.value)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
+        pass
+    except ValueError:
+        pass  # a bad override is ignored by the ticker too (it keeps the default)
+    effective = effective_schedule(job.spec.name, job.policy.schedule, enabled=job.policy.enabled, override=override)
+    return effective.schedule
+
+
+def guard(
+    policy: JobPolicy, request: JobRequest, attempt: int, schedule: Schedule | None = None
+) -> Outcome | None:
+    """Decide without running: a delivery past the last attempt, or a stale scheduled request.
+
+    `schedule` is the job's current schedule (with any runtime override); None means the
+    policy's default.
+    """
     if attempt > policy.retry.max_attempts:
         # The spare delivery (bus.SPARE_DELIVERIES): the worker of the last attempt died.
         return Outcome(OutcomeKind.FAILED, error=f"the worker running attempt {policy.retry.max_attempts} "
                        "(the last) stopped answering; the run is failed")
     if (policy.overlap == "skip" and request.trigger is Trigger.SCHEDULE and attempt == 1
-            and parse_schedule(policy.schedule).next_slot(request.scheduled_for) <= utcnow()):
+            and (schedule or parse_schedule(policy.schedule)).next_slot(request.scheduled_for) <= utcnow()):
         return Outcome(OutcomeKind.SKIPPED, reason="overlap",
                        error="the next scheduled slot had already passed when this request arrived")
     return None

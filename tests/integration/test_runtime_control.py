@@ -13,6 +13,7 @@ from shared.names import Collections
 from shared.requests import publish_request
 from shared.runtime import JobContext, RetryPolicy, job, request_cancel
 from shared.runtime.records import finish_run
+from shared.schedules import ScheduleOverride
 from shared.schemas import Alert, RunStatus, Trigger, scheduled_run_id, utcnow
 from shared.settings import Settings
 from shared.store import Database
@@ -137,6 +138,30 @@ async def test_overlap_skip_skips_stale_scheduled_requests_but_never_manual_ones
     assert stale_doc is not None
     assert (stale_doc["status"], stale_doc["reason"]) == ("skipped", "overlap")
     assert sorted(calls) == sorted([fresh.run_id, manual.run_id])
+
+
+async def test_overlap_skip_follows_the_runtime_schedule_override(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """Slots are judged by the schedule the ticker obeys: a daily override keeps today's request."""
+    calls: list[str] = []
+
+    @job("ticking", policy=policy(overlap="skip", schedule="every 1m"))
+    async def ticking(ctx: JobContext) -> None:
+        calls.append(ctx.run_id)
+
+    bucket = await js.key_value(settings.names.schedules_bucket)
+    await bucket.put("ticking", ScheduleOverride(schedule="every 1d").model_dump_json().encode())
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    todays = request_for("ticking", run_id=scheduled_run_id("ticking", today), trigger=Trigger.SCHEDULE,
+                         scheduled_for=today)
+    await publish_request(js, settings.names, todays)
+    worker = await start_worker([ticking])
+    await worker.run_until_idle(timeout_s=15)
+    doc = await terminal_run(db, todays.run_id)
+    assert doc is not None
+    assert doc["status"] == "completed"
+    assert calls == [todays.run_id]
 
 
 async def test_three_failed_runs_in_a_row_publish_exactly_one_alert(
