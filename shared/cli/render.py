@@ -27,7 +27,8 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.names import JOBS, Collections
-from shared.schedules import parse_schedule
+from shared.runtime import monitor
+from shared.schedules import ScheduleOverride, effective_schedule
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import Settings
 from shared.store import Database
@@ -36,7 +37,6 @@ from .common import ago, as_utc, human_seconds
 
 #: How many recent finished runs are read to count consecutive failures.
 _FAILURE_WINDOW = 50
-_FAILED = (RunStatus.FAILED.value, RunStatus.TIMED_OUT.value)
 _ACTIVE = (RunStatus.RUNNING.value, RunStatus.RETRYING.value)
 
 STATUS_STYLE = {
@@ -76,7 +76,7 @@ class JobStatus:
     alerts: list[str] = field(default_factory=list)
 
 
-async def _schedule_override(js: JetStreamContext, settings: Settings, job: str) -> dict[str, Any] | None:
+async def _schedule_override(js: JetStreamContext, settings: Settings, job: str) -> ScheduleOverride | None:
     try:
         kv = await js.key_value(settings.names.schedules_bucket)
         entry = await kv.get(job)
@@ -85,10 +85,9 @@ async def _schedule_override(js: JetStreamContext, settings: Settings, job: str)
     if not entry.value:
         return None
     try:
-        value = json.loads(entry.value)
+        return ScheduleOverride.from_bytes(entry.value)
     except ValueError:
-        return None  # a corrupt override is the schedule command's problem; show settings
-    return value if isinstance(value, dict) else None
+        return None  # a corrupt override is ignored by the ticker too: show the default
 
 
 async def _queue(js: JetStreamContext, settings: Settings, job: str) -> tuple[int | None, int | None]:
@@ -100,43 +99,19 @@ async def _queue(js: JetStreamContext, settings: Settings, job: str) -> tuple[in
     return info.num_pending, info.num_ack_pending
 
 
-async def _consecutive_failures(db: Database, job: str) -> int:
-    cursor = (
-        db[Collections.RUNS]
-        .find({"job": job, "ended_at": {"$ne": None}}, {"status": 1})
-        .sort("ended_at", -1)
-        .limit(_FAILURE_WINDOW)
-    )
-    count = 0
-    async for doc in cursor:
-        status = doc.get("status")
-        if status == RunStatus.COMPLETED.value:
-            break
-        if status in _FAILED:
-            count += 1
-        # skipped/canceled runs neither break nor extend a failure streak
-    return count
-
-
 async def collect_job_status(js: JetStreamContext, db: Database, settings: Settings, job: str) -> JobStatus:
     """Read the schedule, queue and history of `job`."""
     now = datetime.now(UTC)
     policy = settings.jobs.for_job(job)
     override = await _schedule_override(js, settings, job)
-    schedule_text = policy.schedule
-    source = "settings"
-    paused = False
-    if override is not None:
-        if isinstance(override.get("schedule"), str) and override["schedule"]:
-            schedule_text = override["schedule"]
-            source = "kv"
-        paused = bool(override.get("paused", False))
     try:
-        next_fire: datetime | None = parse_schedule(schedule_text).next_slot(now)
-    except ValueError:
-        next_fire = None
-    if paused or not policy.enabled:
-        next_fire = None
+        effective = effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
+        schedule_text = effective.schedule.text
+        source = "settings" if effective.source == "default" else "kv"
+        paused = effective.paused
+        next_fire: datetime | None = effective.schedule.next_slot(now) if effective.active else None
+    except ValueError:  # an override the ticker would refuse: it keeps the default
+        schedule_text, source, paused, next_fire = policy.schedule, "settings", False, None
 
     runs = db[Collections.RUNS]
     last = await runs.find_one({"job": job}, sort=[("requested_at", -1), ("started_at", -1)])
@@ -154,7 +129,7 @@ async def collect_job_status(js: JetStreamContext, db: Database, settings: Setti
         waiting=waiting,
         in_flight=in_flight,
         running_records=await runs.count_documents({"job": job, "status": {"$in": list(_ACTIVE)}}),
-        consecutive_failures=await _consecutive_failures(db, job),
+        consecutive_failures=len(await monitor.failure_streak(db, job, _FAILURE_WINDOW)),
     )
     if last is not None:
         status.last_run_id = str(last["_id"])
