@@ -78,6 +78,13 @@ def sweeps(retention: Retention, now: datetime) -> list[Sweep]:
                 "ended_at": {"$lt": now - retention.failed_runs},
             },
         ),
+        # A cancel recorded for a run whose request never arrived (a mistyped run id, or a
+        # request that was purged) stays `queued`; it goes with the failed runs' retention.
+        Sweep(
+            "orphan_cancels",
+            Collections.RUNS,
+            {"status": RunStatus.QUEUED.value, "updated_at": {"$lt": now - retention.failed_runs}},
+        ),
         Sweep(
             "whale_trades",
             Collections.WHALE_TRADES,

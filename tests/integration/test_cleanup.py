@@ -41,6 +41,9 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
         # Not finished: never deleted, however old.
         run("running-old", "running", None),
         run("retrying-old", "retrying", None),
+        # A cancel whose request never came: swept with the failed runs' retention.
+        {**run("queued-in", "queued", None), "updated_at": failed_limit + MARGIN},
+        {**run("queued-out", "queued", None), "updated_at": failed_limit - MARGIN},
     ])
     trades_limit = NOW - RETENTION.whale_trades
     await db[Collections.WHALE_TRADES].insert_many([
@@ -54,8 +57,8 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
 
     counts = await clean_up(db, retention=RETENTION, now=NOW, batch_size=2, checkpoint=checkpoint)
 
-    assert counts == {"runs": 3, "failed_runs": 2, "whale_trades": 1}
-    kept = {"completed-in", "failed-in", "timed-out-in", "running-old", "retrying-old"}
+    assert counts == {"runs": 3, "failed_runs": 2, "orphan_cancels": 1, "whale_trades": 1}
+    kept = {"completed-in", "failed-in", "timed-out-in", "running-old", "retrying-old", "queued-in"}
     assert await ids(db, Collections.RUNS) == kept
     assert await ids(db, Collections.WHALE_TRADES) == {"trade-in"}
     # Three expired ordinary runs in batches of two: a heartbeat after each batch.
@@ -72,7 +75,7 @@ async def test_a_second_cleanup_finds_nothing(db: Database) -> None:
     second = await clean_up(db, retention=RETENTION, now=NOW, batch_size=10)
 
     assert first["runs"] == 1
-    assert second == {"runs": 0, "failed_runs": 0, "whale_trades": 0}
+    assert second == {"runs": 0, "failed_runs": 0, "orphan_cancels": 0, "whale_trades": 0}
 
 
 @pytest.mark.slow
