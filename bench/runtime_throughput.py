@@ -48,7 +48,10 @@ CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "1"))
 
 # -- taskiq: the broker and task must exist at import time in both processes -----------------
 taskiq_broker = PullBasedJetStreamBroker(
-    NATS_URL, subject=f"tq{TOKEN}.tasks", stream_name=f"tq{TOKEN}_TASKS", durable=f"tq{TOKEN}",
+    NATS_URL,
+    subject=f"tq{TOKEN}.tasks",
+    stream_name=f"tq{TOKEN}_TASKS",
+    durable=f"tq{TOKEN}",
     stream_config=StreamConfig(name=f"tq{TOKEN}_TASKS", subjects=[f"tq{TOKEN}.tasks"]),
     consumer_config=ConsumerConfig(durable_name=f"tq{TOKEN}", max_ack_pending=CONCURRENCY, ack_wait=30),
 )
@@ -68,16 +71,41 @@ async def _two_writes(db: Any, run_id: str, sent_at: float) -> None:
     """The two writes our runtime makes per run, with the same document shapes, and nothing else."""
     now = datetime.now(UTC)
     # Insert, as our claim does for a first attempt (an upserting insert scans on FerretDB).
-    await db.runs.insert_one({
-        "_id": run_id, "job": "noop", "trigger": "manual", "scheduled_for": now, "requested_at": now,
-        "requested_by": "bench", "args": {}, "status": "running", "attempt_count": 1, "started_at": now,
-        "attempt_started_at": now, "heartbeat_at": now, "worker": "bench", "next_attempt_at": None,
-        "updated_at": now, "sent_at": sent_at})
+    await db.runs.insert_one(
+        {
+            "_id": run_id,
+            "job": "noop",
+            "trigger": "manual",
+            "scheduled_for": now,
+            "requested_at": now,
+            "requested_by": "bench",
+            "args": {},
+            "status": "running",
+            "attempt_count": 1,
+            "started_at": now,
+            "attempt_started_at": now,
+            "heartbeat_at": now,
+            "worker": "bench",
+            "next_attempt_at": None,
+            "updated_at": now,
+            "sent_at": sent_at,
+        }
+    )
     end = datetime.now(UTC)
-    await db.runs.find_one_and_update({"_id": run_id}, {
-        "$set": {"status": "completed", "ended_at": end, "updated_at": end, "next_attempt_at": None},
-        "$push": {"attempts": {"$each": [{"number": 1, "started_at": now, "ended_at": end,
-                                          "outcome": "succeeded", "worker": "bench"}], "$slice": -20}}})
+    await db.runs.find_one_and_update(
+        {"_id": run_id},
+        {
+            "$set": {"status": "completed", "ended_at": end, "updated_at": end, "next_attempt_at": None},
+            "$push": {
+                "attempts": {
+                    "$each": [
+                        {"number": 1, "started_at": now, "ended_at": end, "outcome": "succeeded", "worker": "bench"}
+                    ],
+                    "$slice": -20,
+                }
+            },
+        },
+    )
 
 
 # -- consumer roles (each runs as its own process) ---------------------------------------------
@@ -86,8 +114,14 @@ async def _two_writes(db: Any, run_id: str, sent_at: float) -> None:
 def role_runtime() -> None:
     from shared.runtime import JobContext, JobPolicy, RetryPolicy, job, run_service
 
-    policy = JobPolicy(schedule="every 1m", retry=RetryPolicy(max_attempts=3), timeout_s=30, stale_after_s=3600,
-                       overlap="parallel" if CONCURRENCY > 1 else "queue", concurrency=CONCURRENCY)
+    policy = JobPolicy(
+        schedule="every 1m",
+        retry=RetryPolicy(max_attempts=3),
+        timeout_s=30,
+        stale_after_s=3600,
+        overlap="parallel" if CONCURRENCY > 1 else "queue",
+        concurrency=CONCURRENCY,
+    )
 
     @job("noop", policy=policy)
     async def noop(ctx: JobContext) -> None:
@@ -102,8 +136,10 @@ async def role_baseline() -> None:
     client = await nats.connect(NATS_URL)
     js = client.jetstream()
     await js.add_stream(StreamConfig(name=f"bl{TOKEN}_JOBS", subjects=[f"bl{TOKEN}.jobs"]))
-    await js.add_consumer(f"bl{TOKEN}_JOBS", ConsumerConfig(durable_name="noop", filter_subject=f"bl{TOKEN}.jobs",
-                                                            max_ack_pending=CONCURRENCY, ack_wait=30))
+    await js.add_consumer(
+        f"bl{TOKEN}_JOBS",
+        ConsumerConfig(durable_name="noop", filter_subject=f"bl{TOKEN}.jobs", max_ack_pending=CONCURRENCY, ack_wait=30),
+    )
     db = AsyncMongoClient(MONGO_URL, tz_aware=True)[f"bl{TOKEN}"]
     await ensure_indexes(db)  # same `runs` indexes as ours, so both pay the same per write
     stop = asyncio.Event()
@@ -163,8 +199,13 @@ class System:
     def start_consumer(self) -> None:
         # BENCH_LOG=path keeps the consumers' logs (appended) for a look afterwards.
         with open(os.environ.get("BENCH_LOG", os.devnull), "ab") as log:
-            self.process = subprocess.Popen([sys.executable, __file__, "--role", self.role], cwd=ROOT,
-                                            env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+            self.process = subprocess.Popen(
+                [sys.executable, __file__, "--role", self.role],
+                cwd=ROOT,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
     def stop_consumer(self) -> None:
         if self.process is not None:
@@ -213,8 +254,11 @@ class Baseline(System):
         return self.mongo[f"bl{TOKEN}"].runs
 
     async def publish(self, run_id: str) -> None:
-        await self.js.publish(f"bl{TOKEN}.jobs", json.dumps({"run_id": run_id, "sent_at": time.time()}).encode(),
-                              headers={"Nats-Msg-Id": run_id})
+        await self.js.publish(
+            f"bl{TOKEN}.jobs",
+            json.dumps({"run_id": run_id, "sent_at": time.time()}).encode(),
+            headers={"Nats-Msg-Id": run_id},
+        )
 
 
 class Taskiq(System):
@@ -234,7 +278,7 @@ class Taskiq(System):
 async def publish_all(system: System, run_ids: list[str], chunk: int = 100) -> float:
     started = time.time()
     for i in range(0, len(run_ids), chunk):
-        await asyncio.gather(*(system.publish(r) for r in run_ids[i:i + chunk]))
+        await asyncio.gather(*(system.publish(r) for r in run_ids[i : i + chunk]))
     return started
 
 
@@ -283,8 +327,11 @@ async def measure(system: System, runs: int, latency_runs: int) -> dict[str, flo
         latencies.append((doc["ended_at"].timestamp() - sent[doc["_id"]]) * 1000)
     system.stop_consumer()
     latencies.sort()
-    return {"throughput": throughput, "p50": statistics.median(latencies),
-            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+    return {
+        "throughput": throughput,
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    }
 
 
 async def drive(args: argparse.Namespace) -> None:
@@ -295,11 +342,19 @@ async def drive(args: argparse.Namespace) -> None:
     servers = start_local_servers()  # fresh servers: the fixed names below cannot collide
     NATS_URL, MONGO_URL = servers.nats_url, servers.mongo_url
     try:
-        env = {**os.environ, "BENCH_NATS_URL": servers.nats_url, "BENCH_MONGO_URL": servers.mongo_url,
-               "BENCH_TOKEN": TOKEN, "BENCH_CONCURRENCY": str(args.concurrency),
-               "PULSE_NATS_URL": servers.nats_url, "PULSE_MONGO_URL": servers.mongo_url,
-               "PULSE_MONGO_DB": f"rt{TOKEN}", "PULSE_NAMESPACE": f"rt{TOKEN}", "PULSE_HTTP_PORT": "0",
-               "PULSE_LOG_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            "BENCH_NATS_URL": servers.nats_url,
+            "BENCH_MONGO_URL": servers.mongo_url,
+            "BENCH_TOKEN": TOKEN,
+            "BENCH_CONCURRENCY": str(args.concurrency),
+            "PULSE_NATS_URL": servers.nats_url,
+            "PULSE_MONGO_URL": servers.mongo_url,
+            "PULSE_MONGO_DB": f"rt{TOKEN}",
+            "PULSE_NAMESPACE": f"rt{TOKEN}",
+            "PULSE_HTTP_PORT": "0",
+            "PULSE_LOG_LEVEL": "INFO",
+        }
         os.environ.update(env)
         settings = load_settings()
         taskiq_broker.servers = servers.nats_url
@@ -312,12 +367,15 @@ async def drive(args: argparse.Namespace) -> None:
             finally:
                 system.stop_consumer()
         base = results[Baseline.name]["throughput"]
-        print(f"\n{args.runs} no-op runs, concurrency {args.concurrency}, one consumer process each; "
-              f"latency over {args.latency_runs} runs paced at half the throughput\n")
+        print(
+            f"\n{args.runs} no-op runs, concurrency {args.concurrency}, one consumer process each; "
+            f"latency over {args.latency_runs} runs paced at half the throughput\n"
+        )
         print(f"{'system':<26}{'runs/s':>10}{'vs baseline':>13}{'p50 ms':>10}{'p99 ms':>10}")
         for name, r in results.items():
-            print(f"{name:<26}{r['throughput']:>10.0f}{r['throughput'] / base:>12.0%} {r['p50']:>10.1f}"
-                  f"{r['p99']:>10.1f}")
+            print(
+                f"{name:<26}{r['throughput']:>10.0f}{r['throughput'] / base:>12.0%} {r['p50']:>10.1f}{r['p99']:>10.1f}"
+            )
         await taskiq_broker.shutdown()
     finally:
         servers.stop()

@@ -37,12 +37,20 @@ def make_market(i: int, rng: random.Random) -> Document:
     yes = None if i % 23 == 0 else rng.random()
     vol24 = None if i % 29 == 0 else rng.random() * 1e5
     return {
-        "_id": f"polymarket:{i}", "provider": "polymarket", "market_id": str(i),
-        "question": f"Will event number {i} happen before the end of the year?", "slug": f"event-{i}",
-        "category": "politics", "outcomes": ["Yes", "No"],
-        "yes_price": yes, "no_price": None if yes is None else 1 - yes,
-        "volume_total": rng.random() * 1e7, "volume_24h": vol24, "liquidity": rng.random() * 1e5,
-        "active": i % 5 != 0, "closed": i % 5 == 0,
+        "_id": f"polymarket:{i}",
+        "provider": "polymarket",
+        "market_id": str(i),
+        "question": f"Will event number {i} happen before the end of the year?",
+        "slug": f"event-{i}",
+        "category": "politics",
+        "outcomes": ["Yes", "No"],
+        "yes_price": yes,
+        "no_price": None if yes is None else 1 - yes,
+        "volume_total": rng.random() * 1e7,
+        "volume_24h": vol24,
+        "liquidity": rng.random() * 1e5,
+        "active": i % 5 != 0,
+        "closed": i % 5 == 0,
         "yes_volume_24h": None if yes is None or vol24 is None else yes * vol24,
     }
 
@@ -52,16 +60,26 @@ def make_trade(i: int, rng: random.Random) -> Document:
     size = rng.uniform(1e4, 2e5)
     price = rng.random()
     return {
-        "_id": f"0xabc{i}:0", "provider": "polymarket", "wallet": f"0xw{i % 997}", "market": f"polymarket:{i % 5000}",
-        "side": "BUY", "outcome": "Yes", "size": size, "price": price, "notional": size * price,
-        "traded_at": at, "ingested_at": at,
+        "_id": f"0xabc{i}:0",
+        "provider": "polymarket",
+        "wallet": f"0xw{i % 997}",
+        "market": f"polymarket:{i % 5000}",
+        "side": "BUY",
+        "outcome": "Yes",
+        "size": size,
+        "price": price,
+        "notional": size * price,
+        "traded_at": at,
+        "ingested_at": at,
     }
 
 
 async def seed(db: Database, markets: int, trades: int) -> None:
     rng = random.Random(6)
-    for collection, count, make in ((Collections.MARKETS, markets, make_market),
-                                    (Collections.WHALE_TRADES, trades, make_trade)):
+    for collection, count, make in (
+        (Collections.MARKETS, markets, make_market),
+        (Collections.WHALE_TRADES, trades, make_trade),
+    ):
         for first in range(0, count, SEED_BATCH):
             batch = [make(i, rng) for i in range(first, min(count, first + SEED_BATCH))]
             await db[collection].insert_many(batch, ordered=False)
@@ -90,11 +108,19 @@ async def stats_in_application(db: Database, *, window_end: datetime) -> MarketS
     window = {"traded_at": {"$gte": window_end - WHALE_WINDOW, "$lt": window_end}}
     notionals = [t["notional"] async for t in db[Collections.WHALE_TRADES].find(window)]
     return MarketStats(
-        total_markets=total, active_markets=active, priced_markets=priced, volume_total=volume_total,
-        volume_24h=volume_24h, avg_yes_price=ratio(yes_sum, priced), vw_yes_price=ratio(yes_volume, priced_volume),
-        whale_trades_1h=len(notionals), whale_notional_1h=sum(notionals),
-        top_markets=[TopMarket(market=m["_id"], question=m["question"], volume_24h=m["volume_24h"],
-                               yes_price=m.get("yes_price")) for m in ranked[:TOP_MARKETS]],
+        total_markets=total,
+        active_markets=active,
+        priced_markets=priced,
+        volume_total=volume_total,
+        volume_24h=volume_24h,
+        avg_yes_price=ratio(yes_sum, priced),
+        vw_yes_price=ratio(yes_volume, priced_volume),
+        whale_trades_1h=len(notionals),
+        whale_notional_1h=sum(notionals),
+        top_markets=[
+            TopMarket(market=m["_id"], question=m["question"], volume_24h=m["volume_24h"], yes_price=m.get("yes_price"))
+            for m in ranked[:TOP_MARKETS]
+        ],
     )
 
 
@@ -105,8 +131,10 @@ def agree(a: MarketStats, b: MarketStats) -> bool:
     return (
         (a.total_markets, a.active_markets, a.priced_markets, a.whale_trades_1h)
         == (b.total_markets, b.active_markets, b.priced_markets, b.whale_trades_1h)
-        and all(close(getattr(a, f), getattr(b, f)) for f in
-                ("volume_total", "volume_24h", "avg_yes_price", "vw_yes_price", "whale_notional_1h"))
+        and all(
+            close(getattr(a, f), getattr(b, f))
+            for f in ("volume_total", "volume_24h", "avg_yes_price", "vw_yes_price", "whale_notional_1h")
+        )
         and [m.market for m in a.top_markets] == [m.market for m in b.top_markets]
     )
 
@@ -133,8 +161,10 @@ async def bench(mongo_url: str, markets: int, trades: int, repeat: int) -> None:
         database_s, in_db = await timed(lambda: compute_stats(db, window_end=SLOT), repeat)
         if not agree(baseline, in_db):
             raise SystemExit(f"the two approaches disagree:\n  application {baseline}\n  database    {in_db}")
-        print(f"\nstats over {markets:,} markets and {trades:,} whale trades ({mongo_url.split('@')[-1]}), "
-              f"best of {repeat}")
+        print(
+            f"\nstats over {markets:,} markets and {trades:,} whale trades ({mongo_url.split('@')[-1]}), "
+            f"best of {repeat}"
+        )
         print(f"{'approach':<44}{'time (s)':>10}{'ratio vs baseline':>20}")
         print(f"{'load every market, reduce in Python (baseline)':<44}{baseline_s:>10.2f}{1.0:>19.2f}x")
         print(f"{'aggregate in the database (stats job)':<44}{database_s:>10.2f}{baseline_s / database_s:>19.2f}x")

@@ -110,8 +110,9 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> logging.Hand
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(SecretFilter(secret_values(settings)))
-    handler.setFormatter(JsonFormatter() if settings.log_json else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if settings.log_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     # httpx logs full URLs at INFO; query strings could carry keys.

@@ -203,8 +203,7 @@ async def connect(settings: Settings, *, need_store: bool = True, setup: bool = 
                 await asyncio.wait_for(ensure_streams_exist(js, settings), timeout=settings.nats_connect_timeout_s * 2)
             except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 raise Unreachable(
-                    f"JetStream at {settings.nats_url_redacted} did not answer; "
-                    "is JetStream enabled (nats-server -js)?"
+                    f"JetStream at {settings.nats_url_redacted} did not answer; is JetStream enabled (nats-server -js)?"
                 ) from None
         db: Any = None
         if need_store:

@@ -40,8 +40,9 @@ from .common import (
     run_async,
 )
 
-dlq_app = typer.Typer(help="Dead letters: requests that exhausted their attempts or could not be run.",
-                      no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Dead letters: requests that exhausted their attempts or could not be run.", no_args_is_help=True
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 JobOpt = Annotated[str | None, typer.Option("--job", "-j", help="Only dead letters of this job.")]
@@ -123,8 +124,15 @@ def _letters_table(letters: list[StoredLetter]) -> Table:
             table.add_row(str(stored.seq), "?", "-", "unreadable", "-", "-", stored.raw[:60].decode(errors="replace"))
             continue
         error = letter.error.splitlines()[0] if letter.error else ""
-        table.add_row(str(stored.seq), letter.job, letter.run_id or "-", letter.reason, str(letter.attempts),
-                      ago(letter.dead_at), error[:80])
+        table.add_row(
+            str(stored.seq),
+            letter.job,
+            letter.run_id or "-",
+            letter.reason,
+            str(letter.attempts),
+            ago(letter.dead_at),
+            error[:80],
+        )
     return table
 
 
@@ -191,23 +199,36 @@ def show(
 async def _replay_one(conns: Connections, stored: StoredLetter, keep: bool) -> dict[str, Any]:
     letter = stored.letter
     if letter is None or letter.request is None:
-        return {"seq": stored.seq, "replayed": False,
-                "reason": "the dead request could not be parsed, so it cannot run; inspect it with dlq show, "
-                          "then purge it"}
+        return {
+            "seq": stored.seq,
+            "replayed": False,
+            "reason": "the dead request could not be parsed, so it cannot run; inspect it with dlq show, then purge it",
+        }
     run_id = replay_run_id(stored)
     existing = await conns.db[Collections.RUNS].find_one({"_id": run_id}, {"status": 1})
     duplicate = existing is not None
     if not duplicate:
         request = JobRequest(
-            run_id=run_id, job=letter.job, trigger=Trigger.REPLAY, scheduled_for=utcnow(),
-            requested_by=operator(), args=letter.request.args,
+            run_id=run_id,
+            job=letter.job,
+            trigger=Trigger.REPLAY,
+            scheduled_for=utcnow(),
+            requested_by=operator(),
+            args=letter.request.args,
         )
         ack = await publish_request(conns.js, conns.settings.names, request)
         duplicate = bool(ack.duplicate)
     if not keep:
         await _delete(conns.js, conns.settings, stored.seq)
-    return {"seq": stored.seq, "replayed": True, "run_id": run_id, "job": letter.job,
-            "original_run_id": letter.run_id, "duplicate": duplicate, "removed": not keep}
+    return {
+        "seq": stored.seq,
+        "replayed": True,
+        "run_id": run_id,
+        "job": letter.job,
+        "original_run_id": letter.run_id,
+        "duplicate": duplicate,
+        "removed": not keep,
+    }
 
 
 async def _delete(js: JetStreamContext, settings: Settings, seq: int) -> bool:
@@ -251,11 +272,13 @@ def replay(
             if result["replayed"]:
                 console.print(result["run_id"], highlight=False, markup=False)
                 note = " (already replayed: not started again)" if result["duplicate"] else ""
-                err_console.print(f"dead letter #{result['seq']} replayed as {result['run_id']}{note}",
-                                  highlight=False, markup=False)
+                err_console.print(
+                    f"dead letter #{result['seq']} replayed as {result['run_id']}{note}", highlight=False, markup=False
+                )
             else:
-                err_console.print(f"dead letter #{result['seq']} not replayed: {result['reason']}",
-                                  highlight=False, markup=False)
+                err_console.print(
+                    f"dead letter #{result['seq']} not replayed: {result['reason']}", highlight=False, markup=False
+                )
         if not results:
             err_console.print("no dead letters to replay")
         return EXIT_OK if all(r["replayed"] for r in results) else EXIT_FAILED

@@ -134,7 +134,12 @@ async def _delayed_exists(conns: Connections, job: str, run_id: str) -> bool:
 
 
 async def _trigger(
-    job: str, args: dict[str, Any], at: datetime | None, key: str | None, wait: bool, timeout_s: float | None,
+    job: str,
+    args: dict[str, Any],
+    at: datetime | None,
+    key: str | None,
+    wait: bool,
+    timeout_s: float | None,
     as_json: bool,
 ) -> int:
     settings = cli_settings()
@@ -170,21 +175,37 @@ async def _trigger(
     if as_json:
         print_json(run_json(record))
     else:
-        console.print(f"{run_id} ended [bold]{record.status.value}[/] after "
-                      f"{record.attempt_count or len(record.attempts)} attempt(s)", highlight=False)
+        console.print(
+            f"{run_id} ended [bold]{record.status.value}[/] after "
+            f"{record.attempt_count or len(record.attempts)} attempt(s)",
+            highlight=False,
+        )
         if record.error:
             console.print(f"error: {record.error}", highlight=False, markup=False)
     return EXIT_OK if record.status is RunStatus.COMPLETED else EXIT_FAILED
 
 
 def _report_trigger(
-    run_id: str, job: str, at: datetime | None, duplicate: bool, existing: RunRecord | None, *, json_out: bool,
+    run_id: str,
+    job: str,
+    at: datetime | None,
+    duplicate: bool,
+    existing: RunRecord | None,
+    *,
+    json_out: bool,
     quiet: bool,
 ) -> None:
     """Say what trigger did; `quiet` keeps stdout for the final JSON of `--wait --json`."""
     if json_out:
-        print_json({"run_id": run_id, "job": job, "at": at.isoformat() if at else None, "duplicate": duplicate,
-                    "status": existing.status.value if existing else None})
+        print_json(
+            {
+                "run_id": run_id,
+                "job": job,
+                "at": at.isoformat() if at else None,
+                "duplicate": duplicate,
+                "status": existing.status.value if existing else None,
+            }
+        )
         return
     # The run id alone goes to stdout so scripts can capture it; the story goes to stderr.
     (err_console if quiet else console).print(run_id, highlight=False, markup=False)
@@ -202,7 +223,8 @@ def trigger(
     in_: Annotated[str | None, typer.Option("--in", help="Run once after this delay: 90s, 5m, 1h30m.")] = None,
     at: Annotated[str | None, typer.Option("--at", help="Run once at this time (ISO 8601 with timezone).")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key: the same key twice gives one run.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Show progress until the run ends; exit 0 if completed.")
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress until the run ends; exit 0 if completed.")
     ] = False,
     timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after SECONDS.")] = None,
     as_json: JsonOpt = False,
@@ -277,8 +299,9 @@ async def watch_status(
         stop = asyncio.Event()
         if for_s is not None:
             asyncio.get_running_loop().call_later(for_s, stop.set)
-        await live_status(conns.nats, conns.js, conns.db, settings, jobs, stop=stop, interval_s=interval_s,
-                          console=console)
+        await live_status(
+            conns.nats, conns.js, conns.db, settings, jobs, stop=stop, interval_s=interval_s, console=console
+        )
 
 
 def watch(
@@ -355,8 +378,11 @@ def run(
         async with connect(settings, setup=False) as conns:
             record = await _find_run(conns, run_id)
         if record is None:
-            fail(f"no run {run_id!r} is recorded (a queued run has no record until it starts); "
-                 "list runs with: pulse runs", EXIT_FAILED)
+            fail(
+                f"no run {run_id!r} is recorded (a queued run has no record until it starts); "
+                "list runs with: pulse runs",
+                EXIT_FAILED,
+            )
         if as_json:
             print_json(run_json(record))
         else:
@@ -418,8 +444,11 @@ def _report_cancel(run_id: str, status: str, *, delayed: bool, as_json: bool) ->
     elif status == RunStatus.CANCELED.value:
         console.print(f"{run_id} canceled", highlight=False)
     else:
-        console.print(f"{run_id} is {status}: cancel requested, it stops at its next check point "
-                      f"(follow with: pulse run {run_id})", highlight=False)
+        console.print(
+            f"{run_id} is {status}: cancel requested, it stops at its next check point "
+            f"(follow with: pulse run {run_id})",
+            highlight=False,
+        )
 
 
 async def _request_queued(conns: Connections, job: str, run_id: str) -> bool:

@@ -236,8 +236,11 @@ def status_table(rows: list[JobStatus], *, title: str | None = None) -> Table:
         table.add_row(
             row.job, _schedule_cell(row, now), last, fresh, fails, _count(row.waiting), _count(row.in_flight), alerts
         )
-    table.caption = "* schedule overridden at runtime (schedules KV bucket)" if any(
-        r.schedule_source == "kv" for r in rows) else None
+    table.caption = (
+        "* schedule overridden at runtime (schedules KV bucket)"
+        if any(r.schedule_source == "kv" for r in rows)
+        else None
+    )
     return table
 
 
@@ -308,8 +311,12 @@ def run_detail(record: RunRecord) -> Group:
         end = as_utc(attempt.ended_at)
         took = human_seconds((end - as_utc(attempt.started_at)).total_seconds()) if end else "…"  # type: ignore[operator]
         attempts.add_row(
-            str(attempt.number), _iso(as_utc(attempt.started_at)) or "-", took,
-            styled_status(attempt.outcome), attempt.worker or "-", attempt.error or "",
+            str(attempt.number),
+            _iso(as_utc(attempt.started_at)) or "-",
+            took,
+            styled_status(attempt.outcome),
+            attempt.worker or "-",
+            attempt.error or "",
         )
     parts.append(attempts)
     if record.summary:
@@ -346,7 +353,7 @@ class EventLog:
             if data.get("error"):
                 line.append(f"  {str(data['error']).splitlines()[0][:100]}", style="red")
         self.lines.insert(0, line)
-        del self.lines[self.limit:]
+        del self.lines[self.limit :]
 
     def panel(self) -> Panel:
         body: Any = Group(*self.lines) if self.lines else Text("waiting for run events…", style="dim")
@@ -378,8 +385,10 @@ async def live_status(
         log.add(msg.subject, msg.data)
         changed.set()
 
-    subs = [await nats_client.subscribe(subject, cb=_on_event)
-            for subject in (names.run_events_wildcard(), names.alerts_wildcard())]
+    subs = [
+        await nats_client.subscribe(subject, cb=_on_event)
+        for subject in (names.run_events_wildcard(), names.alerts_wildcard())
+    ]
 
     async def _view() -> Group:
         rows = await collect_status(js, db, settings, jobs)

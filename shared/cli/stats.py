@@ -108,8 +108,13 @@ def _top_table(top: list[Document]) -> Table:
     table.add_column("volume 24 h", justify="right")
     table.add_column("yes", justify="right")
     for rank, market in enumerate(top, start=1):
-        table.add_row(str(rank), str(market.get("market")), str(market.get("question") or ""),
-                      _number(market.get("volume_24h"), 2), _number(market.get("yes_price"), 3))
+        table.add_row(
+            str(rank),
+            str(market.get("market")),
+            str(market.get("question") or ""),
+            _number(market.get("volume_24h"), 2),
+            _number(market.get("yes_price"), 3),
+        )
     return table
 
 
@@ -120,11 +125,19 @@ def _trend_table(trend: list[Document], last: str) -> Table:
     table.add_column("min", justify="right")
     table.add_column("max", justify="right")
     table.add_column("now", justify="right")
-    for label, field, digits in (("active markets", "active_markets", 0), ("volume, 24 h", "volume_24h", 0),
-                                 ("whale trades, 1 h", "whale_trades_1h", 0)):
+    for label, field, digits in (
+        ("active markets", "active_markets", 0),
+        ("volume, 24 h", "volume_24h", 0),
+        ("whale trades, 1 h", "whale_trades_1h", 0),
+    ):
         values = [float(point.get(field) or 0) for point in trend]
-        table.add_row(label, sparkline(values), _number(min(values), digits), _number(max(values), digits),
-                      _number(values[-1], digits))
+        table.add_row(
+            label,
+            sparkline(values),
+            _number(min(values), digits),
+            _number(max(values), digits),
+            _number(values[-1], digits),
+        )
     return table
 
 

@@ -65,8 +65,13 @@ class Child:
             # Own session: a Ctrl-C in the terminal reaches `pulse up` only, which then
             # stops the children in order instead of all at once.
             self.process = subprocess.Popen(
-                self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                self.args,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     @property
@@ -103,13 +108,25 @@ class Stack:
 
 def _base_env(settings: Settings, nats_url: str, mongo_url: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"PULSE_NATS_URL": nats_url, "PULSE_MONGO_URL": mongo_url, "PULSE_NAMESPACE": settings.namespace,
-                "PULSE_MONGO_DB": settings.mongo_db, "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "PULSE_NATS_URL": nats_url,
+            "PULSE_MONGO_URL": mongo_url,
+            "PULSE_NAMESPACE": settings.namespace,
+            "PULSE_MONGO_DB": settings.mongo_db,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
 def plan_children(
-    settings: Settings, nats_url: str, mongo_url: str, logs: Path, *, simulator: bool,
+    settings: Settings,
+    nats_url: str,
+    mongo_url: str,
+    logs: Path,
+    *,
+    simulator: bool,
     services: tuple[str, ...] = SERVICES,
 ) -> list[Child]:
     """The simulator (optional) and the services, each on its own free port."""
@@ -124,8 +141,16 @@ def plan_children(
     for service in services:
         port = free_port()
         env = {**base, "PULSE_HTTP_PORT": str(port), "PULSE_HTTP_HOST": "127.0.0.1"}
-        children.append(Child(service, [sys.executable, "-m", f"services.{service}"],
-                              f"http://127.0.0.1:{port}/readyz", port, logs / f"{service}.log", env))
+        children.append(
+            Child(
+                service,
+                [sys.executable, "-m", f"services.{service}"],
+                f"http://127.0.0.1:{port}/readyz",
+                port,
+                logs / f"{service}.log",
+                env,
+            )
+        )
     return children
 
 
@@ -144,11 +169,15 @@ async def wait_ready(children: list[Child], timeout_s: float, stop: asyncio.Even
                 with contextlib.suppress(httpx.HTTPError):
                     if (await http.get(child.ready_url)).status_code == 200:
                         waiting.remove(child)
-                        err_console.print(f"  [green]ready[/] {child.name} (port {child.port}, pid "
-                                          f"{child.process.pid if child.process else '-'})", highlight=False)
+                        err_console.print(
+                            f"  [green]ready[/] {child.name} (port {child.port}, pid "
+                            f"{child.process.pid if child.process else '-'})",
+                            highlight=False,
+                        )
             if waiting and time.monotonic() > deadline:
-                raise ChildFailed(waiting[0], f"{waiting[0].name} was not ready within {timeout_s:g}s "
-                                               f"({waiting[0].ready_url})")
+                raise ChildFailed(
+                    waiting[0], f"{waiting[0].name} was not ready within {timeout_s:g}s ({waiting[0].ready_url})"
+                )
             if waiting:
                 await asyncio.sleep(0.2)
     return not waiting
@@ -170,12 +199,18 @@ def processes_table(stack: Stack) -> Table:
     if stack.servers is not None:
         for process, (name, port) in zip(
             stack.servers.processes,
-            [("nats-server", stack.servers.nats_port), ("ferretdb", stack.servers.mongo_port)], strict=False,
+            [("nats-server", stack.servers.nats_port), ("ferretdb", stack.servers.mongo_port)],
+            strict=False,
         ):
             table.add_row(name, str(process.pid), str(port), _state(process.poll()), str(stack.servers.data_dir))
     for child in stack.children:
-        table.add_row(child.name, str(child.process.pid) if child.process else "-", str(child.port),
-                      _state(child.exit_code), str(child.log))
+        table.add_row(
+            child.name,
+            str(child.process.pid) if child.process else "-",
+            str(child.port),
+            _state(child.exit_code),
+            str(child.log),
+        )
     return table
 
 
@@ -191,8 +226,9 @@ def _install_stop_handlers(stop: asyncio.Event) -> None:
             loop.add_signal_handler(signum, stop.set)
 
 
-async def _run_up(stack: Stack, settings: Settings, for_s: float | None, show_status: bool,
-                  ready_timeout_s: float) -> int:
+async def _run_up(
+    stack: Stack, settings: Settings, for_s: float | None, show_status: bool, ready_timeout_s: float
+) -> int:
     stop = asyncio.Event()
     _install_stop_handlers(stop)
     started = time.monotonic()
@@ -205,8 +241,11 @@ async def _run_up(stack: Stack, settings: Settings, for_s: float | None, show_st
         err_console.print(f"[bold red]error:[/] {exc}; its log ({exc.child.log}) ends:", highlight=False)
         err_console.print(exc.child.log_tail(), markup=False, highlight=False)
         return EXIT_FAILED
-    err_console.print(f"marketpulse is up: {len(stack.children)} processes ready in "
-                      f"{time.monotonic() - started:.1f}s. Ctrl-C stops everything.", highlight=False)
+    err_console.print(
+        f"marketpulse is up: {len(stack.children)} processes ready in "
+        f"{time.monotonic() - started:.1f}s. Ctrl-C stops everything.",
+        highlight=False,
+    )
     if for_s is not None:
         asyncio.get_running_loop().call_later(for_s, stop.set)
     if not show_status:
@@ -216,16 +255,26 @@ async def _run_up(stack: Stack, settings: Settings, for_s: float | None, show_st
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
         return EXIT_OK
     async with connect(settings) as conns:
-        await live_status(conns.nats, conns.js, conns.db, settings, JOBS, stop=stop, interval_s=2.0,
-                          console=console, header=lambda: processes_table(stack))
+        await live_status(
+            conns.nats,
+            conns.js,
+            conns.db,
+            settings,
+            JOBS,
+            stop=stop,
+            interval_s=2.0,
+            console=console,
+            header=lambda: processes_table(stack),
+        )
     return EXIT_OK
 
 
 def _report_deaths(stack: Stack) -> None:
     for child in stack.children:
         if child.exit_code is not None and not child.death_reported:
-            err_console.print(f"[bold red]{child.name} exited with code {child.exit_code}[/] (log: {child.log})",
-                              highlight=False)
+            err_console.print(
+                f"[bold red]{child.name} exited with code {child.exit_code}[/] (log: {child.log})", highlight=False
+            )
             child.death_reported = True
 
 
@@ -233,11 +282,14 @@ def up(
     for_: Annotated[float | None, typer.Option("--for", help="Stop everything after SECONDS.")] = None,
     no_status: Annotated[bool, typer.Option("--no-status", help="No live view; just keep running.")] = False,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Server data and process logs.")] = Path(".data/up"),
-    no_simulator: Annotated[bool, typer.Option(
-        "--no-simulator", help="Use the configured provider URLs instead of the local simulator.")] = False,
+    no_simulator: Annotated[
+        bool, typer.Option("--no-simulator", help="Use the configured provider URLs instead of the local simulator.")
+    ] = False,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for /readyz.")] = 90.0,
-    service: Annotated[list[str] | None, typer.Option(
-        "--service", "-s", help=f"Start only this service (repeatable): {', '.join(SERVICES)}.")] = None,
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", "-s", help=f"Start only this service (repeatable): {', '.join(SERVICES)}."),
+    ] = None,
 ) -> None:
     """Start the whole system locally (servers, simulator, ticker, services) and watch it.
 
@@ -259,8 +311,10 @@ def up(
     logs.mkdir(parents=True, exist_ok=True)
     servers = None
     if not (given_nats and given_mongo):
-        err_console.print(f"starting {'nats-server ' if not given_nats else ''}"
-                          f"{'ferretdb ' if not given_mongo else ''}in {data_dir}", highlight=False)
+        err_console.print(
+            f"starting {'nats-server ' if not given_nats else ''}{'ferretdb ' if not given_mongo else ''}in {data_dir}",
+            highlight=False,
+        )
         try:
             servers = start_local_servers(data_dir, nats=not given_nats, mongo=not given_mongo)
         except Exception as exc:  # ConfigError (missing binary) or Unreachable (did not start)
@@ -268,8 +322,9 @@ def up(
     nats_url = settings.nats_url if given_nats or servers is None else servers.nats_url
     mongo_url = settings.mongo_url.get_secret_value() if given_mongo or servers is None else servers.mongo_url
     run_settings = settings.model_copy(update={"nats_url": nats_url, "mongo_url": SecretStr(mongo_url)})
-    stack = Stack(servers, plan_children(settings, nats_url, mongo_url, logs, simulator=not no_simulator,
-                                              services=services))
+    stack = Stack(
+        servers, plan_children(settings, nats_url, mongo_url, logs, simulator=not no_simulator, services=services)
+    )
     code = EXIT_FAILED
     try:
         code = run_async(lambda: _run_up(stack, run_settings, for_, not no_status, ready_timeout))

@@ -128,7 +128,7 @@ def parse_fault(text: str) -> tuple[str, str, float]:
 def check_faults(faults: Any) -> dict[str, dict[str, float]]:
     """Validate a `{endpoint: {kind: rate}}` mapping (the body of POST /_sim/faults)."""
     if not isinstance(faults, dict):
-        raise ValueError("faults must be an object like {\"markets\": {\"5xx\": 0.2}}")
+        raise ValueError('faults must be an object like {"markets": {"5xx": 0.2}}')
     checked: dict[str, dict[str, float]] = {}
     for endpoint, kinds in faults.items():
         if not isinstance(kinds, dict):

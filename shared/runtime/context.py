@@ -86,8 +86,9 @@ class JobContext:
         if waited > 0:
             self.metrics.ratelimit_waits.labels(bucket=bucket).inc()
             self.metrics.ratelimit_wait_seconds.labels(bucket=bucket).observe(waited)
-            self.log.debug("waited %.2fs for rate limit bucket %s", waited, bucket,
-                           extra={"event": "run.rate_limited_wait"})
+            self.log.debug(
+                "waited %.2fs for rate limit bucket %s", waited, bucket, extra={"event": "run.rate_limited_wait"}
+            )
 
 
 def context_logger(job: str, run_id: str, attempt: int) -> BoundLogger:

@@ -74,15 +74,20 @@ class Heartbeat:
             try:
                 await self.beat(force=True)
             except Exception as exc:  # a missed beat is survivable; the next one may work
-                log.warning("heartbeat of %s failed: %s", self._run_id, type(exc).__name__,
-                            extra={"event": "run.heartbeat_failed", "run_id": self._run_id})
+                log.warning(
+                    "heartbeat of %s failed: %s",
+                    self._run_id,
+                    type(exc).__name__,
+                    extra={"event": "run.heartbeat_failed", "run_id": self._run_id},
+                )
 
     async def __aenter__(self) -> Heartbeat:
         self._task = asyncio.create_task(self._loop(), name=f"heartbeat:{self._run_id}")
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

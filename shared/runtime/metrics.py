@@ -19,20 +19,34 @@ class RuntimeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.runs = Counter("pulse_runs_total", "Runs that reached a terminal status", ["job", "status"],
-                            registry=self.registry)
-        self.attempts = Counter("pulse_attempts_total", "Attempts by outcome", ["job", "outcome"],
-                                registry=self.registry)
-        self.run_duration = Histogram("pulse_run_duration_seconds", "Run duration, first start to end",
-                                      ["job", "status"], buckets=_DURATION_BUCKETS, registry=self.registry)
-        self.ratelimit_waits = Counter("pulse_ratelimit_waits_total", "Token acquisitions that had to wait",
-                                       ["bucket"], registry=self.registry)
-        self.ratelimit_wait_seconds = Histogram("pulse_ratelimit_wait_seconds", "Time spent waiting for a token",
-                                                ["bucket"], registry=self.registry)
-        self.last_success = Gauge("pulse_last_success_timestamp_seconds", "Unix time of the last completed run",
-                                  ["job"], registry=self.registry)
-        self.since_success = Gauge("pulse_seconds_since_last_success", "Seconds since the last completed run",
-                                   ["job"], registry=self.registry)
+        self.runs = Counter(
+            "pulse_runs_total", "Runs that reached a terminal status", ["job", "status"], registry=self.registry
+        )
+        self.attempts = Counter(
+            "pulse_attempts_total", "Attempts by outcome", ["job", "outcome"], registry=self.registry
+        )
+        self.run_duration = Histogram(
+            "pulse_run_duration_seconds",
+            "Run duration, first start to end",
+            ["job", "status"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.ratelimit_waits = Counter(
+            "pulse_ratelimit_waits_total", "Token acquisitions that had to wait", ["bucket"], registry=self.registry
+        )
+        self.ratelimit_wait_seconds = Histogram(
+            "pulse_ratelimit_wait_seconds", "Time spent waiting for a token", ["bucket"], registry=self.registry
+        )
+        self.last_success = Gauge(
+            "pulse_last_success_timestamp_seconds",
+            "Unix time of the last completed run",
+            ["job"],
+            registry=self.registry,
+        )
+        self.since_success = Gauge(
+            "pulse_seconds_since_last_success", "Seconds since the last completed run", ["job"], registry=self.registry
+        )
 
     def observe_success_time(self, job: str, at_unix: float) -> None:
         """Record the time of the last success of `job` (refreshes the 'since' gauge)."""

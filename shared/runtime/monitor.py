@@ -33,13 +33,19 @@ def state_id(job: str) -> str:
 async def register_job(db: Database, job: str) -> None:
     """Remember when the runtime first served `job` (the stale clock starts there)."""
     await db[Collections.JOB_STATE].update_one(
-        {"_id": state_id(job)}, {"$setOnInsert": {"job": job, "first_seen_at": utcnow()}}, upsert=True)
+        {"_id": state_id(job)}, {"$setOnInsert": {"job": job, "first_seen_at": utcnow()}}, upsert=True
+    )
 
 
 async def failure_streak(db: Database, job: str, limit: int) -> list[dict[str, Any]]:
     """The most recent failed runs of `job` in a row (newest first), at most `limit`."""
-    recent = await db[Collections.RUNS].find(
-        {"job": job, "status": {"$in": list(_COUNTED)}}).sort("ended_at", -1).limit(limit).to_list(None)
+    recent = (
+        await db[Collections.RUNS]
+        .find({"job": job, "status": {"$in": list(_COUNTED)}})
+        .sort("ended_at", -1)
+        .limit(limit)
+        .to_list(None)
+    )
     streak: list[dict[str, Any]] = []
     for doc in recent:
         if doc["status"] not in _FAILED:
@@ -50,15 +56,17 @@ async def failure_streak(db: Database, job: str, limit: int) -> list[dict[str, A
 
 async def _claim_alert(db: Database, job: str, field: str, key: Any) -> bool:
     result = await db[Collections.JOB_STATE].update_one(
-        {"_id": state_id(job), field: {"$ne": key}}, {"$set": {field: key, "job": job}})
+        {"_id": state_id(job), field: {"$ne": key}}, {"$set": {field: key, "job": job}}
+    )
     if result.matched_count == 0 and await db[Collections.JOB_STATE].count_documents({"_id": state_id(job)}) == 0:
         await register_job(db, job)
         return await _claim_alert(db, job, field, key)
     return result.modified_count == 1
 
 
-async def alert_on_failure(db: Database, js: JetStreamContext, names: Names, job: str, threshold: int,
-                           error: str | None) -> bool:
+async def alert_on_failure(
+    db: Database, js: JetStreamContext, names: Names, job: str, threshold: int, error: str | None
+) -> bool:
     """After a failed run: publish one alert when `threshold` runs in a row have failed.
 
     The streak is identified by its first failed run, so each streak alerts once, however
@@ -71,22 +79,28 @@ async def alert_on_failure(db: Database, js: JetStreamContext, names: Names, job
     if not await _claim_alert(db, job, "alerted_streak", first["_id"]):
         return False
     since = first.get("ended_at") or utcnow()
-    alert = Alert(job=job, kind=AlertKind.CONSECUTIVE_FAILURES, since=since,
-                  detail=f"{len(streak)} runs of {job} failed in a row; last error: {(error or 'unknown')[:1500]}")
+    alert = Alert(
+        job=job,
+        kind=AlertKind.CONSECUTIVE_FAILURES,
+        since=since,
+        detail=f"{len(streak)} runs of {job} failed in a row; last error: {(error or 'unknown')[:1500]}",
+    )
     await publish_alert(js, names, alert)
     return True
 
 
 async def last_success(db: Database, job: str) -> datetime | None:
     """When `job` last completed, from its run records."""
-    doc = await db[Collections.RUNS].find_one({"job": job, "status": RunStatus.COMPLETED.value},
-                                              sort=[("ended_at", -1)])
+    doc = await db[Collections.RUNS].find_one(
+        {"job": job, "status": RunStatus.COMPLETED.value}, sort=[("ended_at", -1)]
+    )
     value = doc.get("ended_at") if doc else None
     return value if isinstance(value, datetime) else None
 
 
-async def check_stale(db: Database, js: JetStreamContext, names: Names, job: str, stale_after_s: float,
-                      now: datetime | None = None) -> bool:
+async def check_stale(
+    db: Database, js: JetStreamContext, names: Names, job: str, stale_after_s: float, now: datetime | None = None
+) -> bool:
     """Publish one `stale` alert when `job` had no success within `stale_after_s`.
 
     Returns:

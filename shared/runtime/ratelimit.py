@@ -53,8 +53,8 @@ class RateLimiter:
             return self._limits[bucket]
         except KeyError:
             raise ConfigError(
-                f"unknown rate limit bucket {bucket!r}; define it in PULSE_RATE_LIMITS "
-                f"(known: {sorted(self._limits)})") from None
+                f"unknown rate limit bucket {bucket!r}; define it in PULSE_RATE_LIMITS (known: {sorted(self._limits)})"
+            ) from None
 
     async def try_take(self, bucket: str, tokens: int = 1) -> float:
         """Take `tokens` if available now; return 0.0, or the seconds until they would be."""

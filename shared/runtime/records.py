@@ -51,8 +51,9 @@ def _is_terminal(doc: dict[str, Any] | None) -> bool:
     return doc is not None and doc.get("status") in _TERMINAL
 
 
-async def _write_unless_terminal(db: Database, run_id: str, update: dict[str, Any], *,
-                                 upsert: bool, likely_new: bool = False) -> tuple[bool, dict[str, Any] | None]:
+async def _write_unless_terminal(
+    db: Database, run_id: str, update: dict[str, Any], *, upsert: bool, likely_new: bool = False
+) -> tuple[bool, dict[str, Any] | None]:
     """Apply `update` unless the run is terminal; return (applied, document before).
 
     With `upsert`, a missing record is created by `insert_one` rather than an upserting
@@ -123,8 +124,9 @@ def _push_attempt(attempt: AttemptRecord) -> dict[str, Any]:
     return {"attempts": {"$each": [_attempt_doc(attempt)], "$slice": -MAX_ATTEMPT_HISTORY}}
 
 
-async def claim_run(db: Database, request: JobRequest, attempt: int, worker: str,
-                    now: datetime | None = None) -> tuple[RunRecord | None, RunRecord | None]:
+async def claim_run(
+    db: Database, request: JobRequest, attempt: int, worker: str, now: datetime | None = None
+) -> tuple[RunRecord | None, RunRecord | None]:
     """Mark the run `running` for attempt number `attempt`.
 
     Returns:
@@ -133,9 +135,16 @@ async def claim_run(db: Database, request: JobRequest, attempt: int, worker: str
     """
     now = now or utcnow()
     update = {
-        "$set": {**_request_fields(request), "status": RunStatus.RUNNING.value, "attempt_count": attempt,
-                 "attempt_started_at": now, "heartbeat_at": now, "worker": worker, "next_attempt_at": None,
-                 "updated_at": now},
+        "$set": {
+            **_request_fields(request),
+            "status": RunStatus.RUNNING.value,
+            "attempt_count": attempt,
+            "attempt_started_at": now,
+            "heartbeat_at": now,
+            "worker": worker,
+            "next_attempt_at": None,
+            "updated_at": now,
+        },
         # `$setOnInsert`, not `$min`: FerretDB 1.24 took about twice as long with `$min`.
         # A record created earlier by a cancel request has no start, and never gets one.
         "$setOnInsert": {"started_at": now},
@@ -144,17 +153,26 @@ async def claim_run(db: Database, request: JobRequest, attempt: int, worker: str
     if not applied:
         return RunRecord.model_validate(before), None
     previous = RunRecord.model_validate(before) if before else None
-    after = RunRecord.model_validate({
-        **(before or {}), **update["$set"], "_id": request.run_id,
-        "started_at": previous.started_at if previous else now,
-    })
+    after = RunRecord.model_validate(
+        {
+            **(before or {}),
+            **update["$set"],
+            "_id": request.run_id,
+            "started_at": previous.started_at if previous else now,
+        }
+    )
     return previous, after
 
 
 async def record_lost_attempt(db: Database, run_id: str, number: int, worker: str | None) -> None:
     """Add an attempt whose worker died (it never reported an end) to the history."""
-    lost = AttemptRecord(number=number, started_at=utcnow(), outcome="lost", worker=worker,
-                         error="the worker stopped answering (heartbeat lost); the request was redelivered")
+    lost = AttemptRecord(
+        number=number,
+        started_at=utcnow(),
+        outcome="lost",
+        worker=worker,
+        error="the worker stopped answering (heartbeat lost); the request was redelivered",
+    )
     await db[Collections.RUNS].update_one({"_id": run_id}, {"$push": _push_attempt(lost)})
 
 
@@ -164,16 +182,27 @@ async def heartbeat(db: Database, run_id: str, progress: dict[str, Any] | None =
     if progress:
         fields["progress"] = progress
     doc = await db[Collections.RUNS].find_one_and_update(
-        {"_id": run_id}, {"$set": fields}, return_document=ReturnDocument.AFTER)
+        {"_id": run_id}, {"$set": fields}, return_document=ReturnDocument.AFTER
+    )
     return bool(doc and doc.get("cancel_requested"))
 
 
 async def record_retry(db: Database, run_id: str, attempt: AttemptRecord, next_attempt_at: datetime) -> None:
     """The attempt failed and another will follow: status `retrying`, last error, next time."""
-    await _write_unless_terminal(db, run_id, {
-        "$set": {"status": RunStatus.RETRYING.value, "error": bounded(attempt.error or ""),
-                 "next_attempt_at": next_attempt_at, "updated_at": utcnow()},
-        "$push": _push_attempt(attempt)}, upsert=False)
+    await _write_unless_terminal(
+        db,
+        run_id,
+        {
+            "$set": {
+                "status": RunStatus.RETRYING.value,
+                "error": bounded(attempt.error or ""),
+                "next_attempt_at": next_attempt_at,
+                "updated_at": utcnow(),
+            },
+            "$push": _push_attempt(attempt),
+        },
+        upsert=False,
+    )
     if attempt.number > MAX_ATTEMPT_HISTORY:
         await _trim_attempts(db, run_id, attempt.number)
 
@@ -258,9 +287,15 @@ async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
     unchanged.
     """
     now = utcnow()
-    update = {"$set": {"cancel_requested": True, "cancel_requested_at": now, "updated_at": now},
-              "$setOnInsert": {"job": job, "trigger": _trigger_of(run_id).value, "status": RunStatus.QUEUED.value,
-                               "attempt_count": 0}}
+    update = {
+        "$set": {"cancel_requested": True, "cancel_requested_at": now, "updated_at": now},
+        "$setOnInsert": {
+            "job": job,
+            "trigger": _trigger_of(run_id).value,
+            "status": RunStatus.QUEUED.value,
+            "attempt_count": 0,
+        },
+    }
     applied, before = await _write_unless_terminal(db, run_id, update, upsert=True)
     doc = before if not applied else await db[Collections.RUNS].find_one({"_id": run_id})
     if doc is None:  # deleted between the two calls by retention: report it as gone

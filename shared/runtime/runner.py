@@ -113,8 +113,9 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
         else:
             outcome = await run_attempt(rt, job, msg, parsed, attempt)
     decision = decide(outcome, attempt, job.policy.retry)
-    await record_outcome(rt, job, request, attempt, outcome, decision, claimed, raw=None,
-                         stream_seq=msg.metadata.sequence.stream)
+    await record_outcome(
+        rt, job, request, attempt, outcome, decision, claimed, raw=None, stream_seq=msg.metadata.sequence.stream
+    )
     await settle(msg, decision)
     return decision
 
@@ -127,30 +128,45 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
     try:
         payload = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Invalid(f"invalid request for job {spec.name}: the payload is not JSON ({exc}). "
-                       "Publish a JobRequest as JSON (shared.requests.publish_request).", None, None)
+        return Invalid(
+            f"invalid request for job {spec.name}: the payload is not JSON ({exc}). "
+            "Publish a JobRequest as JSON (shared.requests.publish_request).",
+            None,
+            None,
+        )
     if not isinstance(payload, dict):
-        return Invalid(f"invalid request for job {spec.name}: expected a JSON object, got "
-                       f"{type(payload).__name__}.", None, None)
+        return Invalid(
+            f"invalid request for job {spec.name}: expected a JSON object, got {type(payload).__name__}.", None, None
+        )
     run_id = payload.get("run_id") if isinstance(payload.get("run_id"), str) else None
     if payload.get("v") != SCHEMA_VERSION:
-        return Invalid(f"invalid request for job {spec.name}: schema version {payload.get('v')!r} is not "
-                       f"supported (this worker reads v={SCHEMA_VERSION}); upgrade the worker or the publisher.",
-                       None, run_id)
+        return Invalid(
+            f"invalid request for job {spec.name}: schema version {payload.get('v')!r} is not "
+            f"supported (this worker reads v={SCHEMA_VERSION}); upgrade the worker or the publisher.",
+            None,
+            run_id,
+        )
     try:
         request = JobRequest.model_validate(payload)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
         return Invalid(f"invalid request for job {spec.name}: {problems}.", None, run_id)
     if request.job != spec.name:
-        return Invalid(f"unknown job {request.job!r} in a request on the subject of job {spec.name!r}; "
-                       f"publish requests of {request.job!r} on its own subject.", request, request.run_id)
+        return Invalid(
+            f"unknown job {request.job!r} in a request on the subject of job {spec.name!r}; "
+            f"publish requests of {request.job!r} on its own subject.",
+            request,
+            request.run_id,
+        )
     try:
         args = spec.args_model.model_validate(request.args)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
-        return Invalid(f"invalid args for job {spec.name}: {problems}. "
-                       f"Expected the fields of {spec.args_model.__name__}.", request, request.run_id)
+        return Invalid(
+            f"invalid args for job {spec.name}: {problems}. Expected the fields of {spec.args_model.__name__}.",
+            request,
+            request.run_id,
+        )
     return Parsed(request, args)
 
 
@@ -173,9 +189,7 @@ async def current_schedule(rt: Runtime, job: Bound) -> Schedule:
     return effective.schedule
 
 
-def guard(
-    policy: JobPolicy, request: JobRequest, attempt: int, schedule: Schedule | None = None
-) -> Outcome | None:
+def guard(policy: JobPolicy, request: JobRequest, attempt: int, schedule: Schedule | None = None) -> Outcome | None:
     """Decide without running: a delivery past the last attempt, or a stale scheduled request.
 
     `schedule` is the job's current schedule (with any runtime override); None means the
@@ -183,12 +197,22 @@ def guard(
     """
     if attempt > policy.retry.max_attempts:
         # The spare delivery (bus.SPARE_DELIVERIES): the worker of the last attempt died.
-        return Outcome(OutcomeKind.FAILED, error=f"the worker running attempt {policy.retry.max_attempts} "
-                       "(the last) stopped answering; the run is failed")
-    if (policy.overlap == "skip" and request.trigger is Trigger.SCHEDULE and attempt == 1
-            and (schedule or parse_schedule(policy.schedule)).next_slot(request.scheduled_for) <= utcnow()):
-        return Outcome(OutcomeKind.SKIPPED, reason="overlap",
-                       error="the next scheduled slot had already passed when this request arrived")
+        return Outcome(
+            OutcomeKind.FAILED,
+            error=f"the worker running attempt {policy.retry.max_attempts} "
+            "(the last) stopped answering; the run is failed",
+        )
+    if (
+        policy.overlap == "skip"
+        and request.trigger is Trigger.SCHEDULE
+        and attempt == 1
+        and (schedule or parse_schedule(policy.schedule)).next_slot(request.scheduled_for) <= utcnow()
+    ):
+        return Outcome(
+            OutcomeKind.SKIPPED,
+            reason="overlap",
+            error="the next scheduled slot had already passed when this request arrived",
+        )
     return None
 
 
@@ -198,8 +222,12 @@ def guard(
 async def claim(rt: Runtime, request: JobRequest, attempt: int) -> RunRecord | None:
     """Record the run `running`; None when it is already terminal (a duplicate delivery)."""
     previous, claimed = await records.claim_run(rt.db, request, attempt, rt.worker_id)
-    if claimed is not None and previous is not None and previous.status is RunStatus.RUNNING \
-            and previous.attempt_count < attempt:
+    if (
+        claimed is not None
+        and previous is not None
+        and previous.status is RunStatus.RUNNING
+        and previous.attempt_count < attempt
+    ):
         # The previous attempt's worker died without a word: keep that attempt in the history.
         await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
     return claimed
@@ -213,10 +241,22 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
     control = RunControl()
     request = parsed.request
     async with Heartbeat(msg, rt.db, request.run_id, rt.settings.heartbeat_interval_s, control) as heartbeat:
-        ctx = JobContext(request=request, attempt=attempt, args=parsed.args, settings=rt.settings,
-                         policy=job.policy, db=rt.db, nats=rt.nats, js=rt.js, http=rt.http,
-                         log=context_logger(request.job, request.run_id, attempt), limiter=rt.limiter,
-                         metrics=rt.metrics, _heartbeat=heartbeat, _control=control)
+        ctx = JobContext(
+            request=request,
+            attempt=attempt,
+            args=parsed.args,
+            settings=rt.settings,
+            policy=job.policy,
+            db=rt.db,
+            nats=rt.nats,
+            js=rt.js,
+            http=rt.http,
+            log=context_logger(request.job, request.run_id, attempt),
+            limiter=rt.limiter,
+            metrics=rt.metrics,
+            _heartbeat=heartbeat,
+            _control=control,
+        )
         task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
         control.attach(task)
         rt.controls[request.run_id] = control
@@ -239,14 +279,18 @@ async def _call(spec: JobSpec, ctx: JobContext) -> Any:
 def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: RunControl) -> Outcome:
     """Turn a finished attempt task into an Outcome."""
     if task.cancelled():
-        return Outcome(OutcomeKind.CANCELED, error="canceled while running") if control.canceled else \
-            Outcome(OutcomeKind.FAILED, error="the attempt was interrupted")
+        return (
+            Outcome(OutcomeKind.CANCELED, error="canceled while running")
+            if control.canceled
+            else Outcome(OutcomeKind.FAILED, error="the attempt was interrupted")
+        )
     exc = task.exception()
     if exc is None:
         summary = task.result()
         if summary is not None and not isinstance(summary, dict):
-            return Outcome(OutcomeKind.FAILED, error=f"the handler returned {type(summary).__name__}; "
-                           "return a small dict or None")
+            return Outcome(
+                OutcomeKind.FAILED, error=f"the handler returned {type(summary).__name__}; return a small dict or None"
+            )
         return Outcome(OutcomeKind.SUCCEEDED, summary=summary or {})
     error = rt.scrub(bounded(f"{type(exc).__name__}: {exc}"))
     if isinstance(exc, RunCanceled) or control.canceled:
@@ -267,16 +311,35 @@ def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: R
 # -- record -----------------------------------------------------------------------------
 
 
-async def record_outcome(rt: Runtime, job: Bound, request: JobRequest | None, attempt: int, outcome: Outcome,
-                         decision: Decision, claimed: RunRecord | None, *, raw: bytes | None,
-                         stream_seq: int, run_id: str | None = None) -> RunRecord | None:
+async def record_outcome(
+    rt: Runtime,
+    job: Bound,
+    request: JobRequest | None,
+    attempt: int,
+    outcome: Outcome,
+    decision: Decision,
+    claimed: RunRecord | None,
+    *,
+    raw: bytes | None,
+    stream_seq: int,
+    run_id: str | None = None,
+) -> RunRecord | None:
     """Write the decision: retrying, or the terminal status with dead letter, event, alerts."""
     run_id = request.run_id if request else run_id
     lg = bind(log, job=job.spec.name, run_id=run_id, attempt=attempt, worker=rt.worker_id)
     ran = claimed is not None
-    attempt_doc = AttemptRecord(number=attempt, started_at=claimed.heartbeat_at or utcnow() if claimed else utcnow(),
-                                ended_at=utcnow(), outcome=outcome.kind.value, error=outcome.error,
-                                worker=rt.worker_id) if ran else None
+    attempt_doc = (
+        AttemptRecord(
+            number=attempt,
+            started_at=claimed.heartbeat_at or utcnow() if claimed else utcnow(),
+            ended_at=utcnow(),
+            outcome=outcome.kind.value,
+            error=outcome.error,
+            worker=rt.worker_id,
+        )
+        if ran
+        else None
+    )
     if ran:
         rt.metrics.attempts.labels(job=job.spec.name, outcome=outcome.kind.value).inc()
     if decision.status is RunStatus.RETRYING:
@@ -284,14 +347,25 @@ async def record_outcome(rt: Runtime, job: Bound, request: JobRequest | None, at
         assert attempt_doc is not None
         delay = decision.delay_s or 0.0
         await records.record_retry(rt.db, run_id, attempt_doc, utcnow() + timedelta(seconds=delay))
-        lg.warning("attempt %d failed, retrying in %.2fs: %s", attempt, delay, outcome.error,
-                   extra={"event": "run.retrying", "delay_s": round(delay, 3)})
+        lg.warning(
+            "attempt %d failed, retrying in %.2fs: %s",
+            attempt,
+            delay,
+            outcome.error,
+            extra={"event": "run.retrying", "delay_s": round(delay, 3)},
+        )
         return None
     letter = None
     if decision.dead_letter is not None:
-        letter = DeadLetter(job=job.spec.name, run_id=run_id, request=request, error=outcome.error or "unknown",
-                            attempts=attempt, reason=decision.dead_letter,
-                            raw=raw.decode(errors="replace")[:_RAW_LIMIT] if raw is not None else None)
+        letter = DeadLetter(
+            job=job.spec.name,
+            run_id=run_id,
+            request=request,
+            error=outcome.error or "unknown",
+            attempts=attempt,
+            reason=decision.dead_letter,
+            raw=raw.decode(errors="replace")[:_RAW_LIMIT] if raw is not None else None,
+        )
     if request is None or run_id is None:  # unparseable: there is no run to record, only the dead letter
         assert letter is not None
         await publish_dead_letter(rt.js, rt.names, letter, f"{run_id}:dlq" if run_id else f"dlq:seq:{stream_seq}")
@@ -299,9 +373,16 @@ async def record_outcome(rt: Runtime, job: Bound, request: JobRequest | None, at
         return None
     # A failed run's reason says why it was dead-lettered, so a redelivery after a crash
     # right here can publish the dead letter again (see settle_already_finished).
-    record = await records.finish_run(rt.db, run_id, decision.status, error=outcome.error, summary=outcome.summary,
-                                      reason=outcome.reason or decision.dead_letter, attempt=attempt_doc,
-                                      request=request)
+    record = await records.finish_run(
+        rt.db,
+        run_id,
+        decision.status,
+        error=outcome.error,
+        summary=outcome.summary,
+        reason=outcome.reason or decision.dead_letter,
+        attempt=attempt_doc,
+        request=request,
+    )
     if record is None:  # already terminal (a duplicate, or the watchdog was first): it owns the outcome
         return None
     if letter is not None:
@@ -309,9 +390,17 @@ async def record_outcome(rt: Runtime, job: Bound, request: JobRequest | None, at
     await publish_run_event(rt.js, rt.names, record)
     await note_terminal(rt, job, record, decision)
     level = logging.INFO if decision.status in (RunStatus.COMPLETED, RunStatus.SKIPPED) else logging.ERROR
-    lg.log(level, "run %s %s", run_id, decision.status.value, extra={
-        "event": f"run.{decision.status.value}", "status": decision.status.value,
-        "duration_ms": _duration_ms(record)})
+    lg.log(
+        level,
+        "run %s %s",
+        run_id,
+        decision.status.value,
+        extra={
+            "event": f"run.{decision.status.value}",
+            "status": decision.status.value,
+            "duration_ms": _duration_ms(record),
+        },
+    )
     return record
 
 
@@ -333,18 +422,35 @@ async def note_terminal(rt: Runtime, job: Bound, record: RunRecord, decision: De
     elif record.status is RunStatus.FAILED:
         await monitor.alert_on_failure(rt.db, rt.js, rt.names, name, job.policy.alert_after_failures, record.error)
         if decision.alert:
-            await publish_alert(rt.js, rt.names, Alert(
-                job=name, kind=AlertKind.PERMANENT_ERROR, since=record.ended_at or utcnow(),
-                detail=f"run {record.run_id} failed permanently: {record.error or 'unknown'}"[:2000]),
-                msg_id=f"alert:{record.run_id}:permanent")
+            await publish_alert(
+                rt.js,
+                rt.names,
+                Alert(
+                    job=name,
+                    kind=AlertKind.PERMANENT_ERROR,
+                    since=record.ended_at or utcnow(),
+                    detail=f"run {record.run_id} failed permanently: {record.error or 'unknown'}"[:2000],
+                ),
+                msg_id=f"alert:{record.run_id}:permanent",
+            )
 
 
 async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, attempt: int) -> Decision:
     """A request that can never run: failed at once, dead letter with the raw payload, term."""
     outcome = Outcome(OutcomeKind.INVALID, error=invalid.error)
     decision = decide(outcome, attempt, job.policy.retry)
-    await record_outcome(rt, job, invalid.request, attempt, outcome, decision, None, raw=msg.data,
-                         stream_seq=msg.metadata.sequence.stream, run_id=invalid.run_id)
+    await record_outcome(
+        rt,
+        job,
+        invalid.request,
+        attempt,
+        outcome,
+        decision,
+        None,
+        raw=msg.data,
+        stream_seq=msg.metadata.sequence.stream,
+        run_id=invalid.run_id,
+    )
     await settle(msg, decision)
     return decision
 
@@ -355,15 +461,25 @@ async def settle_already_finished(rt: Runtime, msg: Msg, request: JobRequest) ->
     if record is not None:
         # Both publishes are deduplicated: they repair a crash between recording and settling.
         if record.status is RunStatus.FAILED and record.reason in _DEAD_LETTER_REASONS:
-            letter = DeadLetter(job=record.job, run_id=record.run_id, request=request, error=record.error or "unknown",
-                                attempts=record.attempt_count, reason=record.reason)
+            letter = DeadLetter(
+                job=record.job,
+                run_id=record.run_id,
+                request=request,
+                error=record.error or "unknown",
+                attempts=record.attempt_count,
+                reason=record.reason,
+            )
             await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
         await publish_run_event(rt.js, rt.names, record)
         decision = Decision(Settle.ACK, record.status)
     else:
         decision = Decision(Settle.ACK, RunStatus.COMPLETED)
-    log.info("run %s already %s; acked without running", request.run_id, decision.status.value,
-             extra={"event": "run.duplicate", "job": request.job, "run_id": request.run_id})
+    log.info(
+        "run %s already %s; acked without running",
+        request.run_id,
+        decision.status.value,
+        extra={"event": "run.duplicate", "job": request.job, "run_id": request.run_id},
+    )
     await settle(msg, decision)
     return decision
 

@@ -48,9 +48,7 @@ def write_config(folder: Path, port: int) -> Path:
     (folder / "auth.conf").write_text(AUTH_CONF.read_text())
     config = folder / "nats.conf"
     config.write_text(
-        f'listen: "127.0.0.1:{port}"\n'
-        f'jetstream {{ store_dir: "{folder / "js"}" }}\n'
-        "include ./auth.conf\n"
+        f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{folder / "js"}" }}\ninclude ./auth.conf\n'
     )
     return config
 

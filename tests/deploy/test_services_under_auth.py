@@ -60,7 +60,10 @@ def simulator() -> Iterator[RunningSimulator]:
 def deployed(make_settings: Any, server: AuthServer, simulator: RunningSimulator) -> Settings:
     """Settings of a deployment: production names on the auth server, this test's database."""
     settings: Settings = make_settings(
-        nats_url=server.url, namespace="", polymarket_gamma_url=simulator.url, polymarket_data_url=simulator.url,
+        nats_url=server.url,
+        namespace="",
+        polymarket_gamma_url=simulator.url,
+        polymarket_data_url=simulator.url,
     )
     return settings
 

@@ -30,14 +30,22 @@ def _alive(pid: int) -> bool:
 
 async def test_pulse_up_runs_the_system_and_stops_cleanly_on_sigterm(settings: Settings, tmp_path: Path) -> None:
     log = tmp_path / "up.log"
-    args = [sys.executable, "-c", "from shared.cli.app import main; main()", "up", "--no-status",
-            "--data-dir", str(tmp_path / "data")]
+    args = [
+        sys.executable,
+        "-c",
+        "from shared.cli.app import main; main()",
+        "up",
+        "--no-status",
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     for service in SERVICES:
         args += ["--service", service]
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
     with log.open("wb") as out:
         up = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
+
         async def _ready() -> bool:
             if up.poll() is not None:
                 raise AssertionError(f"pulse up exited {up.returncode}:\n{log.read_text()}")

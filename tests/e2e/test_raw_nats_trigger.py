@@ -25,8 +25,9 @@ from tests.helpers import wait_for
 async def stats_worker(settings: Settings) -> AsyncIterator[list[str]]:
     """A worker running a `stats` job that records the run ids it saw."""
     seen: list[str] = []
-    policy = JobPolicy(schedule="every 1m", retry=RetryPolicy(max_attempts=1), timeout_s=10, stale_after_s=3600,
-                       overlap="queue")
+    policy = JobPolicy(
+        schedule="every 1m", retry=RetryPolicy(max_attempts=1), timeout_s=10, stale_after_s=3600, overlap="queue"
+    )
 
     @job("stats", policy=policy)
     async def stats_job(ctx: JobContext) -> dict[str, Any]:
@@ -56,10 +57,8 @@ async def test_a_request_published_by_a_raw_nats_client_runs_once(
     client = await nats.connect(settings.nats_url)
     try:
         js = client.jetstream()
-        first = await js.publish(f"{prefix}jobs.stats", json.dumps(request).encode(),
-                                 headers={"Nats-Msg-Id": run_id})
-        again = await js.publish(f"{prefix}jobs.stats", json.dumps(request).encode(),
-                                 headers={"Nats-Msg-Id": run_id})
+        first = await js.publish(f"{prefix}jobs.stats", json.dumps(request).encode(), headers={"Nats-Msg-Id": run_id})
+        again = await js.publish(f"{prefix}jobs.stats", json.dumps(request).encode(), headers={"Nats-Msg-Id": run_id})
     finally:
         await client.close()
     assert first.duplicate is None

@@ -28,28 +28,32 @@ async def ids(db: Database, collection: str) -> set[str]:
 
 async def test_documents_just_inside_each_retention_are_kept_and_just_outside_deleted(db: Database) -> None:
     runs_limit, failed_limit = NOW - RETENTION.runs, NOW - RETENTION.failed_runs
-    await db[Collections.RUNS].insert_many([
-        run("completed-in", "completed", runs_limit + MARGIN),
-        run("completed-out", "completed", runs_limit - MARGIN),
-        run("skipped-out", "skipped", runs_limit - MARGIN),
-        run("canceled-out", "canceled", runs_limit - MARGIN),
-        # Failures live longer: past the runs limit but inside their own, kept.
-        run("failed-in", "failed", runs_limit - timedelta(days=1)),
-        run("failed-out", "failed", failed_limit - MARGIN),
-        run("timed-out-in", "timed_out", failed_limit + MARGIN),
-        run("timed-out-out", "timed_out", failed_limit - MARGIN),
-        # Not finished: never deleted, however old.
-        run("running-old", "running", None),
-        run("retrying-old", "retrying", None),
-        # A cancel whose request never came: swept with the failed runs' retention.
-        {**run("queued-in", "queued", None), "updated_at": failed_limit + MARGIN},
-        {**run("queued-out", "queued", None), "updated_at": failed_limit - MARGIN},
-    ])
+    await db[Collections.RUNS].insert_many(
+        [
+            run("completed-in", "completed", runs_limit + MARGIN),
+            run("completed-out", "completed", runs_limit - MARGIN),
+            run("skipped-out", "skipped", runs_limit - MARGIN),
+            run("canceled-out", "canceled", runs_limit - MARGIN),
+            # Failures live longer: past the runs limit but inside their own, kept.
+            run("failed-in", "failed", runs_limit - timedelta(days=1)),
+            run("failed-out", "failed", failed_limit - MARGIN),
+            run("timed-out-in", "timed_out", failed_limit + MARGIN),
+            run("timed-out-out", "timed_out", failed_limit - MARGIN),
+            # Not finished: never deleted, however old.
+            run("running-old", "running", None),
+            run("retrying-old", "retrying", None),
+            # A cancel whose request never came: swept with the failed runs' retention.
+            {**run("queued-in", "queued", None), "updated_at": failed_limit + MARGIN},
+            {**run("queued-out", "queued", None), "updated_at": failed_limit - MARGIN},
+        ]
+    )
     trades_limit = NOW - RETENTION.whale_trades
-    await db[Collections.WHALE_TRADES].insert_many([
-        {"_id": "trade-in", "traded_at": trades_limit + MARGIN, "notional": 1.0},
-        {"_id": "trade-out", "traded_at": trades_limit - MARGIN, "notional": 1.0},
-    ])
+    await db[Collections.WHALE_TRADES].insert_many(
+        [
+            {"_id": "trade-in", "traded_at": trades_limit + MARGIN, "notional": 1.0},
+            {"_id": "trade-out", "traded_at": trades_limit - MARGIN, "notional": 1.0},
+        ]
+    )
     beats: list[dict[str, Any] | None] = []
 
     async def checkpoint(progress: dict[str, Any] | None = None) -> None:

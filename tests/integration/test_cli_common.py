@@ -17,8 +17,17 @@ from shared.settings import Settings
 from tests.conftest import settings_env
 
 COMMANDS = [
-    ["trigger"], ["status"], ["watch"], ["runs"], ["run"], ["cancel"],
-    ["dlq", "list"], ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"], ["up"],
+    ["trigger"],
+    ["status"],
+    ["watch"],
+    ["runs"],
+    ["run"],
+    ["cancel"],
+    ["dlq", "list"],
+    ["dlq", "show"],
+    ["dlq", "replay"],
+    ["dlq", "purge"],
+    ["up"],
 ]
 
 
@@ -46,8 +55,16 @@ def test_every_command_has_help_with_an_example(command: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["status"], ["runs"], ["run", "stats:manual:x"], ["cancel", "stats:manual:x"], ["trigger", "stats"],
-     ["dlq", "list"], ["dlq", "replay", "--all"], ["watch", "--once"]],
+    [
+        ["status"],
+        ["runs"],
+        ["run", "stats:manual:x"],
+        ["cancel", "stats:manual:x"],
+        ["trigger", "stats"],
+        ["dlq", "list"],
+        ["dlq", "replay", "--all"],
+        ["watch", "--once"],
+    ],
     ids=" ".join,
 )
 def test_unreachable_nats_exits_2_quickly_naming_the_url_without_its_password(
@@ -55,8 +72,9 @@ def test_unreachable_nats_exits_2_quickly_naming_the_url_without_its_password(
 ) -> None:
     settings = make_settings()
     started = time.monotonic()
-    result = invoke(settings, *command, PULSE_NATS_URL="nats://operator:s3cret@127.0.0.1:1",
-                    PULSE_NATS_CONNECT_TIMEOUT_S="2")
+    result = invoke(
+        settings, *command, PULSE_NATS_URL="nats://operator:s3cret@127.0.0.1:1", PULSE_NATS_CONNECT_TIMEOUT_S="2"
+    )
     took = time.monotonic() - started
     assert result.exit_code == 2, result.output
     assert "nats://operator:***@127.0.0.1:1" in result.stderr
@@ -66,8 +84,9 @@ def test_unreachable_nats_exits_2_quickly_naming_the_url_without_its_password(
 
 def test_unreachable_mongodb_exits_2_naming_the_url_without_its_password(settings: Settings) -> None:
     started = time.monotonic()
-    result = invoke(settings, "status", PULSE_MONGO_URL="mongodb://admin:hunter2@127.0.0.1:1/",
-                    PULSE_MONGO_TIMEOUT_S="1.5")
+    result = invoke(
+        settings, "status", PULSE_MONGO_URL="mongodb://admin:hunter2@127.0.0.1:1/", PULSE_MONGO_TIMEOUT_S="1.5"
+    )
     assert result.exit_code == 2, result.output
     assert "mongodb://admin:***@127.0.0.1:1/" in result.stderr
     assert "hunter2" not in result.output

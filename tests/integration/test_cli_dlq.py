@@ -63,9 +63,11 @@ def test_list_and_show_dead_letters(settings: Settings) -> None:
 
 
 def test_purge_asks_first_and_deletes_one_or_all(settings: Settings) -> None:
-    seqs = publish_letters(settings, *[("stats", letter("stats", f"stats:manual:{i}").model_dump_json().encode())
-                                       for i in range(3)],
-                           ("cleanup", letter("cleanup", "cleanup:manual:z").model_dump_json().encode()))
+    seqs = publish_letters(
+        settings,
+        *[("stats", letter("stats", f"stats:manual:{i}").model_dump_json().encode()) for i in range(3)],
+        ("cleanup", letter("cleanup", "cleanup:manual:z").model_dump_json().encode()),
+    )
     declined = invoke(settings, "dlq", "purge", str(seqs[0]), input="n\n")
     assert declined.exit_code == 1
     assert len(stdout_json(invoke(settings, "dlq", "list", "--json"))) == 4
@@ -80,8 +82,9 @@ def test_purge_asks_first_and_deletes_one_or_all(settings: Settings) -> None:
 
 
 def test_replay_publishes_a_new_replay_run_once(settings: Settings) -> None:
-    [seq] = publish_letters(settings, ("stats", letter("stats", "stats:manual:orig", args={"day": "2026-01-01"})
-                                       .model_dump_json().encode()))
+    [seq] = publish_letters(
+        settings, ("stats", letter("stats", "stats:manual:orig", args={"day": "2026-01-01"}).model_dump_json().encode())
+    )
     first = stdout_json(invoke(settings, "dlq", "replay", str(seq), "--keep", "--json"))
     second = stdout_json(invoke(settings, "dlq", "replay", str(seq), "--json"))
     assert first[0]["run_id"] == second[0]["run_id"]
@@ -108,8 +111,13 @@ def test_an_unparseable_dead_letter_is_not_replayed(settings: Settings) -> None:
 async def flaky_stats(settings: Settings) -> AsyncIterator[dict[str, bool]]:
     """A worker running a `stats` job that fails permanently while `state["broken"]`."""
     state = {"broken": True}
-    fast = JobPolicy(schedule="every 1m", retry=RetryPolicy(max_attempts=1, initial_backoff_s=0.1, jitter=0),
-                     timeout_s=10, stale_after_s=3600, overlap="queue")
+    fast = JobPolicy(
+        schedule="every 1m",
+        retry=RetryPolicy(max_attempts=1, initial_backoff_s=0.1, jitter=0),
+        timeout_s=10,
+        stale_after_s=3600,
+        overlap="queue",
+    )
 
     @job("stats", policy=fast)
     async def stats_job(ctx: JobContext) -> dict[str, Any]:
@@ -130,7 +138,9 @@ async def test_replayed_dead_letter_completes_once_the_fault_is_gone(
     assert failed.exit_code == 1, failed.output
     letters = await wait_for(
         lambda: asyncio.to_thread(lambda: stdout_json(invoke(settings, "dlq", "list", "--json"))),
-        timeout_s=15, what="the dead letter")
+        timeout_s=15,
+        what="the dead letter",
+    )
     assert "upstream table is missing" in letters[0]["error"]
     assert letters[0]["reason"] == "permanent"
 

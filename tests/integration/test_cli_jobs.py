@@ -65,11 +65,24 @@ def run_doc(run_id: str, status: str, ended_ago_s: float | None, **extra: Any) -
     now = datetime.now(UTC)
     ended = None if ended_ago_s is None else now - timedelta(seconds=ended_ago_s)
     doc = {
-        "_id": run_id, "job": run_id.split(":")[0], "trigger": "manual", "status": status,
-        "requested_at": (ended or now) - timedelta(seconds=2), "started_at": (ended or now) - timedelta(seconds=1),
-        "ended_at": ended, "attempt_count": 1,
-        "attempts": [{"number": 1, "started_at": (ended or now) - timedelta(seconds=1), "ended_at": ended,
-                      "outcome": status, "error": extra.get("error"), "worker": "w1"}],
+        "_id": run_id,
+        "job": run_id.split(":")[0],
+        "trigger": "manual",
+        "status": status,
+        "requested_at": (ended or now) - timedelta(seconds=2),
+        "started_at": (ended or now) - timedelta(seconds=1),
+        "ended_at": ended,
+        "attempt_count": 1,
+        "attempts": [
+            {
+                "number": 1,
+                "started_at": (ended or now) - timedelta(seconds=1),
+                "ended_at": ended,
+                "outcome": status,
+                "error": extra.get("error"),
+                "worker": "w1",
+            }
+        ],
     }
     doc.update(extra)
     return doc
@@ -83,8 +96,9 @@ def queued_requests(settings: Settings, job: str) -> list[tuple[JobRequest, str 
         seq = 1
         while True:
             try:
-                msg = await js.get_msg(settings.names.jobs_stream, seq=seq, subject=settings.names.job_subject(job),
-                                       next=True)
+                msg = await js.get_msg(
+                    settings.names.jobs_stream, seq=seq, subject=settings.names.job_subject(job), next=True
+                )
             except Exception:
                 return found
             found.append((JobRequest.model_validate_json(msg.data or b""), (msg.headers or {}).get(MSG_ID_HEADER)))
@@ -224,7 +238,11 @@ def test_runs_filters_by_job_status_and_time(settings: Settings) -> None:
     )
     everything = stdout_json(invoke(settings, "runs", "--json"))
     assert [r["run_id"] for r in everything] == [
-        "whale_sync:manual:x", "stats:manual:newer", "stats:manual:new", "stats:manual:old"]
+        "whale_sync:manual:x",
+        "stats:manual:newer",
+        "stats:manual:new",
+        "stats:manual:old",
+    ]
     stats_recent = stdout_json(invoke(settings, "runs", "--job", "stats", "--since", "1d", "--json"))
     assert [r["run_id"] for r in stats_recent] == ["stats:manual:newer", "stats:manual:new"]
     failed = stdout_json(invoke(settings, "runs", "--status", "failed", "--json"))
@@ -264,10 +282,17 @@ def test_watch_once_renders_the_status_view(settings: Settings) -> None:
 def test_watch_shows_run_events_as_they_arrive(settings: Settings) -> None:
     outcome: dict[str, Result] = {}
     thread = threading.Thread(
-        target=lambda: outcome.setdefault("r", invoke(settings, "watch", "--for", "3", "--interval", "0.5")))
+        target=lambda: outcome.setdefault("r", invoke(settings, "watch", "--for", "3", "--interval", "0.5"))
+    )
     thread.start()
-    event = RunEvent(run_id="stats:manual:evt1", job="stats", status=RunStatus.COMPLETED, attempts=1,
-                     ended_at=datetime.now(UTC), duration_ms=1234)
+    event = RunEvent(
+        run_id="stats:manual:evt1",
+        job="stats",
+        status=RunStatus.COMPLETED,
+        attempts=1,
+        ended_at=datetime.now(UTC),
+        duration_ms=1234,
+    )
 
     async def _publish_until_done(js: JetStreamContext) -> None:
         async def _probe() -> bool:

@@ -23,8 +23,13 @@ class Args(BaseModel):
 @pytest.fixture
 async def stats_worker(settings: Settings) -> AsyncIterator[None]:
     """A worker whose `stats` job succeeds unless asked to fail (`--arg fail=true`)."""
-    fast = JobPolicy(schedule="every 1m", retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.2, jitter=0),
-                     timeout_s=10, stale_after_s=3600, overlap="queue")
+    fast = JobPolicy(
+        schedule="every 1m",
+        retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.2, jitter=0),
+        timeout_s=10,
+        stale_after_s=3600,
+        overlap="queue",
+    )
 
     @job("stats", policy=fast, args=Args)
     async def stats_job(ctx: JobContext) -> dict[str, Any]:
@@ -48,8 +53,9 @@ async def test_wait_exits_0_when_the_run_completes(settings: Settings, stats_wor
 
 
 async def test_wait_exits_1_when_the_run_fails(settings: Settings, stats_worker: None) -> None:
-    result = await asyncio.to_thread(invoke, settings, "trigger", "stats", "--arg", "fail=true", "--wait",
-                                     "--timeout", "30")
+    result = await asyncio.to_thread(
+        invoke, settings, "trigger", "stats", "--arg", "fail=true", "--wait", "--timeout", "30"
+    )
     assert result.exit_code == 1, result.output
     assert "ended failed" in result.stdout
     assert "asked to fail" in result.stdout

@@ -133,10 +133,12 @@ async def test_unpriced_markets_give_null_averages_but_count(db: Database) -> No
 async def test_retried_run_replaces_its_snapshot_and_old_snapshots_expire(db: Database) -> None:
     now = SLOT + timedelta(minutes=1)
     snapshots = db[Collections.MARKET_STATS]
-    await snapshots.insert_many([
-        {"_id": "too-old", "computed_at": now - timedelta(days=30, seconds=1)},
-        {"_id": "just-inside", "computed_at": now - timedelta(days=30) + timedelta(minutes=1)},
-    ])
+    await snapshots.insert_many(
+        [
+            {"_id": "too-old", "computed_at": now - timedelta(days=30, seconds=1)},
+            {"_id": "just-inside", "computed_at": now - timedelta(days=30) + timedelta(minutes=1)},
+        ]
+    )
     await db[Collections.MARKETS].insert_one(market(1, yes=0.5, vol24=10.0, total=10.0))
 
     first = await take_snapshot(db, slot=SLOT, now=now, retention_days=30, run_id="stats:x")

@@ -33,9 +33,18 @@ def snapshot(hours_ago: int, active: int, top: list[dict[str, Any]] | None = Non
     # One minute older than a whole number of hours, so period edges are never ambiguous.
     at = utcnow() - timedelta(hours=hours_ago, minutes=1)
     return {
-        "_id": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "slot": at, "computed_at": at, "total_markets": active + 10,
-        "active_markets": active, "priced_markets": active, "volume_total": 1e6, "volume_24h": 1000.0 * active,
-        "avg_yes_price": 0.4321, "vw_yes_price": None, "whale_trades_1h": hours_ago, "whale_notional_1h": 5e4,
+        "_id": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "slot": at,
+        "computed_at": at,
+        "total_markets": active + 10,
+        "active_markets": active,
+        "priced_markets": active,
+        "volume_total": 1e6,
+        "volume_24h": 1000.0 * active,
+        "avg_yes_price": 0.4321,
+        "vw_yes_price": None,
+        "whale_trades_1h": hours_ago,
+        "whale_notional_1h": 5e4,
         "top_markets": top or [],
     }
 

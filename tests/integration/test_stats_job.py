@@ -19,14 +19,31 @@ async def test_runs_of_one_slot_leave_one_snapshot(settings: Settings, js: JetSt
     # The current hourly slot: an older one would be skipped as overlapping its next slot.
     slot = utcnow().replace(minute=0, second=0, microsecond=0)
     await db[Collections.MARKETS].insert_one(
-        {"_id": "polymarket:1", "question": "Q?", "yes_price": 0.5, "volume_24h": 10.0, "volume_total": 20.0,
-         "active": True, "yes_volume_24h": 5.0}
+        {
+            "_id": "polymarket:1",
+            "question": "Q?",
+            "yes_price": 0.5,
+            "volume_24h": 10.0,
+            "volume_total": 20.0,
+            "active": True,
+            "yes_volume_24h": 5.0,
+        }
     )
-    scheduled = JobRequest(run_id=scheduled_run_id("stats", slot), job="stats", trigger=Trigger.SCHEDULE,
-                           scheduled_for=slot, requested_by="tests")
+    scheduled = JobRequest(
+        run_id=scheduled_run_id("stats", slot),
+        job="stats",
+        trigger=Trigger.SCHEDULE,
+        scheduled_for=slot,
+        requested_by="tests",
+    )
     # A replay of the same slot (another run id, same slot) must replace, not add.
-    replay = JobRequest(run_id=new_run_id("stats", Trigger.REPLAY), job="stats", trigger=Trigger.REPLAY,
-                        scheduled_for=slot, requested_by="tests")
+    replay = JobRequest(
+        run_id=new_run_id("stats", Trigger.REPLAY),
+        job="stats",
+        trigger=Trigger.REPLAY,
+        scheduled_for=slot,
+        requested_by="tests",
+    )
     worker = Worker(settings, [stats_job])
     await worker.start()
     try:

@@ -60,8 +60,13 @@ def running(
 ) -> dict[str, Any]:
     now = utcnow()
     return {
-        "_id": run_id, "job": "market_sync", "trigger": "manual", "status": status, "attempt_count": 1,
-        "started_at": now - started_ago, "heartbeat_at": None if beat_ago is None else now - beat_ago,
+        "_id": run_id,
+        "job": "market_sync",
+        "trigger": "manual",
+        "status": status,
+        "attempt_count": 1,
+        "started_at": now - started_ago,
+        "heartbeat_at": None if beat_ago is None else now - beat_ago,
     }
 
 
@@ -69,15 +74,17 @@ async def test_silent_run_is_timed_out_once_and_live_runs_are_left_alone(
     db: Database, js: JetStreamContext, settings: Settings, run_events: list[Any]
 ) -> None:
     silence = timedelta(seconds=3 * settings.heartbeat_interval_s)
-    await db[Collections.RUNS].insert_many([
-        running("dead", started_ago=timedelta(minutes=5), beat_ago=silence + timedelta(seconds=5)),
-        running("never-beat", started_ago=silence + timedelta(seconds=5), beat_ago=None),
-        # Running for hours but heartbeating: slow, not dead.
-        running("slow-but-alive", started_ago=timedelta(hours=3), beat_ago=timedelta(0)),
-        # Just inside the limit: one missed heartbeat is not death.
-        running("late-beat", started_ago=timedelta(minutes=5), beat_ago=silence - timedelta(seconds=1)),
-        running("retrying", started_ago=timedelta(hours=1), beat_ago=timedelta(hours=1), status="retrying"),
-    ])
+    await db[Collections.RUNS].insert_many(
+        [
+            running("dead", started_ago=timedelta(minutes=5), beat_ago=silence + timedelta(seconds=5)),
+            running("never-beat", started_ago=silence + timedelta(seconds=5), beat_ago=None),
+            # Running for hours but heartbeating: slow, not dead.
+            running("slow-but-alive", started_ago=timedelta(hours=3), beat_ago=timedelta(0)),
+            # Just inside the limit: one missed heartbeat is not death.
+            running("late-beat", started_ago=timedelta(minutes=5), beat_ago=silence - timedelta(seconds=1)),
+            running("retrying", started_ago=timedelta(hours=1), beat_ago=timedelta(hours=1), status="retrying"),
+        ]
+    )
     once = watchdog_pass(db, js, settings)
 
     first = await once()
@@ -91,7 +98,9 @@ async def test_silent_run_is_timed_out_once_and_live_runs_are_left_alone(
     assert "no heartbeat" in statuses["dead"]["error"]
     assert statuses["dead"]["ended_at"] is not None
     assert {run_id: statuses[run_id]["status"] for run_id in ("slow-but-alive", "late-beat", "retrying")} == {
-        "slow-but-alive": "running", "late-beat": "running", "retrying": "retrying",
+        "slow-but-alive": "running",
+        "late-beat": "running",
+        "retrying": "retrying",
     }
     events = await wait_for(lambda: _events_for(run_events, 2), timeout_s=10, what="two RunEvents")
     assert sorted((e["run_id"], e["status"]) for e in events) == [("dead", "timed_out"), ("never-beat", "timed_out")]
@@ -127,7 +136,6 @@ async def test_a_run_ended_by_its_worker_first_is_not_reported_twice(
     assert record["status"] == "completed"
 
 
-
 # -- a real worker process, killed mid-run ------------------------------------------------
 
 
@@ -145,8 +153,9 @@ def spawn_probe(worker_settings: Settings, tmp_path: Path) -> Iterator[Callable[
     def _spawn(job: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, **settings_env(worker_settings), "PROBE_JOB": job, "PROBE_SLEEP_S": "3600"}
         log = (tmp_path / f"{job}.log").open("wb")
-        process = subprocess.Popen([sys.executable, "-m", "tests.e2e.workers.probe"], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.workers.probe"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
         processes.append(process)
         return process
 
@@ -178,8 +187,13 @@ async def test_run_of_a_killed_worker_is_timed_out_and_a_live_long_run_is_not(
         victim = spawn_probe("probe_victim")
         spawn_probe("probe_alive")
         requests = {
-            job: JobRequest(run_id=new_run_id(job, Trigger.MANUAL), job=job, trigger=Trigger.MANUAL,
-                            scheduled_for=utcnow(), requested_by="tests")
+            job: JobRequest(
+                run_id=new_run_id(job, Trigger.MANUAL),
+                job=job,
+                trigger=Trigger.MANUAL,
+                scheduled_for=utcnow(),
+                requested_by="tests",
+            )
             for job in ("probe_victim", "probe_alive")
         }
         for request in requests.values():

@@ -54,7 +54,11 @@ def test_non_retryable_outcomes_are_decided_at_once(
 ) -> None:
     decision = decide(Outcome(kind), 1, POLICY)
     assert (decision.settle, decision.status, decision.dead_letter, decision.alert) == (
-        settle, status, dead_letter, alert)
+        settle,
+        status,
+        dead_letter,
+        alert,
+    )
 
 
 def test_jitter_spreads_delays_within_its_fraction() -> None:

@@ -26,10 +26,19 @@ def test_ratio_has_no_value_for_an_empty_set(numerator: float, denominator: floa
     assert ratio(numerator, denominator) == expected
 
 
-@pytest.mark.parametrize(("type_name", "numeric"), [
-    ("double", True), ("int", True), ("long", True), ("decimal", True),
-    ("null", False), ("missing", False), ("string", False), (None, False),
-])
+@pytest.mark.parametrize(
+    ("type_name", "numeric"),
+    [
+        ("double", True),
+        ("int", True),
+        ("long", True),
+        ("decimal", True),
+        ("null", False),
+        ("missing", False),
+        ("string", False),
+        (None, False),
+    ],
+)
 def test_numeric_types(type_name: str | None, numeric: bool) -> None:
     assert is_numeric_type(type_name) is numeric
 
@@ -50,10 +59,16 @@ def test_fold_priced_sums_separates_priced_markets() -> None:
     assert fold_priced_sums(rows) == (15.5, 11.5)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("24h", timedelta(hours=24)), ("90m", timedelta(minutes=90)), ("7d", timedelta(days=7)),
-    ("2w", timedelta(weeks=2)), (" 1.5H ", timedelta(minutes=90)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("24h", timedelta(hours=24)),
+        ("90m", timedelta(minutes=90)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+        (" 1.5H ", timedelta(minutes=90)),
+    ],
+)
 def test_parse_period(text: str, expected: timedelta) -> None:
     assert parse_period(text) == expected
 

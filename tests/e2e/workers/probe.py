@@ -35,8 +35,7 @@ async def probe(ctx: JobContext) -> dict[str, Any]:
     while asyncio.get_running_loop().time() < deadline:
         await ctx.checkpoint()
         await asyncio.sleep(min(0.05, SLEEP_S))
-    await ctx.db["probe_results"].update_one(
-        {"_id": ctx.run_id}, {"$set": {"pid": os.getpid()}}, upsert=True)
+    await ctx.db["probe_results"].update_one({"_id": ctx.run_id}, {"$set": {"pid": os.getpid()}}, upsert=True)
     return {"pid": os.getpid()}
 
 
