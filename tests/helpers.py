@@ -1,10 +1,12 @@
-"""Bounded waiting for tests: poll a condition until it holds or a deadline passes."""
+"""Test helpers: bounded waiting on a condition, and whether a process is still alive."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -22,3 +24,13 @@ async def wait_for(
             return last
         await asyncio.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} (last value: {last!r})")
+
+
+def process_alive(pid: int) -> bool:
+    """True while process `pid` runs; a zombie (exited, not yet reaped) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and not stat.read_text().split(") ", 1)[-1].startswith("Z")

@@ -12,20 +12,10 @@ from pathlib import Path
 
 from shared.settings import Settings
 from tests.conftest import settings_env
-from tests.helpers import wait_for
+from tests.helpers import process_alive, wait_for
 from tests.integration.test_cli_common import invoke
 
 SERVICES = ("ticker", "market_sync", "whale_sync")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes (its parent has not reaped it yet).
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
 
 
 async def test_pulse_up_runs_the_system_and_stops_cleanly_on_sigterm(settings: Settings, tmp_path: Path) -> None:
@@ -66,4 +56,4 @@ async def test_pulse_up_runs_the_system_and_stops_cleanly_on_sigterm(settings: S
             up.wait()
     text = log.read_text()
     assert "stopped" in text
-    assert [pid for pid in pids if _alive(pid)] == []
+    assert [pid for pid in pids if process_alive(pid)] == []

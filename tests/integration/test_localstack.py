@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,17 +12,7 @@ from pymongo import AsyncMongoClient
 from shared.bus import connect_nats
 from shared.localstack import local_servers
 from shared.settings import load_settings
-from tests.helpers import wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is dead for our purpose.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
+from tests.helpers import process_alive, wait_for
 
 
 async def test_servers_answer_and_stop_cleanly(tmp_path: Path) -> None:
@@ -36,7 +25,7 @@ async def test_servers_answer_and_stop_cleanly(tmp_path: Path) -> None:
         mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(servers.mongo_url, serverSelectionTimeoutMS=3000)
         assert (await mongo.admin.command("ping"))["ok"] == 1
         await mongo.close()
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
 
 
 _LAUNCHER = """
@@ -56,11 +45,11 @@ async def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
     assert parent.stdout is not None
     pids = [int(pid) for pid in parent.stdout.readline().split()]
     assert len(pids) == 2
-    assert all(_alive(pid) for pid in pids)
+    assert all(process_alive(pid) for pid in pids)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
 
     async def orphans_gone() -> bool:
-        return not any(_alive(pid) for pid in pids)
+        return not any(process_alive(pid) for pid in pids)
 
     await wait_for(orphans_gone, timeout_s=15, what="servers to exit after their parent was killed")
