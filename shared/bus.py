@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
@@ -31,9 +31,12 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from shared.errors import BusUnavailable, PulseError
+from shared.errors import BusUnavailable, ConfigError, PulseError
 from shared.names import JOBS
 from shared.settings import JobPolicy, Settings
+
+if TYPE_CHECKING:
+    from faststream.security import BaseSecurity
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,55 @@ def nats_connect_options(settings: Settings, *, name: str) -> dict[str, Any]:
     if context is not None:
         options["tls"] = context
     return options
+
+
+def broker_security(settings: Settings) -> BaseSecurity | None:
+    """FastStream's `security=` object for our NATS credentials and TLS (None when neither is set).
+
+    One mechanism at a time, as the server accepts: a creds file, a token, or a user and
+    password; TLS rides along with any of them.
+
+    Raises:
+        ConfigError: more than one mechanism is configured, or a creds file is set but
+            the `nkeys` package that signs with it is missing.
+    """
+    # Imported here, not at the top: the CLI imports this module and need not load FastStream.
+    from faststream.nats.security import NatsCredentials, NatsSecurity, NatsToken, NatsUserPassword
+
+    context = tls_context(settings)
+    chosen = [name for name, value in (("PULSE_NATS_USER", settings.nats_user),
+                                       ("PULSE_NATS_TOKEN", settings.nats_token),
+                                       ("PULSE_NATS_CREDS_FILE", settings.nats_creds_file)) if value]
+    if len(chosen) > 1:
+        raise ConfigError(f"set only one NATS login, got {', '.join(chosen)}: the server accepts one mechanism")
+    if settings.nats_creds_file is not None:
+        try:
+            return NatsCredentials.from_file(settings.nats_creds_file, ssl_context=context)
+        except ImportError:
+            raise ConfigError("PULSE_NATS_CREDS_FILE needs the `nkeys` package to sign the login; "
+                              "install it or log in with a user or token") from None
+    if settings.nats_token is not None:
+        return NatsToken(settings.nats_token.get_secret_value(), ssl_context=context)
+    if settings.nats_user:
+        password = settings.nats_password.get_secret_value() if settings.nats_password is not None else ""
+        return NatsUserPassword(settings.nats_user, password, ssl_context=context)
+    return NatsSecurity(ssl_context=context) if context is not None else None
+
+
+def broker_options(settings: Settings, *, name: str) -> dict[str, Any]:
+    """Keyword arguments for FastStream's `NatsBroker`: the same servers, name and reconnect
+    behaviour as `nats_connect_options`, with credentials and TLS as a `security=` object
+    (FastStream deprecates its `token=`/`user_credentials=` arguments).
+    """
+    options = nats_connect_options(settings, name=name)
+    return {
+        "servers": options["servers"],
+        "name": name,
+        "connect_timeout": options["connect_timeout"],
+        "max_reconnect_attempts": options["max_reconnect_attempts"],
+        "reconnect_time_wait": options["reconnect_time_wait"],
+        "security": broker_security(settings),
+    }
 
 
 async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None = None) -> NatsClient:

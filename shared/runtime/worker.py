@@ -1,9 +1,17 @@
-"""The worker: connects, binds each job's durable consumer, and feeds deliveries to the runner.
+"""The worker: a FastStream `NatsBroker` with one pull subscriber per job, feeding the runner.
 
-One pull loop per allowed concurrent run of a job (1 by default), each fetching one
-message at a time from the job's durable consumer, so the consumer's `max_ack_pending`
-(from the job's overlap policy) bounds runs across every replica, and a busy worker never
-holds messages it is not running.
+Each job's subscriber binds the job's durable consumer (created or updated first with
+nats-py `add_consumer`, since FastStream binds an existing durable as it is and never
+updates it), pulls one message at a time and runs up to the job's `max_running`
+attempts at once (`max_workers`), so the consumer's `max_ack_pending` bounds runs across
+every replica and a busy worker never holds messages it is not running. The subscriber
+uses `AckPolicy.MANUAL`: the runner (`runtime/runner.py` and `retry.py`) settles the raw
+nats-py message itself (ack, nak with delay, term, in_progress heartbeats).
+
+The cancel hint is a core-NATS FastStream subscriber. Left on nats-py (no FastStream
+API): stream, bucket and consumer create-or-update, the rate limiter's KV compare-and-set,
+and the drain-mode/readiness probes (`consumer_info`, `stream_info`), all through
+`broker.connection`, the broker's own nats-py client.
 """
 
 from __future__ import annotations
@@ -14,27 +22,19 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import httpx
-import nats
 import nats.errors
-import nats.js.errors
+from faststream import AckPolicy
+from faststream.message import StreamMessage
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig
 from pymongo import AsyncMongoClient
 
-from shared.bus import (
-    SPARE_DELIVERIES,
-    consumer_config,
-    ensure_kv,
-    ensure_stream,
-    kv_configs,
-    nats_connect_options,
-    stream_configs,
-)
+from shared.bus import broker_options, consumer_config, ensure_kv, ensure_stream, kv_configs, stream_configs
 from shared.errors import BusUnavailable, ConfigError
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
@@ -50,7 +50,11 @@ log = logging.getLogger("shared.runtime")
 
 #: How long one pull waits for a message before asking again (also bounds stop latency).
 _FETCH_TIMEOUT_S = 1.0
-_RECONNECT_PAUSE_S = 0.5
+
+
+async def _keep_raw(message: StreamMessage[Any]) -> None:
+    """Decoder that decodes nothing: the runner parses and validates the raw payload itself
+    (an invalid one is dead-lettered there), so FastStream must not try JSON first."""
 
 
 def effective_policy(settings: Settings, spec: JobSpec) -> JobPolicy:
@@ -69,18 +73,6 @@ def effective_policy(settings: Settings, spec: JobSpec) -> JobPolicy:
             "so declare it with job(..., policy=JobPolicy(...))") from None
 
 
-def job_consumer_config(settings: Settings, name: str, policy: JobPolicy) -> ConsumerConfig:
-    """The durable consumer of a job, from its effective policy (like `bus.consumer_config`)."""
-    if name in JOBS and settings.jobs.for_job(name) == policy:
-        return consumer_config(settings, name)
-    names = settings.names
-    base = ConsumerConfig(durable_name=names.consumer_name(name), filter_subject=names.job_subject(name),
-                          description=f"requests of job {name}")
-    template = consumer_config(settings, JOBS[0])
-    return replace(template, durable_name=base.durable_name, filter_subject=base.filter_subject,
-                   description=base.description, max_deliver=policy.retry.max_attempts + SPARE_DELIVERIES,
-                   max_ack_pending=policy.max_running)
-
 
 class Worker:
     """Consumes the requests of `specs` until stopped.
@@ -95,6 +87,10 @@ class Worker:
         await worker.start()
         await worker.run_until_idle(timeout_s=30)   # drain mode for tests and benchmarks
         await worker.stop()
+
+    A service runs the same steps as FastStream app hooks instead of `start`/`stop`
+    (`shared.runtime.service.worker_app`): `setup` before the broker starts, `after_start`
+    after it, `before_stop` before it stops, `close` after.
     """
 
     def __init__(self, settings: Settings, specs: Sequence[JobSpec], *, service: str = "worker") -> None:
@@ -107,13 +103,18 @@ class Worker:
         self.metrics = RuntimeMetrics()
         self.worker_id = f"{service}@{socket.gethostname()}:{os.getpid()}"
         self.runs_started = 0
+        # logger=None: FastStream would log every message received and processed; our
+        # JSON log has one line per run transition instead, and /readyz reports
+        # disconnects (nats-py retries once a second while NATS is away).
+        self.broker = NatsBroker(**broker_options(settings, name=self.worker_id), logger=None,
+                                 decoder=_keep_raw, graceful_timeout=settings.ack_wait_s)
+        self._subscribers: list[LogicSubscriber[Any]] = []
         self._in_flight = 0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._bound: set[str] = set()
         self._nats: NatsClient | None = None
         self._mongo: AsyncMongoClient[Document] | None = None
         self._http: httpx.AsyncClient | None = None
         self._runtime: Runtime | None = None
+        self._stale_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -134,6 +135,26 @@ class Worker:
         Raises:
             BusUnavailable, StoreUnavailable: a server did not answer in time.
         """
+        await self.setup()
+        try:
+            await self.broker.start()
+        except BaseException:
+            await self.close()
+            raise
+        await self.after_start()
+
+    async def setup(self) -> None:
+        """Connect the broker, create or update the topology, and register the subscribers.
+
+        Everything up to `broker.start()`; on failure the connections made so far are closed.
+        """
+        try:
+            await self._setup()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _setup(self) -> None:
         settings = self.settings
         self._nats = await self._connect_nats()
         js = self._nats.jetstream(timeout=settings.nats_connect_timeout_s)
@@ -154,26 +175,56 @@ class Worker:
                                 http=self._http, limiter=RateLimiter(kv, dict(settings.rate_limits)),
                                 metrics=self.metrics, worker_id=self.worker_id, scrub=scrubber.scrub)
         for bound in self.jobs:
-            await js.add_consumer(settings.names.jobs_stream,
-                                  job_consumer_config(settings, bound.spec.name, bound.policy))
+            # Create-or-update first: FastStream binds an existing durable without updating it.
+            await js.add_consumer(settings.names.jobs_stream, consumer_config(settings, bound.spec.name, bound.policy))
             await monitor.register_job(db, bound.spec.name)
-            for slot in range(bound.policy.max_running):
-                self._tasks.append(asyncio.create_task(self._consume(bound), name=f"consume:{bound.spec.name}:{slot}"))
-        self._tasks.append(asyncio.create_task(self._watch_stale(), name="stale-monitor"))
-        for bound in self.jobs:
-            await self._nats.subscribe(settings.names.cancel_subject(bound.spec.name), cb=self._on_cancel_hint)
+            self._subscribe(bound)
+
+    def _subscribe(self, bound: Bound) -> None:
+        names = self.settings.names
+        name = bound.spec.name
+        jobs = self.broker.subscriber(
+            names.job_subject(name),
+            stream=JStream(names.jobs_stream, declare=False),  # ours: created by ensure_stream
+            durable=names.consumer_name(name),
+            pull_sub=PullSub(batch_size=1, timeout=_FETCH_TIMEOUT_S),
+            ack_policy=AckPolicy.MANUAL,
+            max_workers=bound.policy.max_running,
+            no_reply=True,
+        )
+        jobs(self._job_handler(bound))
+        cancel = self.broker.subscriber(names.cancel_subject(name), no_reply=True)
+        cancel(self._on_cancel_hint)
+        self._subscribers.append(jobs)
+
+    def _job_handler(self, bound: Bound) -> Callable[[NatsMessage], Awaitable[None]]:
+        async def handle(msg: NatsMessage) -> None:
+            self.runs_started += 1
+            self._in_flight += 1
+            try:
+                await run_message(self.runtime, bound, msg.raw_message)
+            except Exception:
+                # Not settled: JetStream redelivers after the ack wait, and the runner's
+                # conditional writes make the repeat safe.
+                log.exception("run of %s could not be recorded; it will be redelivered", bound.spec.name,
+                              extra={"event": "run.error", "job": bound.spec.name})
+            finally:
+                self._in_flight -= 1
+
+        handle.__name__ = f"run_{bound.spec.name}"
+        return handle
+
+    async def after_start(self) -> None:
+        """Start the stale-run monitor and log that the worker is consuming."""
+        self._stale_task = asyncio.create_task(self._watch_stale(), name="stale-monitor")
         log.info("worker %s started: %s", self.worker_id, [b.spec.name for b in self.jobs],
                  extra={"event": "worker.started", "worker": self.worker_id})
 
     async def _connect_nats(self) -> NatsClient:
         settings = self.settings
-
-        async def _quiet(_: Exception) -> None:  # disconnects are reported by /readyz, not per try
-            return None
-
-        options = nats_connect_options(settings, name=self.worker_id)
+        # nats-py keeps trying (reconnects are unlimited); the first connect is bounded here.
         try:
-            client: NatsClient = await asyncio.wait_for(nats.connect(error_cb=_quiet, **options),
+            client: NatsClient = await asyncio.wait_for(self.broker.connect(),
                                                         timeout=settings.nats_connect_timeout_s)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise BusUnavailable(
@@ -187,62 +238,50 @@ class Worker:
         Attempts still running after `timeout_s` are interrupted; their requests are not
         acked and come back to another worker after the ack wait.
         """
+        await self.before_stop(timeout_s)
+        await self._stop_broker()
+        await self.close()
+
+    async def before_stop(self, timeout_s: float | None = None) -> None:
+        """Stop the stale monitor and set how long the broker's stop waits for running attempts."""
         self._stopping.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks.clear()
+        if timeout_s is not None:
+            # FastStream reads its graceful timeout from the broker config when stopping.
+            self.broker.config.broker_config.graceful_timeout = timeout_s
+        if self._stale_task is not None:
+            self._stale_task.cancel()
+            await asyncio.gather(self._stale_task, return_exceptions=True)
+            self._stale_task = None
+
+    async def _stop_broker(self) -> None:
+        # Subscribers stop fetching, wait for running handlers (graceful timeout), cancel the
+        # rest; then the broker drains its connection.
+        try:
+            await self.broker.stop()
+        except Exception as exc:  # e.g. NATS is away: draining fails; close() still closes
+            log.warning("broker stop of %s incomplete: %s", self.worker_id, type(exc).__name__,
+                        extra={"event": "worker.stop_incomplete", "worker": self.worker_id})
+
+    async def close(self) -> None:
+        """Close the NATS, HTTP and MongoDB clients (after the broker stopped)."""
         if self._http is not None:
             await self._http.aclose()
+            self._http = None
         if self._nats is not None and not self._nats.is_closed:
             with contextlib.suppress(Exception):
                 await self._nats.close()
         if self._mongo is not None:
             await self._mongo.close()
-        log.info("worker %s stopped after %d runs", self.worker_id, self.runs_started,
-                 extra={"event": "worker.stopped", "worker": self.worker_id})
+            self._mongo = None
+        if self._runtime is not None:
+            log.info("worker %s stopped after %d runs", self.worker_id, self.runs_started,
+                     extra={"event": "worker.stopped", "worker": self.worker_id})
 
     # -- consuming ---------------------------------------------------------------------
 
-    async def _consume(self, bound: Bound) -> None:
-        names = self.settings.names
-        name = bound.spec.name
-        sub = None
-        while not self._stopping.is_set():
-            try:
-                if sub is None:
-                    sub = await self.runtime.js.pull_subscribe_bind(durable=names.consumer_name(name),
-                                                                  stream=names.jobs_stream)
-                    self._bound.add(name)
-                msgs = await sub.fetch(batch=1, timeout=_FETCH_TIMEOUT_S)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-                # Disconnected or the consumer vanished: rebind after a pause.
-                log.warning("consumer %s unavailable (%s); retrying", name, type(exc).__name__,
-                            extra={"event": "worker.consumer_unavailable", "job": name})
-                self._bound.discard(name)
-                sub = None
-                await asyncio.sleep(_RECONNECT_PAUSE_S)
-                continue
-            for msg in msgs:
-                self.runs_started += 1
-                self._in_flight += 1
-                try:
-                    await run_message(self.runtime, bound, msg)
-                except Exception:
-                    # Not settled: JetStream redelivers after the ack wait, and the runner's
-                    # conditional writes make the repeat safe.
-                    log.exception("run of %s could not be recorded; it will be redelivered", name,
-                                  extra={"event": "run.error", "job": name})
-                finally:
-                    self._in_flight -= 1
-
-    async def _on_cancel_hint(self, msg: Msg) -> None:
+    async def _on_cancel_hint(self, msg: NatsMessage) -> None:
         # A hint only: the record's cancel_requested is the truth, seen at the next heartbeat.
-        control = self.runtime.controls.get(msg.data.decode(errors="replace"))
+        control = self.runtime.controls.get(msg.raw_message.data.decode(errors="replace"))
         if control is not None:
             control.cancel()
 
@@ -308,21 +347,24 @@ class Worker:
         raise TimeoutError(f"jobs {[b.spec.name for b in self.jobs]} still busy after {timeout_s:g}s")
 
     async def readiness_nats(self) -> bool:
+        """Readiness check: the broker's NATS connection is up."""
         return self._nats is not None and self._nats.is_connected
 
     async def readiness_mongo(self) -> bool:
+        """Readiness check: MongoDB answers a ping."""
         if self._mongo is None:
             return False
         await self._mongo.admin.command("ping")
         return True
 
     async def readiness_consumers(self) -> bool:
+        """Readiness check: every job's subscriber is running and its durable consumer answers."""
         if self._runtime is None or not self._nats or not self._nats.is_connected:
+            return False
+        if len(self._subscribers) != len(self.jobs) or not all(sub.running for sub in self._subscribers):
             return False
         rt = self._runtime
         for bound in self.jobs:
-            if bound.spec.name not in self._bound:
-                return False
             await rt.js.consumer_info(rt.names.jobs_stream, rt.names.consumer_name(bound.spec.name), timeout=1.5)
         return True
 

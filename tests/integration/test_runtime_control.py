@@ -283,3 +283,34 @@ async def test_cancel_hint_on_core_nats_cancels_at_once_between_heartbeats(
     await publish_cancel_hint(worker.runtime.nats, settings.names, "hinted", request.run_id)
     doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=3, what="canceled at once")
     assert doc["status"] == "canceled"
+
+
+async def test_the_subscriber_binds_the_durable_as_the_policy_configures_it(
+    settings: Settings, js: JetStreamContext, start_worker: WorkerFactory
+) -> None:
+    """A durable left by an older deployment is updated by the worker, and FastStream's
+    subscriber binds it as it is (its own defaults would say ack_wait 30 s, unlimited deliveries)."""
+    from nats.js.api import ConsumerConfig
+
+    from shared.bus import SPARE_DELIVERIES
+
+    names = settings.names
+    await js.add_consumer(names.jobs_stream, ConsumerConfig(
+        durable_name=names.consumer_name("bound"), filter_subject=names.job_subject("bound"), max_deliver=2,
+        max_ack_pending=7, ack_wait=99))
+
+    retry = RetryPolicy(max_attempts=4, initial_backoff_s=0.1, jitter=0)
+
+    @job("bound", policy=policy(overlap="parallel", concurrency=2, retry=retry))
+    async def bound(ctx: JobContext) -> dict[str, int]:
+        return {"attempt": ctx.attempt}
+
+    worker = await start_worker([bound])
+    request = request_for("bound")
+    await publish_request(js, names, request)
+    doc = await wait_value(lambda: terminal_run(worker.db, request.run_id), timeout_s=10, what="bound run")
+    assert doc["status"] == "completed"
+    config = (await js.consumer_info(names.jobs_stream, names.consumer_name("bound"))).config
+    assert (config.max_deliver, config.max_ack_pending) == (4 + SPARE_DELIVERIES, 2)
+    assert config.ack_wait == settings.ack_wait_s
+    assert await worker.readiness_consumers()

@@ -213,3 +213,25 @@ async def test_redelivery_after_a_crash_past_the_record_repairs_event_and_dead_l
     assert [DeadLetter.model_validate_json(x).reason for x in letters] == ["exhausted"]
     events = await collect(js, settings.names.run_events_wildcard("repaired"), settings.names.events_stream)
     assert [RunEvent.model_validate_json(e).status for e in events] == ["failed"]
+
+
+async def test_invalid_json_declared_as_json_still_reaches_the_runner_and_is_dead_lettered(
+    settings: Settings, js: JetStreamContext, start_worker: WorkerFactory
+) -> None:
+    """FastStream would JSON-decode a body whose content-type says JSON (and fail before the
+    handler); the worker's subscriber decodes nothing, so the runner dead-letters it."""
+
+    @job("typed", policy=policy())
+    async def typed(ctx: JobContext) -> None:
+        raise AssertionError("an invalid request must not run")
+
+    worker = await start_worker([typed])
+    data = b'{"v": 1, "run_id": '
+    await js.publish(settings.names.job_subject("typed"), data, stream=settings.names.jobs_stream,
+                     headers={"content-type": "application/json"})
+    await worker.run_until_idle(timeout_s=15)
+    letters = await collect(js, settings.names.dlq_subject("typed"), settings.names.dlq_stream)
+    assert len(letters) == 1
+    letter = DeadLetter.model_validate_json(letters[0])
+    assert (letter.reason, letter.raw) == ("invalid", data.decode())
+    assert "not JSON" in letter.error
