@@ -36,6 +36,7 @@ from shared.names import JOBS
 from shared.settings import JobPolicy, Settings
 
 if TYPE_CHECKING:
+    from faststream.nats import NatsBroker
     from faststream.security import BaseSecurity
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,26 @@ def broker_options(settings: Settings, *, name: str) -> dict[str, Any]:
         "reconnect_time_wait": options["reconnect_time_wait"],
         "security": broker_security(settings),
     }
+
+
+async def connect_broker(broker: NatsBroker, settings: Settings) -> NatsClient:
+    """Connect a FastStream broker (built from `broker_options`) and return its nats-py client.
+
+    Raises:
+        BusUnavailable: no answer within `settings.nats_connect_timeout_s` (or the login was
+            refused); the message names the redacted URL.
+    """
+    # Reconnects are unlimited (a long-lived service survives a NATS restart), so nats-py
+    # would keep trying forever: the first connect is bounded here instead.
+    limit = settings.nats_connect_timeout_s
+    try:
+        client: NatsClient = await asyncio.wait_for(broker.connect(), timeout=limit)
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise BusUnavailable(
+            f"cannot reach NATS at {settings.nats_url_redacted} within {limit:g}s "
+            f"({type(exc).__name__}: {exc or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
+        ) from None
+    return client
 
 
 async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None = None) -> NatsClient:

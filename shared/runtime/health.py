@@ -1,17 +1,24 @@
-"""`/healthz`, `/readyz` and `/metrics` on one HTTP port, for every service.
+"""The FastStream app of a service: its broker plus `/healthz`, `/readyz` and `/metrics`.
 
-Reusable beyond job consumers (the ticker uses it too):
+Used by every service (the job consumers through `run_service`, and the ticker):
 
-    app = build_http_app({"nats": nats_ok, "mongo": mongo_ok}, registry)
+    app = build_http_app({"nats": nats_ok, "mongo": mongo_ok}, registry, broker,
+                         on_startup=[...], on_shutdown=[...])
     server = HttpServer(app, settings.http_host, settings.http_port)
     await server.start()          # server.port is the bound port (useful with port 0)
-    ...
+    async with app.start_lifespan_context():   # hooks and broker start; stop on exit
+        ...
     await server.stop()
 
 `/healthz` answers 200 while the process serves requests (liveness). `/readyz` runs every
 readiness check concurrently (each bounded by `check_timeout_s`) and answers 200 when all
 pass, else 503; the JSON body names each check's result. `/metrics` is the Prometheus
 text format of the given registry.
+
+uvicorn runs in-process with the ASGI lifespan off, and the service enters the app's
+lifespan itself: so a start-up failure is one clear log line with exit code 2 (uvicorn's
+lifespan would print a traceback and exit 3), and SIGTERM drains running attempts before
+the broker stops (the service, not uvicorn, owns the signals).
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import uvicorn
+from faststream.asgi import AsgiFastStream
+from faststream.nats import NatsBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger(__name__)
@@ -48,9 +57,9 @@ async def _respond(send: Send, status: int, body: bytes, content_type: str) -> N
     await send({"type": "http.response.body", "body": body})
 
 
-def build_http_app(readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry, *,
-                   check_timeout_s: float = 2.0) -> AsgiApp:
-    """An ASGI app serving `/healthz`, `/readyz` and `/metrics`.
+def health_routes(readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry, *,
+                  check_timeout_s: float = 2.0) -> list[tuple[str, AsgiApp]]:
+    """The `(path, ASGI app)` routes of `/healthz`, `/readyz` and `/metrics` (with or without a final `/`).
 
     Args:
         readiness_checks: name → async callable returning True when that dependency is fine.
@@ -58,26 +67,48 @@ def build_http_app(readiness_checks: Mapping[str, ReadinessCheck], registry: Col
         check_timeout_s: a check slower than this counts as failed.
     """
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan is switched off by HttpServer; ignore others
-            return
-        path = scope["path"].rstrip("/") or "/"
-        if path == "/healthz":
-            await _respond(send, 200, b'{"status":"ok"}', "application/json")
-        elif path == "/readyz":
-            names = list(readiness_checks)
-            results = await asyncio.gather(*(_run_check(readiness_checks[n], check_timeout_s) for n in names))
-            checks = dict(zip(names, results, strict=True))
-            ready = all(results)
-            body = json.dumps({"status": "ready" if ready else "unready", "checks": checks}).encode()
-            await _respond(send, 200 if ready else 503, body, "application/json")
-        elif path == "/metrics":
-            await _respond(send, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
-        else:
-            await _respond(send, 404, b'{"error":"not found: use /healthz, /readyz or /metrics"}',
-                           "application/json")
+    async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
+        await _respond(send, 200, b'{"status":"ok"}', "application/json")
 
-    return app
+    async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
+        names = list(readiness_checks)
+        results = await asyncio.gather(*(_run_check(readiness_checks[n], check_timeout_s) for n in names))
+        checks = dict(zip(names, results, strict=True))
+        ready = all(results)
+        body = json.dumps({"status": "ready" if ready else "unready", "checks": checks}).encode()
+        await _respond(send, 200 if ready else 503, body, "application/json")
+
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        await _respond(send, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    # FastStream matches the exact path; a probe configured with a trailing slash must work too.
+    return [(path + suffix, route) for path, route in (("/healthz", healthz), ("/readyz", readyz),
+                                                       ("/metrics", metrics)) for suffix in ("", "/")]
+
+
+def build_http_app(readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry,
+                   *brokers: NatsBroker, check_timeout_s: float = 2.0,
+                   on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+                   after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+                   on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+                   after_shutdown: Sequence[Callable[[], Awaitable[None]]] = ()) -> AsgiFastStream:
+    """A service's FastStream ASGI app: its brokers and hooks, serving `health_routes`.
+
+    Args:
+        readiness_checks: name → async callable returning True when that dependency is fine.
+        registry: the Prometheus registry exposed on `/metrics`.
+        brokers: the service's FastStream brokers (started and stopped by the app's lifespan).
+        check_timeout_s: a readiness check slower than this counts as failed.
+        on_startup: run before the brokers start (connect, set up topology, register subscribers).
+        after_startup: run once the brokers consume.
+        on_shutdown: run before the brokers stop (which waits for running handlers).
+        after_shutdown: run after the brokers stopped (close other clients).
+    """
+    # logger=None: the app's "starting"/"shut down" lines are not JSON; services log their own.
+    return AsgiFastStream(*brokers, asgi_routes=health_routes(readiness_checks, registry,
+                                                              check_timeout_s=check_timeout_s),
+                          logger=None, on_startup=on_startup, after_startup=after_startup,
+                          on_shutdown=on_shutdown, after_shutdown=after_shutdown)
 
 
 class _QuietServer(uvicorn.Server):
@@ -88,7 +119,10 @@ class _QuietServer(uvicorn.Server):
 
 
 class HttpServer:
-    """Serves an ASGI app with uvicorn inside the running event loop."""
+    """Serves an ASGI app (the service's `AsgiFastStream`) with uvicorn inside the running event loop.
+
+    The ASGI lifespan is off: the service enters `app.start_lifespan_context()` itself.
+    """
 
     def __init__(self, app: AsgiApp, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None)

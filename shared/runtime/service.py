@@ -5,10 +5,13 @@
     from services.stats.jobs import compute_stats
     run_service("stats", [compute_stats])
 
-It reads settings, configures JSON logging, starts the worker and the HTTP port
-(/healthz, /readyz, /metrics), and on SIGTERM or SIGINT stops fetching, lets running
-attempts finish within the ack wait, and exits 0. A configuration or connection problem
-at start-up is logged as one clear line and exits 2.
+The service is a FastStream app (`worker_app`): the worker's `NatsBroker` with the
+worker's set-up and tear-down as app hooks, and `/healthz`, `/readyz`, `/metrics` as its
+ASGI routes, served by uvicorn in this process. It reads settings, configures JSON
+logging, binds the HTTP port, starts the app, and on SIGTERM or SIGINT stops fetching,
+lets running attempts finish within the ack wait, and exits 0. A configuration or
+connection problem at start-up (or an unusable HTTP port) is logged as one clear line
+and exits 2.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+
+from faststream.asgi import AsgiFastStream
 
 from shared.errors import ConfigError, PulseError
 from shared.logs import configure_logging
@@ -31,20 +36,36 @@ log = logging.getLogger("shared.runtime")
 EXIT_CONFIG = 2
 
 
+def worker_app(worker: Worker, *, stop_timeout_s: float | None = None) -> AsgiFastStream:
+    """The FastStream app of a worker: its broker, its lifecycle hooks and the health routes.
+
+    Args:
+        worker: the (not yet started) worker.
+        stop_timeout_s: how long shutdown waits for running attempts; default the ack wait.
+    """
+    timeout_s = worker.settings.ack_wait_s if stop_timeout_s is None else stop_timeout_s
+
+    async def before_stop() -> None:
+        await worker.before_stop(timeout_s)
+
+    checks = {"nats": worker.readiness_nats, "mongo": worker.readiness_mongo, "consumers": worker.readiness_consumers}
+    return build_http_app(checks, worker.metrics.registry, worker.broker, on_startup=[worker.setup],
+                          after_startup=[worker.after_start], on_shutdown=[before_stop],
+                          after_shutdown=[worker.close])
+
+
 async def serve(settings: Settings, service: str, specs: Sequence[JobSpec], stop: asyncio.Event) -> None:
-    """Run the worker and its HTTP port until `stop` is set."""
+    """Serve HTTP, run the worker's FastStream app until `stop` is set, then drain and stop."""
     worker = Worker(settings, specs, service=service)
-    app = build_http_app({"nats": worker.readiness_nats, "mongo": worker.readiness_mongo,
-                          "consumers": worker.readiness_consumers}, worker.metrics.registry)
+    app = worker_app(worker)
     http = HttpServer(app, settings.http_host, settings.http_port)
-    await http.start()
+    await http.start()  # first: /healthz answers (and /readyz says why not ready) while connecting
     log.info("%s serving /healthz /readyz /metrics on port %d", service, http.port,
              extra={"event": "service.http", "worker": worker.worker_id})
     try:
-        await worker.start()
-        await stop.wait()
+        async with app.start_lifespan_context():
+            await stop.wait()
     finally:
-        await worker.stop(timeout_s=settings.ack_wait_s)
         await http.stop()
 
 

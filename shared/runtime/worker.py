@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
-import nats.errors
 from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
@@ -34,8 +33,16 @@ from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 from nats.aio.client import Client as NatsClient
 from pymongo import AsyncMongoClient
 
-from shared.bus import broker_options, consumer_config, ensure_kv, ensure_stream, kv_configs, stream_configs
-from shared.errors import BusUnavailable, ConfigError
+from shared.bus import (
+    broker_options,
+    connect_broker,
+    consumer_config,
+    ensure_kv,
+    ensure_stream,
+    kv_configs,
+    stream_configs,
+)
+from shared.errors import ConfigError
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
 from shared.runtime import monitor
@@ -156,7 +163,7 @@ class Worker:
 
     async def _setup(self) -> None:
         settings = self.settings
-        self._nats = await self._connect_nats()
+        self._nats = await connect_broker(self.broker, settings)
         js = self._nats.jetstream(timeout=settings.nats_connect_timeout_s)
         for stream in stream_configs(settings):
             await ensure_stream(js, stream)
@@ -219,18 +226,6 @@ class Worker:
         self._stale_task = asyncio.create_task(self._watch_stale(), name="stale-monitor")
         log.info("worker %s started: %s", self.worker_id, [b.spec.name for b in self.jobs],
                  extra={"event": "worker.started", "worker": self.worker_id})
-
-    async def _connect_nats(self) -> NatsClient:
-        settings = self.settings
-        # nats-py keeps trying (reconnects are unlimited); the first connect is bounded here.
-        try:
-            client: NatsClient = await asyncio.wait_for(self.broker.connect(),
-                                                        timeout=settings.nats_connect_timeout_s)
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            raise BusUnavailable(
-                f"cannot reach NATS at {settings.nats_url_redacted} within {settings.nats_connect_timeout_s:g}s "
-                f"({type(exc).__name__}). Check PULSE_NATS_URL and that the server is running.") from None
-        return client
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop fetching, let running attempts finish (up to `timeout_s`), then disconnect.

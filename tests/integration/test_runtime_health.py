@@ -1,4 +1,4 @@
-"""/healthz, /readyz and /metrics of a worker, including NATS going away and coming back."""
+"""/healthz, /readyz and /metrics of a worker's FastStream app, including NATS going away and coming back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import httpx
 
 from shared.localstack import free_port, start_nats
 from shared.requests import publish_request
-from shared.runtime import HttpServer, JobContext, Worker, build_http_app, job
+from shared.runtime import HttpServer, JobContext, Worker, job
+from shared.runtime.service import worker_app
 from shared.settings import Settings
 from tests.conftest import Servers
 from tests.helpers import wait_for
@@ -29,15 +30,12 @@ async def test_readyz_turns_unready_when_nats_stops_and_ready_after_it_restarts(
     nats_process, _ = start_nats(tmp_path, port)
     settings = make_settings(nats_url=f"nats://127.0.0.1:{port}")
     worker = Worker(settings, [healthy])
-    http: HttpServer | None = None
+    app = worker_app(worker, stop_timeout_s=5)
+    http = HttpServer(app, "127.0.0.1", 0)
+    await http.start()
+    base = f"http://127.0.0.1:{http.port}"
     try:
-        await worker.start()
-        app = build_http_app({"nats": worker.readiness_nats, "mongo": worker.readiness_mongo,
-                              "consumers": worker.readiness_consumers}, worker.metrics.registry)
-        http = HttpServer(app, "127.0.0.1", 0)
-        await http.start()
-        base = f"http://127.0.0.1:{http.port}"
-        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        async with app.start_lifespan_context(), httpx.AsyncClient(base_url=base, timeout=5) as client:
 
             async def _status(expected: int) -> bool:
                 return (await client.get("/readyz")).status_code == expected
@@ -65,8 +63,6 @@ async def test_readyz_turns_unready_when_nats_stops_and_ready_after_it_restarts(
             assert 'pulse_runs_total{job="healthy",status="completed"} 1.0' in metrics
             assert "pulse_run_duration_seconds_bucket" in metrics
     finally:
-        if http is not None:
-            await http.stop()
-        await worker.stop(timeout_s=5)
+        await http.stop()
         nats_process.terminate()
         nats_process.wait(timeout=10)
