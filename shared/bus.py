@@ -147,7 +147,7 @@ async def connect_broker(broker: NatsBroker, settings: Settings) -> NatsClient:
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise BusUnavailable(
             f"cannot reach NATS at {settings.nats_url_redacted} within {limit:g}s "
-            f"({type(exc).__name__}: {exc or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
+            f"({type(exc).__name__}: {str(exc) or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
         ) from None
     return client
 
@@ -173,7 +173,7 @@ async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise BusUnavailable(
             f"cannot reach NATS at {settings.nats_url_redacted} within {limit:g}s "
-            f"({type(exc).__name__}: {exc or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
+            f"({type(exc).__name__}: {str(exc) or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
         ) from None
     return client
 

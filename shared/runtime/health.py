@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -127,6 +128,7 @@ class HttpServer:
     def __init__(self, app: AsgiApp, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None)
         self._server = _QuietServer(config)
+        self._host, self._port = host, port
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -138,18 +140,33 @@ class HttpServer:
                 return port
         raise RuntimeError("the HTTP server is not started")
 
+    def _bind(self) -> socket.socket:
+        # Bound here rather than by uvicorn, which would log the error and sys.exit(3).
+        family, kind, proto, _, address = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restarts reuse the port
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     async def start(self, timeout_s: float = 10.0) -> None:
         """Start serving; return once the port is bound.
 
         Raises:
             OSError: the port could not be bound (e.g. already in use).
         """
-        self._task = asyncio.create_task(self._server.serve(), name="http")
+        sock = self._bind()
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # re-raise the bind error
-                raise OSError("the HTTP server stopped during start-up")
+                sock.close()
+                with contextlib.suppress(SystemExit):
+                    self._task.result()  # re-raise an unexpected start-up error
+                raise OSError(f"the HTTP server on {self._host}:{self._port} stopped during start-up")
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"the HTTP server did not start within {timeout_s:g}s")
             await asyncio.sleep(0.01)

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -186,3 +187,29 @@ async def test_sigterm_lets_the_running_attempt_finish_and_exits_zero_with_json_
 
 def _log_lines(folder: Path, pattern: str) -> list[str]:
     return [line for log in sorted(folder.glob(pattern)) for line in log.read_text().splitlines()]
+
+
+async def test_unreachable_nats_and_a_busy_port_exit_2_with_one_clear_line(
+    make_settings: Callable[..., Settings], spawn: Spawn, tmp_path: Path
+) -> None:
+    from shared.localstack import free_port
+
+    unreachable = make_settings(nats_url=f"nats://127.0.0.1:{free_port()}", nats_connect_timeout_s=1.0)
+    no_nats = spawn("probe", worker_settings=unreachable)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        no_port = spawn("probe", env={"PULSE_HTTP_PORT": str(busy.getsockname()[1])})
+        for process in (no_nats, no_port):
+            await asyncio.to_thread(process.communicate, timeout=30)  # communicate closes the pipe
+    assert [no_nats.returncode, no_port.returncode] == [2, 2]
+    failures = [json.loads(line) for line in _log_lines(tmp_path, "probe-*.log")
+                if line.startswith("{") and '"service.failed"' in line]
+    messages = [f["msg"] for f in failures]
+    assert len(messages) == 2, messages
+    nats_line = next(m for m in messages if "cannot reach NATS" in m)
+    port_line = next(m for m in messages if "cannot serve HTTP" in m)
+    assert "PULSE_NATS_URL" in nats_line
+    assert "PULSE_HTTP_PORT" in port_line
+    tracebacks = [line for line in _log_lines(tmp_path, "probe-*.log") if line.startswith("Traceback")]
+    assert tracebacks == []

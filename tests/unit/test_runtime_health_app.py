@@ -53,3 +53,11 @@ async def test_metrics_come_from_the_given_registry_only() -> None:
     assert "probe_total 3.0" in response.text
     assert "python_gc" not in response.text
     assert missing.status_code == 404
+
+
+async def test_routes_answer_with_a_trailing_slash_too() -> None:
+    async with client({"nats": ok}) as http:
+        ready = await http.get("/readyz/")
+        live = await http.get("/healthz/")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert live.status_code == 200
