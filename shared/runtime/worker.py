@@ -12,6 +12,10 @@ The cancel hint is a core-NATS FastStream subscriber. Left on nats-py (no FastSt
 API): stream, bucket and consumer create-or-update, the rate limiter's KV compare-and-set,
 and the drain-mode/readiness probes (`consumer_info`, `stream_info`), all through
 `broker.connection`, the broker's own nats-py client.
+
+Known edge (FastStream's pull loop): a message the server hands to a fetch that is still
+waiting when `stop()` begins is dropped by the stopping subscriber without a nak, so it
+comes back after the ack wait (one delivery counted, no attempt recorded).
 """
 
 from __future__ import annotations
