@@ -97,17 +97,25 @@ def broker_security(settings: Settings) -> BaseSecurity | None:
     from faststream.nats.security import NatsCredentials, NatsSecurity, NatsToken, NatsUserPassword
 
     context = tls_context(settings)
-    chosen = [name for name, value in (("PULSE_NATS_USER", settings.nats_user),
-                                       ("PULSE_NATS_TOKEN", settings.nats_token),
-                                       ("PULSE_NATS_CREDS_FILE", settings.nats_creds_file)) if value]
+    chosen = [
+        name
+        for name, value in (
+            ("PULSE_NATS_USER", settings.nats_user),
+            ("PULSE_NATS_TOKEN", settings.nats_token),
+            ("PULSE_NATS_CREDS_FILE", settings.nats_creds_file),
+        )
+        if value
+    ]
     if len(chosen) > 1:
         raise ConfigError(f"set only one NATS login, got {', '.join(chosen)}: the server accepts one mechanism")
     if settings.nats_creds_file is not None:
         try:
             return NatsCredentials.from_file(settings.nats_creds_file, ssl_context=context)
         except ImportError:
-            raise ConfigError("PULSE_NATS_CREDS_FILE needs the `nkeys` package to sign the login; "
-                              "install it or log in with a user or token") from None
+            raise ConfigError(
+                "PULSE_NATS_CREDS_FILE needs the `nkeys` package to sign the login; "
+                "install it or log in with a user or token"
+            ) from None
     if settings.nats_token is not None:
         return NatsToken(settings.nats_token.get_secret_value(), ssl_context=context)
     if settings.nats_user:

@@ -76,9 +76,14 @@ class TickerService:
 
     def app(self) -> AsgiFastStream:
         """The FastStream app: broker, hooks and health routes."""
-        return build_http_app({"nats": self.nats_ready, "ticker": self.ticker_ready}, self.metrics.registry,
-                              self.broker, on_startup=[self.setup], after_startup=[self.start_loop],
-                              on_shutdown=[self.stop_loop])
+        return build_http_app(
+            {"nats": self.nats_ready, "ticker": self.ticker_ready},
+            self.metrics.registry,
+            self.broker,
+            on_startup=[self.setup],
+            after_startup=[self.start_loop],
+            on_shutdown=[self.stop_loop],
+        )
 
 
 async def run_ticker(settings: Settings, stop: asyncio.Event) -> None:
@@ -87,8 +92,11 @@ async def run_ticker(settings: Settings, stop: asyncio.Event) -> None:
     app = service.app()
     http = HttpServer(app, settings.http_host, settings.http_port)
     await http.start()
-    log.info("ticker serving /healthz /readyz /metrics on port %d", http.port,
-             extra={"event": "service.http", "worker": service.replica})
+    log.info(
+        "ticker serving /healthz /readyz /metrics on port %d",
+        http.port,
+        extra={"event": "service.http", "worker": service.replica},
+    )
     try:
         async with app.start_lifespan_context():
             await stop.wait()
@@ -117,8 +125,13 @@ def main() -> None:
         log.error("ticker.failed %s", exc, extra={"event": "ticker.failed"})
         raise SystemExit(EXIT_CONFIG) from None
     except OSError as exc:
-        log.error("ticker cannot serve HTTP on %s:%d (%s); set PULSE_HTTP_PORT to a free port",
-                  settings.http_host, settings.http_port, exc.strerror or exc, extra={"event": "ticker.failed"})
+        log.error(
+            "ticker cannot serve HTTP on %s:%d (%s); set PULSE_HTTP_PORT to a free port",
+            settings.http_host,
+            settings.http_port,
+            exc.strerror or exc,
+            extra={"event": "ticker.failed"},
+        )
         raise SystemExit(EXIT_CONFIG) from None
 
 

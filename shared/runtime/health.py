@@ -53,13 +53,19 @@ async def _run_check(check: ReadinessCheck, timeout_s: float) -> bool:
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-def health_routes(readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry, *,
-                  check_timeout_s: float = 2.0) -> list[tuple[str, AsgiApp]]:
+def health_routes(
+    readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry, *, check_timeout_s: float = 2.0
+) -> list[tuple[str, AsgiApp]]:
     """The `(path, ASGI app)` routes of `/healthz`, `/readyz` and `/metrics` (with or without a final `/`).
 
     Args:
@@ -83,16 +89,23 @@ def health_routes(readiness_checks: Mapping[str, ReadinessCheck], registry: Coll
         await _respond(send, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
 
     # FastStream matches the exact path; a probe configured with a trailing slash must work too.
-    return [(path + suffix, route) for path, route in (("/healthz", healthz), ("/readyz", readyz),
-                                                       ("/metrics", metrics)) for suffix in ("", "/")]
+    return [
+        (path + suffix, route)
+        for path, route in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics))
+        for suffix in ("", "/")
+    ]
 
 
-def build_http_app(readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry,
-                   *brokers: NatsBroker, check_timeout_s: float = 2.0,
-                   on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-                   after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-                   on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
-                   after_shutdown: Sequence[Callable[[], Awaitable[None]]] = ()) -> AsgiFastStream:
+def build_http_app(
+    readiness_checks: Mapping[str, ReadinessCheck],
+    registry: CollectorRegistry,
+    *brokers: NatsBroker,
+    check_timeout_s: float = 2.0,
+    on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+    after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    after_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> AsgiFastStream:
     """A service's FastStream ASGI app: its brokers and hooks, serving `health_routes`.
 
     Args:
@@ -106,10 +119,15 @@ def build_http_app(readiness_checks: Mapping[str, ReadinessCheck], registry: Col
         after_shutdown: run after the brokers stopped (close other clients).
     """
     # logger=None: the app's "starting"/"shut down" lines are not JSON; services log their own.
-    return AsgiFastStream(*brokers, asgi_routes=health_routes(readiness_checks, registry,
-                                                              check_timeout_s=check_timeout_s),
-                          logger=None, on_startup=on_startup, after_startup=after_startup,
-                          on_shutdown=on_shutdown, after_shutdown=after_shutdown)
+    return AsgiFastStream(
+        *brokers,
+        asgi_routes=health_routes(readiness_checks, registry, check_timeout_s=check_timeout_s),
+        logger=None,
+        on_startup=on_startup,
+        after_startup=after_startup,
+        on_shutdown=on_shutdown,
+        after_shutdown=after_shutdown,
+    )
 
 
 class _QuietServer(uvicorn.Server):

@@ -49,9 +49,15 @@ def worker_app(worker: Worker, *, stop_timeout_s: float | None = None) -> AsgiFa
         await worker.before_stop(timeout_s)
 
     checks = {"nats": worker.readiness_nats, "mongo": worker.readiness_mongo, "consumers": worker.readiness_consumers}
-    return build_http_app(checks, worker.metrics.registry, worker.broker, on_startup=[worker.setup],
-                          after_startup=[worker.after_start], on_shutdown=[before_stop],
-                          after_shutdown=[worker.close])
+    return build_http_app(
+        checks,
+        worker.metrics.registry,
+        worker.broker,
+        on_startup=[worker.setup],
+        after_startup=[worker.after_start],
+        on_shutdown=[before_stop],
+        after_shutdown=[worker.close],
+    )
 
 
 async def serve(settings: Settings, service: str, specs: Sequence[JobSpec], stop: asyncio.Event) -> None:
@@ -60,8 +66,12 @@ async def serve(settings: Settings, service: str, specs: Sequence[JobSpec], stop
     app = worker_app(worker)
     http = HttpServer(app, settings.http_host, settings.http_port)
     await http.start()  # first: /healthz answers (and /readyz says why not ready) while connecting
-    log.info("%s serving /healthz /readyz /metrics on port %d", service, http.port,
-             extra={"event": "service.http", "worker": worker.worker_id})
+    log.info(
+        "%s serving /healthz /readyz /metrics on port %d",
+        service,
+        http.port,
+        extra={"event": "service.http", "worker": worker.worker_id},
+    )
     try:
         async with app.start_lifespan_context():
             await stop.wait()
@@ -96,7 +106,13 @@ def run_service(service: str, specs: Sequence[JobSpec]) -> None:
         log.error("%s cannot start: %s", service, exc, extra={"event": "service.failed"})
         raise SystemExit(EXIT_CONFIG) from None
     except OSError as exc:
-        log.error("%s cannot serve HTTP on %s:%d (%s); set PULSE_HTTP_PORT to a free port", service,
-                  settings.http_host, settings.http_port, exc.strerror or exc, extra={"event": "service.failed"})
+        log.error(
+            "%s cannot serve HTTP on %s:%d (%s); set PULSE_HTTP_PORT to a free port",
+            service,
+            settings.http_host,
+            settings.http_port,
+            exc.strerror or exc,
+            extra={"event": "service.failed"},
+        )
         raise SystemExit(EXIT_CONFIG) from None
     raise SystemExit(0)

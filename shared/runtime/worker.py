@@ -81,8 +81,8 @@ def effective_policy(settings: Settings, spec: JobSpec) -> JobPolicy:
     except KeyError:
         raise ConfigError(
             f"job {spec.name!r} has no policy: it is not one of {list(JOBS)} in settings, "
-            "so declare it with job(..., policy=JobPolicy(...))") from None
-
+            "so declare it with job(..., policy=JobPolicy(...))"
+        ) from None
 
 
 class Worker:
@@ -117,8 +117,12 @@ class Worker:
         # logger=None: FastStream would log every message received and processed; our
         # JSON log has one line per run transition instead, and /readyz reports
         # disconnects (nats-py retries once a second while NATS is away).
-        self.broker = NatsBroker(**broker_options(settings, name=self.worker_id), logger=None,
-                                 decoder=_keep_raw, graceful_timeout=settings.ack_wait_s)
+        self.broker = NatsBroker(
+            **broker_options(settings, name=self.worker_id),
+            logger=None,
+            decoder=_keep_raw,
+            graceful_timeout=settings.ack_wait_s,
+        )
         self._subscribers: list[LogicSubscriber[Any]] = []
         self._in_flight = 0
         self._nats: NatsClient | None = None
@@ -179,12 +183,22 @@ class Worker:
         assert kv is not None
         self._mongo, db = await connect_store(settings)
         await ensure_indexes(db)
-        self._http = httpx.AsyncClient(timeout=settings.http_timeout_s,
-                                       headers={"User-Agent": "marketpulse/0.1 (+job runtime)"})
+        self._http = httpx.AsyncClient(
+            timeout=settings.http_timeout_s, headers={"User-Agent": "marketpulse/0.1 (+job runtime)"}
+        )
         scrubber = SecretFilter(secret_values(settings))
-        self._runtime = Runtime(settings=settings, names=settings.names, db=db, nats=self._nats, js=js,
-                                http=self._http, limiter=RateLimiter(kv, dict(settings.rate_limits)),
-                                metrics=self.metrics, worker_id=self.worker_id, scrub=scrubber.scrub)
+        self._runtime = Runtime(
+            settings=settings,
+            names=settings.names,
+            db=db,
+            nats=self._nats,
+            js=js,
+            http=self._http,
+            limiter=RateLimiter(kv, dict(settings.rate_limits)),
+            metrics=self.metrics,
+            worker_id=self.worker_id,
+            scrub=scrubber.scrub,
+        )
         for bound in self.jobs:
             # Create-or-update first: FastStream binds an existing durable without updating it.
             await js.add_consumer(settings.names.jobs_stream, consumer_config(settings, bound.spec.name, bound.policy))
@@ -217,8 +231,11 @@ class Worker:
             except Exception:
                 # Not settled: JetStream redelivers after the ack wait, and the runner's
                 # conditional writes make the repeat safe.
-                log.exception("run of %s could not be recorded; it will be redelivered", bound.spec.name,
-                              extra={"event": "run.error", "job": bound.spec.name})
+                log.exception(
+                    "run of %s could not be recorded; it will be redelivered",
+                    bound.spec.name,
+                    extra={"event": "run.error", "job": bound.spec.name},
+                )
             finally:
                 self._in_flight -= 1
 
@@ -228,8 +245,12 @@ class Worker:
     async def after_start(self) -> None:
         """Start the stale-run monitor and log that the worker is consuming."""
         self._stale_task = asyncio.create_task(self._watch_stale(), name="stale-monitor")
-        log.info("worker %s started: %s", self.worker_id, [b.spec.name for b in self.jobs],
-                 extra={"event": "worker.started", "worker": self.worker_id})
+        log.info(
+            "worker %s started: %s",
+            self.worker_id,
+            [b.spec.name for b in self.jobs],
+            extra={"event": "worker.started", "worker": self.worker_id},
+        )
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop fetching, let running attempts finish (up to `timeout_s`), then disconnect.
@@ -258,8 +279,12 @@ class Worker:
         try:
             await self.broker.stop()
         except Exception as exc:  # e.g. NATS is away: draining fails; close() still closes
-            log.warning("broker stop of %s incomplete: %s", self.worker_id, type(exc).__name__,
-                        extra={"event": "worker.stop_incomplete", "worker": self.worker_id})
+            log.warning(
+                "broker stop of %s incomplete: %s",
+                self.worker_id,
+                type(exc).__name__,
+                extra={"event": "worker.stop_incomplete", "worker": self.worker_id},
+            )
 
     async def close(self) -> None:
         """Close the NATS, HTTP and MongoDB clients (after the broker stopped)."""
@@ -273,8 +298,12 @@ class Worker:
             await self._mongo.close()
             self._mongo = None
         if self._runtime is not None:
-            log.info("worker %s stopped after %d runs", self.worker_id, self.runs_started,
-                     extra={"event": "worker.stopped", "worker": self.worker_id})
+            log.info(
+                "worker %s stopped after %d runs",
+                self.worker_id,
+                self.runs_started,
+                extra={"event": "worker.stopped", "worker": self.worker_id},
+            )
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -307,8 +336,12 @@ class Worker:
                 if last is not None:
                     self.metrics.observe_success_time(name, last.timestamp())
             except Exception as exc:
-                log.warning("stale check of %s failed: %s", name, type(exc).__name__,
-                            extra={"event": "worker.stale_check_failed", "job": name})
+                log.warning(
+                    "stale check of %s failed: %s",
+                    name,
+                    type(exc).__name__,
+                    extra={"event": "worker.stale_check_failed", "job": name},
+                )
 
     # -- drain mode and readiness --------------------------------------------------------
 

@@ -36,12 +36,18 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Spawn]:
     """Factory of worker processes (python -m tests.e2e.workers.<module>), killed at the end."""
     processes: list[subprocess.Popen[bytes]] = []
 
-    def _spawn(module: str, *args: str, env: dict[str, str] | None = None,
-               worker_settings: Settings | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        module: str, *args: str, env: dict[str, str] | None = None, worker_settings: Settings | None = None
+    ) -> subprocess.Popen[bytes]:
         full_env = {**os.environ, **settings_env(worker_settings or settings), **(env or {})}
         log = (tmp_path / f"{module}-{len(processes)}.log").open("wb")
-        process = subprocess.Popen([sys.executable, "-m", f"tests.e2e.workers.{module}", *args], cwd=ROOT,
-                                   env=full_env, stdout=subprocess.PIPE, stderr=log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"tests.e2e.workers.{module}", *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
         processes.append(process)
         return process
 
@@ -58,8 +64,13 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Spawn]:
 
 
 def manual(job: str) -> JobRequest:
-    return JobRequest(run_id=new_run_id(job, Trigger.MANUAL), job=job, trigger=Trigger.MANUAL,
-                      scheduled_for=utcnow(), requested_by="tests")
+    return JobRequest(
+        run_id=new_run_id(job, Trigger.MANUAL),
+        job=job,
+        trigger=Trigger.MANUAL,
+        scheduled_for=utcnow(),
+        requested_by="tests",
+    )
 
 
 async def run_record(db: Database, run_id: str) -> dict[str, Any] | None:
@@ -121,8 +132,10 @@ async def test_two_worker_processes_never_overlap_and_stale_scheduled_requests_a
     spawn("probe", env={"PROBE_SLEEP_S": "0.15"})
     requests = [manual("probe") for _ in range(8)]
     old_slots = [(utcnow() - timedelta(minutes=m)).replace(second=0, microsecond=0) for m in (5, 6)]
-    stale = [JobRequest(run_id=scheduled_run_id("probe", slot), job="probe", trigger=Trigger.SCHEDULE,
-                        scheduled_for=slot) for slot in old_slots]
+    stale = [
+        JobRequest(run_id=scheduled_run_id("probe", slot), job="probe", trigger=Trigger.SCHEDULE, scheduled_for=slot)
+        for slot in old_slots
+    ]
     for request in [*requests[:4], *stale, *requests[4:]]:
         await publish_request(js, settings.names, request)
 
@@ -148,8 +161,7 @@ async def test_two_processes_sharing_a_bucket_stay_within_rate_times_time_plus_b
 ) -> None:
     seconds, rate, burst = 5.0, 10.0, 3
     limits = json.dumps({"shared10": {"rate": rate, "period_s": 1, "burst": burst}})
-    takers = [spawn("ratelimit_taker", "shared10", str(seconds), env={"PULSE_RATE_LIMITS": limits})
-              for _ in range(2)]
+    takers = [spawn("ratelimit_taker", "shared10", str(seconds), env={"PULSE_RATE_LIMITS": limits}) for _ in range(2)]
     outputs = []
     for taker in takers:
         stdout, _ = await asyncio.to_thread(taker.communicate, timeout=60)
@@ -203,8 +215,11 @@ async def test_unreachable_nats_and_a_busy_port_exit_2_with_one_clear_line(
         for process in (no_nats, no_port):
             await asyncio.to_thread(process.communicate, timeout=30)  # communicate closes the pipe
     assert [no_nats.returncode, no_port.returncode] == [2, 2]
-    failures = [json.loads(line) for line in _log_lines(tmp_path, "probe-*.log")
-                if line.startswith("{") and '"service.failed"' in line]
+    failures = [
+        json.loads(line)
+        for line in _log_lines(tmp_path, "probe-*.log")
+        if line.startswith("{") and '"service.failed"' in line
+    ]
     messages = [f["msg"] for f in failures]
     assert len(messages) == 2, messages
     nats_line = next(m for m in messages if "cannot reach NATS" in m)

@@ -125,10 +125,15 @@ async def test_overlap_skip_skips_stale_scheduled_requests_but_never_manual_ones
 
     old_slot = (utcnow() - timedelta(minutes=5)).replace(second=0, microsecond=0)
     current_slot = utcnow().replace(second=0, microsecond=0)
-    stale = request_for("ticking", run_id=scheduled_run_id("ticking", old_slot), trigger=Trigger.SCHEDULE,
-                        scheduled_for=old_slot)
-    fresh = request_for("ticking", run_id=scheduled_run_id("ticking", current_slot), trigger=Trigger.SCHEDULE,
-                        scheduled_for=current_slot)
+    stale = request_for(
+        "ticking", run_id=scheduled_run_id("ticking", old_slot), trigger=Trigger.SCHEDULE, scheduled_for=old_slot
+    )
+    fresh = request_for(
+        "ticking",
+        run_id=scheduled_run_id("ticking", current_slot),
+        trigger=Trigger.SCHEDULE,
+        scheduled_for=current_slot,
+    )
     manual = request_for("ticking", scheduled_for=old_slot)
     for request in (stale, fresh, manual):
         await publish_request(js, settings.names, request)
@@ -153,8 +158,9 @@ async def test_overlap_skip_follows_the_runtime_schedule_override(
     bucket = await js.key_value(settings.names.schedules_bucket)
     await bucket.put("ticking", ScheduleOverride(schedule="every 1d").model_dump_json().encode())
     today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    todays = request_for("ticking", run_id=scheduled_run_id("ticking", today), trigger=Trigger.SCHEDULE,
-                         scheduled_for=today)
+    todays = request_for(
+        "ticking", run_id=scheduled_run_id("ticking", today), trigger=Trigger.SCHEDULE, scheduled_for=today
+    )
     await publish_request(js, settings.names, todays)
     worker = await start_worker([ticking])
     await worker.run_until_idle(timeout_s=15)
@@ -176,8 +182,10 @@ async def test_three_failed_runs_in_a_row_publish_exactly_one_alert(
         await publish_request(js, settings.names, request_for("broken"))
     await worker.run_until_idle(timeout_s=20)
     assert await db[Collections.RUNS].count_documents({"job": "broken", "status": "failed"}) == 5
-    alerts = [Alert.model_validate_json(a) for a in
-              await collect(js, settings.names.alert_subject("broken"), settings.names.events_stream)]
+    alerts = [
+        Alert.model_validate_json(a)
+        for a in await collect(js, settings.names.alert_subject("broken"), settings.names.events_stream)
+    ]
     assert [a.kind for a in alerts] == ["consecutive_failures"]
     assert "3 runs of broken failed in a row" in alerts[0].detail
 
@@ -193,8 +201,10 @@ async def test_no_success_within_stale_after_raises_one_stale_alert(
     await asyncio.sleep(0.6)  # not a synchronization: lets the stale period pass
     await worker.check_stale()
     await worker.check_stale()  # a second check of the same period must not alert again
-    alerts = [Alert.model_validate_json(a) for a in
-              await collect(js, settings.names.alert_subject("idle"), settings.names.events_stream)]
+    alerts = [
+        Alert.model_validate_json(a)
+        for a in await collect(js, settings.names.alert_subject("idle"), settings.names.events_stream)
+    ]
     assert [a.kind for a in alerts] == ["stale"]
 
 
@@ -243,8 +253,14 @@ async def test_empty_bucket_delays_or_skips_the_run_as_configured(
         taken.append(ctx.run_id)
 
     skipper = job("skipper", policy=policy(on_rate_limited="skip", rate_limit_wait_s=0.2))(take)
-    delayer = job("delayer", policy=policy(on_rate_limited="delay", rate_limit_wait_s=0.2,
-                                           retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0)))(take)
+    delayer = job(
+        "delayer",
+        policy=policy(
+            on_rate_limited="delay",
+            rate_limit_wait_s=0.2,
+            retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0),
+        ),
+    )(take)
     first, skipped, delayed = request_for("skipper"), request_for("skipper"), request_for("delayer")
     await start_worker([skipper, delayer], settings)
     await publish_request(js, settings.names, first)
@@ -295,9 +311,16 @@ async def test_the_subscriber_binds_the_durable_as_the_policy_configures_it(
     from shared.bus import SPARE_DELIVERIES
 
     names = settings.names
-    await js.add_consumer(names.jobs_stream, ConsumerConfig(
-        durable_name=names.consumer_name("bound"), filter_subject=names.job_subject("bound"), max_deliver=2,
-        max_ack_pending=7, ack_wait=99))
+    await js.add_consumer(
+        names.jobs_stream,
+        ConsumerConfig(
+            durable_name=names.consumer_name("bound"),
+            filter_subject=names.job_subject("bound"),
+            max_deliver=2,
+            max_ack_pending=7,
+            ack_wait=99,
+        ),
+    )
 
     retry = RetryPolicy(max_attempts=4, initial_backoff_s=0.1, jitter=0)
 

@@ -103,8 +103,12 @@ class Pages(BaseModel):
     ],
 )
 async def test_invalid_requests_fail_at_once_with_a_dead_letter(
-    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory,
-    payload: bytes | str, expected: str,
+    settings: Settings,
+    js: JetStreamContext,
+    db: Database,
+    start_worker: WorkerFactory,
+    payload: bytes | str,
+    expected: str,
 ) -> None:
     calls: list[int] = []
 
@@ -205,8 +209,7 @@ async def test_redelivery_after_a_crash_past_the_record_repairs_event_and_dead_l
     await finish_run(db, request.run_id, RunStatus.FAILED, error="boom", reason="exhausted", request=request)
     worker = await start_worker([repaired])
     for _ in range(2):  # the second delivery finds both already published: deduplicated
-        await js.publish(settings.names.job_subject("repaired"), request.to_bytes(),
-                         stream=settings.names.jobs_stream)
+        await js.publish(settings.names.job_subject("repaired"), request.to_bytes(), stream=settings.names.jobs_stream)
         await worker.run_until_idle(timeout_s=10)
     assert calls == []
     letters = await collect(js, settings.names.dlq_subject("repaired"), settings.names.dlq_stream)
@@ -227,8 +230,12 @@ async def test_invalid_json_declared_as_json_still_reaches_the_runner_and_is_dea
 
     worker = await start_worker([typed])
     data = b'{"v": 1, "run_id": '
-    await js.publish(settings.names.job_subject("typed"), data, stream=settings.names.jobs_stream,
-                     headers={"content-type": "application/json"})
+    await js.publish(
+        settings.names.job_subject("typed"),
+        data,
+        stream=settings.names.jobs_stream,
+        headers={"content-type": "application/json"},
+    )
     await worker.run_until_idle(timeout_s=15)
     letters = await collect(js, settings.names.dlq_subject("typed"), settings.names.dlq_stream)
     assert len(letters) == 1

@@ -37,8 +37,13 @@ def policy(**overrides: Any) -> JobPolicy:
 
 def request_for(name: str, **overrides: Any) -> JobRequest:
     """A manual request of job `name` (fields overridable)."""
-    values: dict[str, Any] = {"run_id": new_run_id(name, Trigger.MANUAL), "job": name, "trigger": Trigger.MANUAL,
-                              "scheduled_for": utcnow(), "requested_by": "tests"}
+    values: dict[str, Any] = {
+        "run_id": new_run_id(name, Trigger.MANUAL),
+        "job": name,
+        "trigger": Trigger.MANUAL,
+        "scheduled_for": utcnow(),
+        "requested_by": "tests",
+    }
     values.update(overrides)
     return JobRequest(**values)
 

@@ -10,9 +10,27 @@ import shared.runtime
 ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
-    "HttpServer", "InvalidRequest", "JobContext", "JobPolicy", "JobSpec", "NoArgs", "PermanentError",
-    "RateLimited", "RateLimiter", "RetryPolicy", "RetryableError", "RunCanceled", "Worker", "build_http_app",
-    "finish_run", "job", "publish_alert", "publish_cancel_hint", "publish_run_event", "request_cancel", "run_service",
+    "HttpServer",
+    "InvalidRequest",
+    "JobContext",
+    "JobPolicy",
+    "JobSpec",
+    "NoArgs",
+    "PermanentError",
+    "RateLimited",
+    "RateLimiter",
+    "RetryPolicy",
+    "RetryableError",
+    "RunCanceled",
+    "Worker",
+    "build_http_app",
+    "finish_run",
+    "job",
+    "publish_alert",
+    "publish_cancel_hint",
+    "publish_run_event",
+    "request_cancel",
+    "run_service",
 }
 
 
@@ -34,8 +52,11 @@ def _private_imports(path: Path) -> list[str]:
             ):
                 found.append(f"{path.relative_to(ROOT)}: from {node.module} import {', '.join(names)}")
         elif isinstance(node, ast.Import):
-            found += [f"{path.relative_to(ROOT)}: import {a.name}" for a in node.names
-                      if any(p.startswith("_") and not p.startswith("__") for p in a.name.split("."))]
+            found += [
+                f"{path.relative_to(ROOT)}: import {a.name}"
+                for a in node.names
+                if any(p.startswith("_") and not p.startswith("__") for p in a.name.split("."))
+            ]
     return found
 
 
@@ -49,6 +70,7 @@ def test_services_use_the_runtime_only_through_its_public_names() -> None:
     for path in sorted((ROOT / "services").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.module == "shared.runtime":
-                problems += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names
-                             if a.name not in shared.runtime.__all__]
+                problems += [
+                    f"{path.relative_to(ROOT)}: {a.name}" for a in node.names if a.name not in shared.runtime.__all__
+                ]
     assert problems == []

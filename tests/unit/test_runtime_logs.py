@@ -18,8 +18,12 @@ SECRET = "s3cr3t-pa55word"
 @pytest.fixture
 def output() -> Iterator[io.StringIO]:
     stream = io.StringIO()
-    settings = load_settings(nats_url="nats://u:pw@127.0.0.1:4222", nats_user="u",
-                             nats_password=SECRET, mongo_url=f"mongodb://app:{SECRET}@db:27017/")
+    settings = load_settings(
+        nats_url="nats://u:pw@127.0.0.1:4222",
+        nats_user="u",
+        nats_password=SECRET,
+        mongo_url=f"mongodb://app:{SECRET}@db:27017/",
+    )
     handler = configure_logging(settings, stream=stream)
     yield stream
     logging.getLogger().removeHandler(handler)
@@ -35,7 +39,11 @@ def test_each_line_is_one_json_object_with_job_and_run_id(output: io.StringIO) -
     [line] = lines(output)
     assert line["msg"] == "run stats:manual:1 completed"
     assert (line["job"], line["run_id"], line["event"], line["duration_ms"]) == (
-        "stats", "stats:manual:1", "run.completed", 12)
+        "stats",
+        "stats:manual:1",
+        "run.completed",
+        12,
+    )
 
 
 def test_secrets_never_reach_the_output(output: io.StringIO) -> None:

@@ -28,8 +28,13 @@ async def pager(ctx: object) -> None:
 
 
 def request(**overrides: object) -> JobRequest:
-    values: dict[str, object] = {"run_id": new_run_id("pager", Trigger.MANUAL), "job": "pager",
-                                 "trigger": Trigger.MANUAL, "scheduled_for": utcnow(), "args": {"pages": 2}}
+    values: dict[str, object] = {
+        "run_id": new_run_id("pager", Trigger.MANUAL),
+        "job": "pager",
+        "trigger": Trigger.MANUAL,
+        "scheduled_for": utcnow(),
+        "args": {"pages": 2},
+    }
     values.update(overrides)
     return JobRequest(**values)
 
