@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DAY_S = 86_400.0
+_SUBJECT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 #: The redelivery that follows a worker dying in its last attempt must still reach a
 #: worker, so the runtime can record `failed` and dead-letter the request: one spare.
 SPARE_DELIVERIES = 1
@@ -56,6 +58,21 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.nats_tls_cert_file and settings.nats_tls_key_file:
         context.load_cert_chain(str(settings.nats_tls_cert_file), str(settings.nats_tls_key_file))
     return context
+
+
+def inbox_prefix(settings: Settings) -> str | None:
+    """The reply-inbox prefix of a client logged in as `PULSE_NATS_USER`: `_INBOX_<user>`.
+
+    Each service's NATS user may subscribe only to its own inboxes (`shared/permissions.py`),
+    so one service cannot read the replies meant for another. None (nats-py's `_INBOX`)
+    without a user name, or when the name cannot be a subject token.
+    """
+    user = settings.nats_user
+    return inbox_prefix_of(user) if user and _SUBJECT_TOKEN_RE.match(user) else None
+
+
+def inbox_prefix_of(user: str) -> str:
+    return f"_INBOX_{user}"
 
 
 def nats_connect_options(settings: Settings, *, name: str) -> dict[str, Any]:
@@ -73,6 +90,9 @@ def nats_connect_options(settings: Settings, *, name: str) -> dict[str, Any]:
         options["user"] = settings.nats_user
         if settings.nats_password is not None:
             options["password"] = settings.nats_password.get_secret_value()
+    prefix = inbox_prefix(settings)
+    if prefix is not None:
+        options["inbox_prefix"] = prefix
     if settings.nats_token is not None:
         options["token"] = settings.nats_token.get_secret_value()
     if settings.nats_creds_file is not None:
@@ -136,6 +156,7 @@ def broker_options(settings: Settings, *, name: str) -> dict[str, Any]:
         "connect_timeout": options["connect_timeout"],
         "max_reconnect_attempts": options["max_reconnect_attempts"],
         "reconnect_time_wait": options["reconnect_time_wait"],
+        "inbox_prefix": options.get("inbox_prefix", "_INBOX"),
         "security": broker_security(settings),
     }
 

@@ -10,7 +10,8 @@ the committed file is current.
 
 What each role may do (subjects shown without a namespace):
 
-    every user   request the JetStream API it needs (`$JS.API....` with a reply to `_INBOX.>`),
+    every user   request the JetStream API it needs (`$JS.API....` with replies to its own
+                 `_INBOX_<user>.>`, the inbox prefix its client uses),
                  and set up the streams and buckets idempotently (INFO/CREATE/UPDATE only:
                  never DELETE or PURGE)
     ticker       publish `jobs.<job>` for every job; write KV `ticker`; read KV `schedules`
@@ -24,7 +25,7 @@ What each role may do (subjects shown without a namespace):
 
 Example:
     >>> service_permissions(Names(), "whale_sync")["subscribe"]
-    ['_INBOX.>', 'control.cancel.whale_sync']
+    ['_INBOX_whale_sync.>', 'control.cancel.whale_sync']
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import json
 from collections.abc import Iterable
 from typing import TypedDict
 
+from shared.bus import inbox_prefix_of
 from shared.names import JOB_SERVICE, JOBS, SERVICES, Names
 
 #: The `pulse` CLI's user: it triggers, cancels, replays and edits schedules.
@@ -46,7 +48,11 @@ USERS: tuple[str, ...] = (*SERVICES, OPERATOR)
 _REPORTS_ON_EVERY_JOB: frozenset[str] = frozenset({"janitor"})
 
 _JS_API = "$JS.API"
-_INBOX = "_INBOX.>"
+
+
+def _inbox(user: str) -> str:
+    """A user's own reply inboxes: clients logged in as `user` use this prefix (`bus.inbox_prefix`)."""
+    return f"{inbox_prefix_of(user)}.>"
 
 
 class Permissions(TypedDict):
@@ -150,7 +156,7 @@ def service_permissions(names: Names, service: str) -> Permissions:
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}: expected one of {', '.join(USERS)}")
     publish = _topology_setup(names)
-    subscribe = [_INBOX]
+    subscribe = [_inbox(service)]
     if service == "ticker":
         publish += [names.job_subject(job) for job in JOBS]
         publish += _kv_write(names.ticker_bucket) + _kv_read(names.schedules_bucket)
@@ -182,7 +188,7 @@ def operator_permissions(names: Names) -> Permissions:
         names.cancel_subject("*"),
         *(f"$KV.{bucket}.>" for bucket in names.kv_buckets),
     ]
-    subscribe = [_INBOX, *names.events_stream_subjects, *names.dlq_stream_subjects]
+    subscribe = [_inbox(OPERATOR), *names.events_stream_subjects, *names.dlq_stream_subjects]
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
 
 

@@ -43,6 +43,7 @@ from shared.bus import (
     consumer_config,
     ensure_kv,
     ensure_stream,
+    inbox_prefix,
     kv_configs,
     stream_configs,
 )
@@ -216,6 +217,8 @@ class Worker:
             ack_policy=AckPolicy.MANUAL,
             max_workers=bound.policy.max_running,
             no_reply=True,
+            # Pull fetches reply to this inbox: our own NATS user's (`bus.inbox_prefix`).
+            inbox_prefix=f"{inbox_prefix(self.settings) or '_INBOX'}.".encode(),
         )
         jobs(self._job_handler(bound))
         cancel = self.broker.subscriber(names.cancel_subject(name), no_reply=True)

@@ -178,6 +178,18 @@ async def test_janitor_reports_on_every_job_but_consumes_only_its_own(server: Au
             await sub.fetch(1, timeout=1)
 
 
+async def test_a_service_cannot_read_another_users_reply_inboxes(server: AuthServer) -> None:
+    """Replies go to `_INBOX_<user>`: whale_sync may not listen to market_sync's JetStream replies."""
+    async with login(server, "whale_sync") as (client, errors):
+        await client.subscribe("_INBOX_market_sync.>")
+        await client.subscribe("_INBOX.>")
+
+        async def both_refused() -> bool:
+            return violations(errors, "_INBOX_market_sync.>") and violations(errors, "_INBOX.>")
+
+        await wait_for(both_refused, timeout_s=5, what="the server to refuse both subscriptions")
+
+
 async def test_a_wrong_password_is_refused(server: AuthServer) -> None:
     await wait_for(server.listening, timeout_s=15, what="nats-server to listen")
     options = nats_connect_options(user_settings(server, "ticker", password="not-the-password"), name="ticker")

@@ -25,6 +25,7 @@ import nats
 import nats.aio.client
 import pytest
 from nats.aio.msg import Msg
+from pydantic import SecretStr
 
 from shared.bus import ensure_topology, nats_connect_options
 from shared.localstack import free_port
@@ -69,8 +70,8 @@ def deployed(make_settings: Any, server: AuthServer, simulator: RunningSimulator
 
 
 async def connect_operator(settings: Settings, server: AuthServer) -> nats.aio.client.Client:
-    options = nats_connect_options(settings, name="operator")
-    return await nats.connect(**{**options, "user": OPERATOR, "password": server.passwords[OPERATOR]})
+    login = settings.model_copy(update={"nats_user": OPERATOR, "nats_password": SecretStr(server.passwords[OPERATOR])})
+    return await nats.connect(**nats_connect_options(login, name="operator"))
 
 
 def service_env(settings: Settings, server: AuthServer, user: str, port: int) -> dict[str, str]:
