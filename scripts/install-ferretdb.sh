@@ -14,6 +14,7 @@ if [ -x "$dest" ] && "$dest" --version >/dev/null 2>&1; then
   exit 0
 fi
 command -v go >/dev/null || { echo "install-ferretdb: Go is required (https://go.dev/dl/)" >&2; exit 1; }
+echo "ferretdb: building FerretDB $version with Go for the optional-store tests (once per machine, one to five minutes the first time)"
 src=$(go mod download -json "github.com/FerretDB/FerretDB@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

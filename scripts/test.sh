@@ -4,7 +4,7 @@
 # PULSE_TEST_MONGO_URL, or testcontainers where a Docker engine answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh --for-tests
 echo "== ruff"; uv run --frozen ruff check .
 uv run --frozen ruff format --check . >/dev/null || { uv run --frozen ruff format --check .; exit 1; }
 echo "== mypy"; uv run --frozen mypy

@@ -3,7 +3,8 @@
 Chosen in this order, once per test session:
 1. URLs from the environment: PULSE_TEST_NATS_URL and PULSE_TEST_MONGO_URL;
 2. testcontainers (NATS with -js, MongoDB) when a Docker engine answers;
-3. otherwise the local launcher (`shared.localstack`): nats-server and FerretDB.
+3. otherwise the local launcher (`shared.localstack`): nats-server and the embedded store
+   (mongo-java-server; `PULSE_LOCAL_STORE=ferretdb` picks FerretDB 1.24 instead).
 
 Each test is isolated by its own namespace (stream, subject and bucket prefix) and its
 own database name, so tests share servers but never each other's data.

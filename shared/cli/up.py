@@ -1,6 +1,6 @@
 """`pulse up`: the whole system on this machine, with a live status view.
 
-Order of start: servers (nats-server + FerretDB, unless PULSE_NATS_URL / PULSE_MONGO_URL
+Order of start: servers (nats-server + the embedded store, unless PULSE_NATS_URL / PULSE_MONGO_URL
 name running ones), the provider simulator, then the ticker and every service, each a
 child process with its own HTTP port and log file under the data folder. `pulse up`
 waits until every service answers `/readyz`, then shows the status view.
@@ -30,7 +30,7 @@ import typer
 from pydantic import SecretStr
 from rich.table import Table
 
-from shared.localstack import LocalServers, free_port, start_local_servers
+from shared.localstack import LocalServers, free_port, local_store_kind, start_local_servers
 from shared.names import JOBS, SERVICES
 from shared.settings import Settings
 
@@ -197,11 +197,7 @@ def processes_table(stack: Stack) -> Table:
     for column in ("process", "pid", "port", "state", "log"):
         table.add_column(column)
     if stack.servers is not None:
-        for process, (name, port) in zip(
-            stack.servers.processes,
-            [("nats-server", stack.servers.nats_port), ("ferretdb", stack.servers.mongo_port)],
-            strict=False,
-        ):
+        for process, (name, port) in zip(stack.servers.processes, stack.servers.labels, strict=False):
             table.add_row(name, str(process.pid), str(port), _state(process.poll()), str(stack.servers.data_dir))
     for child in stack.children:
         table.add_row(
@@ -311,13 +307,15 @@ def up(
     logs.mkdir(parents=True, exist_ok=True)
     servers = None
     if not (given_nats and given_mongo):
-        err_console.print(
-            f"starting {'nats-server ' if not given_nats else ''}{'ferretdb ' if not given_mongo else ''}in {data_dir}",
-            highlight=False,
-        )
         try:
-            servers = start_local_servers(data_dir, nats=not given_nats, mongo=not given_mongo)
-        except Exception as exc:  # ConfigError (missing binary) or Unreachable (did not start)
+            store = local_store_kind()
+            err_console.print(
+                f"starting {'nats-server ' if not given_nats else ''}"
+                f"{'the ' + store + ' store ' if not given_mongo else ''}in {data_dir}",
+                highlight=False,
+            )
+            servers = start_local_servers(data_dir, nats=not given_nats, mongo=not given_mongo, store=store)
+        except Exception as exc:  # ConfigError (missing binary, bad PULSE_LOCAL_STORE) or Unreachable
             fail(str(exc))
     nats_url = settings.nats_url if given_nats or servers is None else servers.nats_url
     mongo_url = settings.mongo_url.get_secret_value() if given_mongo or servers is None else servers.mongo_url
