@@ -255,7 +255,10 @@ class MarketWriter:
             duplicates = {error["index"] for error in exc.details.get("writeErrors", []) if error.get("code") == 11000}
             if len(duplicates) != len(exc.details.get("writeErrors", [])):
                 raise
-            self.counts.inserted += exc.details.get("nInserted", 0)
+            # Counted from the errors, not `nInserted`: mongo-java-server 1.47 reports every
+            # document of an unordered insert as inserted, duplicates included. With only
+            # duplicate-key errors, the rest were inserted, on MongoDB as there.
+            self.counts.inserted += len(documents) - len(duplicates)
             return [documents[index] for index in sorted(duplicates)]
 
     def _note_invalid(self, errors: list[RecordError]) -> None:
