@@ -156,8 +156,6 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log: 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = _log_tail(log)
-            if process.returncode == 2 and tail and "\n" not in tail:  # our launcher's one-line start-up error
-                raise Unreachable(tail)
             raise Unreachable(f"{what} exited with code {process.returncode} at start-up; its log ends:\n{tail}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
@@ -276,12 +274,12 @@ def start_embedded_mongo(
     store.mkdir(parents=True, exist_ok=True)
     log = data_dir / "embedded-mongo.log"
     jars = find_embedded_mongo()
-    log.write_bytes(b"")  # one start's lines: its one-line errors are read back from here
+    offset = log.stat().st_size if log.exists() else 0  # this start's lines begin here
     process = _spawn(
         [
             str(find_java()),
-            # A small, quick JVM: one GC thread pool of the serial kind suits a 2-core machine
-            # that also runs NATS, the services and the tests.
+            # A small JVM: the serial collector suits a 2-core machine that also runs NATS,
+            # the services and the tests.
             "-XX:+UseSerialGC",
             "-Xss512k",
             "-cp",
@@ -296,8 +294,30 @@ def start_embedded_mongo(
         ],
         log,
     )
-    _wait_for_port(port, process, "embedded-mongo", log, timeout_s)
+    _wait_for_ready_line(process, log, offset, f"embedded-mongo ready on 127.0.0.1:{port}", timeout_s)
     return process, port
+
+
+def _wait_for_ready_line(
+    process: subprocess.Popen[bytes], log: Path, offset: int, ready: str, timeout_s: float
+) -> None:
+    """Wait for the launcher's ready line (not just an open port: another process may hold it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with log.open("rb") as file:
+            file.seek(offset)
+            lines = file.read().decode(errors="replace").strip()
+        if ready in lines:
+            return
+        if process.poll() is not None:
+            if process.returncode == 2 and lines and "\n" not in lines:  # the launcher's one-line error
+                raise Unreachable(lines)
+            raise Unreachable(
+                f"embedded-mongo exited with code {process.returncode} at start-up; its log ends:\n{lines[-2000:]}"
+            )
+        time.sleep(0.05)
+    process.kill()
+    raise Unreachable(f"embedded-mongo did not start within {timeout_s:g}s (log: {log})")
 
 
 def start_store(kind: StoreKind, data_dir: Path, port: int = 0) -> tuple[subprocess.Popen[bytes], int]:

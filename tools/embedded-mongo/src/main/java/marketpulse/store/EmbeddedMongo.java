@@ -120,10 +120,13 @@ public final class EmbeddedMongo {
   }
 
   static MVStore openStore(Path folder) {
+    if (Files.exists(folder) && !Files.isDirectory(folder)) {
+      fail("the data folder " + folder + " is a file, not a folder; give --data a folder");
+    }
     try {
       Files.createDirectories(folder);
     } catch (IOException exc) {
-      fail("cannot create the data folder " + folder + ": " + exc.getMessage());
+      fail("cannot create the data folder " + folder + " (" + exc.getClass().getSimpleName() + ": " + exc.getMessage() + ")");
     }
     Path file = folder.resolve("marketpulse.mv.db");
     try {
