@@ -119,12 +119,14 @@ async def test_overlap_skip_skips_stale_scheduled_requests_but_never_manual_ones
 ) -> None:
     calls: list[str] = []
 
-    @job("ticking", policy=policy(overlap="skip", schedule="every 1m"))
+    # A daily schedule: the current slot stays current for the whole test (with a minutely
+    # one, a test running across a minute boundary saw its "fresh" request skipped too).
+    @job("ticking", policy=policy(overlap="skip", schedule="daily at 00:00"))
     async def ticking(ctx: JobContext) -> None:
         calls.append(ctx.run_id)
 
-    old_slot = (utcnow() - timedelta(minutes=5)).replace(second=0, microsecond=0)
-    current_slot = utcnow().replace(second=0, microsecond=0)
+    current_slot = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    old_slot = current_slot - timedelta(days=5)
     stale = request_for(
         "ticking", run_id=scheduled_run_id("ticking", old_slot), trigger=Trigger.SCHEDULE, scheduled_for=old_slot
     )
