@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 import ssl
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -161,6 +162,14 @@ def broker_options(settings: Settings, *, name: str) -> dict[str, Any]:
     }
 
 
+def _unreachable(settings: Settings, limit: float, exc: BaseException) -> BusUnavailable:
+    """The one start-up error for a NATS that did not answer (the URL is redacted)."""
+    return BusUnavailable(
+        f"cannot reach NATS at {settings.nats_url_redacted} within {limit:g}s "
+        f"({type(exc).__name__}: {str(exc) or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
+    )
+
+
 async def connect_broker(broker: NatsBroker, settings: Settings) -> NatsClient:
     """Connect a FastStream broker (built from `broker_options`) and return its nats-py client.
 
@@ -174,10 +183,7 @@ async def connect_broker(broker: NatsBroker, settings: Settings) -> NatsClient:
     try:
         client: NatsClient = await asyncio.wait_for(broker.connect(), timeout=limit)
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise BusUnavailable(
-            f"cannot reach NATS at {settings.nats_url_redacted} within {limit:g}s "
-            f"({type(exc).__name__}: {str(exc) or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
-        ) from None
+        raise _unreachable(settings, limit, exc) from None
     return client
 
 
@@ -200,10 +206,7 @@ async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None
     try:
         client: NatsClient = await asyncio.wait_for(nats.connect(error_cb=_quiet, **options), timeout=limit)
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise BusUnavailable(
-            f"cannot reach NATS at {settings.nats_url_redacted} within {limit:g}s "
-            f"({type(exc).__name__}: {str(exc) or 'no answer'}). Check PULSE_NATS_URL and that the server is running."
-        ) from None
+        raise _unreachable(settings, limit, exc) from None
     return client
 
 
@@ -319,19 +322,35 @@ async def ensure_consumer(js: JetStreamContext, settings: Settings, job: str, po
     await js.add_consumer(settings.names.jobs_stream, consumer_config(settings, job, policy))
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings, jobs: tuple[str, ...] = JOBS) -> None:
+async def ensure_topology(
+    js: JetStreamContext,
+    settings: Settings,
+    jobs: tuple[str, ...] = JOBS,
+    *,
+    policies: Mapping[str, JobPolicy] | None = None,
+) -> dict[str, KeyValue]:
     """Create or update every stream, bucket and the consumers of `jobs`. Idempotent.
+
+    Args:
+        js: JetStream of a connected client.
+        settings: names, replicas, ack wait and the jobs' default policies.
+        jobs: the jobs whose durable consumers to create or update.
+        policies: policies overriding `settings.jobs` for some of `jobs` (test jobs).
+
+    Returns:
+        The KV buckets, by bucket name.
 
     Raises:
         PulseError: when the server refuses a configuration (the message says which).
+        BusUnavailable: JetStream did not answer.
     """
+    policies = policies or {}
     try:
         for stream in stream_configs(settings):
             await ensure_stream(js, stream)
-        for bucket in kv_configs(settings):
-            await ensure_kv(js, bucket)
+        buckets = {config.bucket: await ensure_kv(js, config) for config in kv_configs(settings)}
         for job in jobs:
-            await ensure_consumer(js, settings, job)
+            await ensure_consumer(js, settings, job, policies.get(job))
     except nats.js.errors.APIError as exc:
         raise PulseError(
             f"NATS at {settings.nats_url_redacted} refused the JetStream set-up: {exc}. "
@@ -342,3 +361,4 @@ async def ensure_topology(js: JetStreamContext, settings: Settings, jobs: tuple[
             f"JetStream at {settings.nats_url_redacted} did not answer ({type(exc).__name__}); "
             "is JetStream enabled (nats-server -js)?"
         ) from None
+    return buckets

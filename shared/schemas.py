@@ -198,6 +198,13 @@ class RunRecord(BaseModel):
     cancel_requested: bool = False
     updated_at: datetime | None = None
 
+    @property
+    def duration_ms(self) -> int | None:
+        """Milliseconds from the run's start to its end; None until it has both."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return max(0, int((self.ended_at - self.started_at).total_seconds() * 1000))
+
 
 class MarketDoc(BaseModel):
     """A document of `markets` (`_id` = `<provider>:<market id>`)."""

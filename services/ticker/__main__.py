@@ -1,6 +1,7 @@
 """Run the ticker service: `python -m services.ticker`.
 
-Wiring only. The service is a FastStream app (`ticker_app`): a `NatsBroker` whose
+Wiring only. The service is a FastStream app (`TickerService.app`), run by the runtime's
+`run_app` like every other service: a `NatsBroker` whose
 connection the ticker uses, `/healthz`, `/readyz` and `/metrics` as its ASGI routes
 (`shared.runtime.health`), and the loop (`ticker.py`) started after start-up and stopped
 before the broker stops. The ticker subscribes to nothing: its KV compare-and-set claims
@@ -14,23 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import sys
 
 from faststream.asgi import AsgiFastStream
-from faststream.nats import NatsBroker
 
 from services.ticker.metrics import TickerMetrics
 from services.ticker.ticker import Ticker, default_replica_id
-from shared.bus import broker_options, connect_broker, ensure_topology
-from shared.errors import ConfigError, PulseError
-from shared.logs import configure_logging
-from shared.runtime import HttpServer, build_http_app
-from shared.settings import Settings, load_settings
+from shared.bus import connect_broker, ensure_topology
+from shared.runtime import ServiceBroker, build_http_app, run_app
+from shared.settings import Settings
 
 log = logging.getLogger("services.ticker")
-
-EXIT_CONFIG = 2
 
 
 class TickerService:
@@ -40,8 +34,7 @@ class TickerService:
         self.settings = settings
         self.replica = default_replica_id()
         self.metrics = TickerMetrics()
-        # logger=None: our JSON log carries the ticker's own lines; /readyz reports disconnects.
-        self.broker = NatsBroker(**broker_options(settings, name=f"ticker-{self.replica}"), logger=None)
+        self.broker = ServiceBroker(settings, name=f"ticker-{self.replica}")
         self.ticker: Ticker | None = None
         self._loop: asyncio.Task[None] | None = None
 
@@ -86,53 +79,8 @@ class TickerService:
         )
 
 
-async def run_ticker(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve HTTP and tick until `stop` is set."""
-    service = TickerService(settings)
-    app = service.app()
-    http = HttpServer(app, settings.http_host, settings.http_port)
-    await http.start()
-    log.info(
-        "ticker serving /healthz /readyz /metrics on port %d",
-        http.port,
-        extra={"event": "service.http", "worker": service.replica},
-    )
-    try:
-        async with app.start_lifespan_context():
-            await stop.wait()
-    finally:
-        await http.stop()
-
-
 def main() -> None:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise SystemExit(EXIT_CONFIG) from None
-    configure_logging(settings)
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await run_ticker(settings, stop)
-
-    try:
-        asyncio.run(_main())
-    except PulseError as exc:
-        log.error("ticker.failed %s", exc, extra={"event": "ticker.failed"})
-        raise SystemExit(EXIT_CONFIG) from None
-    except OSError as exc:
-        log.error(
-            "ticker cannot serve HTTP on %s:%d (%s); set PULSE_HTTP_PORT to a free port",
-            settings.http_host,
-            settings.http_port,
-            exc.strerror or exc,
-            extra={"event": "ticker.failed"},
-        )
-        raise SystemExit(EXIT_CONFIG) from None
+    run_app("ticker", lambda settings: TickerService(settings).app())
 
 
 if __name__ == "__main__":

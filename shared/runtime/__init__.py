@@ -6,13 +6,14 @@ cancel, rate limits, events, alerts, metrics and health are the runtime's busine
 """
 
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled
+from shared.runtime._broker import ServiceBroker
 from shared.runtime.context import JobContext
 from shared.runtime.events import publish_alert, publish_cancel_hint, publish_run_event
 from shared.runtime.health import HttpServer, build_http_app
 from shared.runtime.job import JobSpec, NoArgs, job
 from shared.runtime.ratelimit import RateLimited, RateLimiter
 from shared.runtime.records import finish_run, request_cancel
-from shared.runtime.service import run_service
+from shared.runtime.service import run_app, run_service
 from shared.runtime.worker import Worker
 from shared.settings import JobPolicy, RetryPolicy
 
@@ -29,6 +30,7 @@ __all__ = [
     "RetryPolicy",
     "RetryableError",
     "RunCanceled",
+    "ServiceBroker",
     "Worker",
     "build_http_app",
     "finish_run",
@@ -37,5 +39,6 @@ __all__ = [
     "publish_cancel_hint",
     "publish_run_event",
     "request_cancel",
+    "run_app",
     "run_service",
 ]

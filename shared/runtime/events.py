@@ -20,18 +20,15 @@ _PUBLISH_TIMEOUT_S = 5.0
 
 def run_event(record: RunRecord) -> RunEvent:
     """The RunEvent of a terminal run record."""
-    ended = record.ended_at or utcnow()
-    started = record.started_at
-    duration_ms = max(0, int((ended - started).total_seconds() * 1000)) if started else None
     return RunEvent(
         run_id=record.run_id,
         job=record.job,
         status=record.status,
         trigger=record.trigger,
         attempts=record.attempt_count,
-        started_at=started,
-        ended_at=ended,
-        duration_ms=duration_ms,
+        started_at=record.started_at,
+        ended_at=record.ended_at or utcnow(),
+        duration_ms=record.duration_ms,
         error=bounded(record.error) if record.error else None,
         summary=record.summary,
     )

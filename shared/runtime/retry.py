@@ -1,9 +1,13 @@
 """The one decision that turns an attempt's outcome into ack, nak(delay) or term.
 
 Handlers raise; they never ack. The runner classifies what happened into an `Outcome`
-and `decide` maps it, with the job's `RetryPolicy` and the delivery count, to a
+and `decide` maps it, with the job's `RetryPolicy` and the attempt number, to a
 `Decision`: which status to record, whether to dead-letter or alert, and how to
 settle the message. The delay math itself is `RetryPolicy.delay_s` (settings).
+
+The rule "out of attempts" lives here only: `is_last_attempt` (a failure then ends the
+run), `past_last_attempt` (the worker of the last attempt died), and which failed runs
+carry a dead letter (`DEAD_LETTER_REASONS`, `was_dead_lettered`).
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from shared.schemas import RunStatus
+from shared.schemas import RunRecord, RunStatus
 from shared.settings import RetryPolicy
+
+#: Why a failed run's request went to the DLQ; also the failed record's `reason`.
+DeadLetterReason = Literal["exhausted", "invalid", "permanent"]
+DEAD_LETTER_REASONS: frozenset[str] = frozenset(get_args(DeadLetterReason))
 
 
 class Settle(StrEnum):
@@ -55,7 +63,7 @@ class Decision:
     settle: Settle
     status: RunStatus
     delay_s: float | None = None
-    dead_letter: Literal["exhausted", "invalid", "permanent"] | None = None
+    dead_letter: DeadLetterReason | None = None
     alert: bool = False
 
     @property
@@ -86,7 +94,30 @@ def decide(outcome: Outcome, attempt: int, policy: RetryPolicy, rng: random.Rand
         return Decision(Settle.TERM, RunStatus.FAILED, dead_letter="invalid")
     if kind is OutcomeKind.PERMANENT:
         return Decision(Settle.TERM, RunStatus.FAILED, dead_letter="permanent", alert=True)
-    if attempt >= policy.max_attempts:
+    if is_last_attempt(attempt, policy):
         return Decision(Settle.TERM, RunStatus.FAILED, dead_letter="exhausted")
     delay = outcome.delay_s if outcome.delay_s is not None else policy.delay_s(attempt, rng)
     return Decision(Settle.NAK, RunStatus.RETRYING, delay_s=min(max(delay, 0.0), policy.max_backoff_s))
+
+
+def is_last_attempt(attempt: int, policy: RetryPolicy) -> bool:
+    """True when a failure of attempt number `attempt` ends the run (no attempt follows)."""
+    return attempt >= policy.max_attempts
+
+
+def past_last_attempt(attempt: int, policy: RetryPolicy) -> Outcome | None:
+    """The outcome of an attempt number beyond the last: the last attempt's worker died.
+
+    None when `attempt` may still run.
+    """
+    if attempt <= policy.max_attempts:
+        return None
+    return Outcome(
+        OutcomeKind.FAILED,
+        error=f"the worker running attempt {policy.max_attempts} (the last) stopped answering; the run is failed",
+    )
+
+
+def was_dead_lettered(record: RunRecord) -> bool:
+    """True when `record` is a failed run whose request was sent to the DLQ."""
+    return record.status is RunStatus.FAILED and record.reason in DEAD_LETTER_REASONS

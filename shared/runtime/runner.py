@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import nats.js.errors
@@ -32,7 +32,16 @@ from shared.runtime.heartbeat import Heartbeat, RunControl
 from shared.runtime.job import JobSpec
 from shared.runtime.metrics import RuntimeMetrics
 from shared.runtime.ratelimit import RateLimited, RateLimiter
-from shared.runtime.retry import Decision, Outcome, OutcomeKind, Settle, decide
+from shared.runtime.retry import (
+    DeadLetterReason,
+    Decision,
+    Outcome,
+    OutcomeKind,
+    Settle,
+    decide,
+    past_last_attempt,
+    was_dead_lettered,
+)
 from shared.schedules import Schedule, ScheduleOverride, effective_schedule, parse_schedule
 from shared.schemas import (
     SCHEMA_VERSION,
@@ -52,7 +61,6 @@ from shared.store import Database
 log = logging.getLogger("shared.runtime")
 
 _RAW_LIMIT = 65536
-_DEAD_LETTER_REASONS = ("exhausted", "invalid", "permanent")
 
 
 @dataclass
@@ -103,19 +111,20 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     request = parsed.request
     schedule = await current_schedule(rt, job) if request.trigger is Trigger.SCHEDULE else None
     outcome = guard(job.policy, request, attempt, schedule)
-    claimed: RunRecord | None = None
-    if outcome is None:
-        claimed = await claim(rt, request, attempt)
-        if claimed is None:
-            return await settle_already_finished(rt, msg, request)
-        if claimed.cancel_requested:
-            outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
-        else:
-            outcome = await run_attempt(rt, job, msg, parsed, attempt)
+    if outcome is not None:  # decided without running
+        decision = decide(outcome, attempt, job.policy.retry)
+        await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=None)
+        await settle(msg, decision)
+        return decision
+    claimed = await claim(rt, request, attempt)
+    if claimed is None:
+        return await settle_already_finished(rt, msg, request)
+    if claimed.cancel_requested:
+        outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
+    else:
+        outcome = await run_attempt(rt, job, msg, parsed, attempt)
     decision = decide(outcome, attempt, job.policy.retry)
-    await record_outcome(
-        rt, job, request, attempt, outcome, decision, claimed, raw=None, stream_seq=msg.metadata.sequence.stream
-    )
+    await record_attempt(rt, job, request, attempt, outcome, decision, claimed)
     await settle(msg, decision)
     return decision
 
@@ -195,13 +204,9 @@ def guard(policy: JobPolicy, request: JobRequest, attempt: int, schedule: Schedu
     `schedule` is the job's current schedule (with any runtime override); None means the
     policy's default.
     """
-    if attempt > policy.retry.max_attempts:
-        # The spare delivery (bus.SPARE_DELIVERIES): the worker of the last attempt died.
-        return Outcome(
-            OutcomeKind.FAILED,
-            error=f"the worker running attempt {policy.retry.max_attempts} "
-            "(the last) stopped answering; the run is failed",
-        )
+    lost = past_last_attempt(attempt, policy.retry)
+    if lost is not None:
+        return lost
     if (
         policy.overlap == "skip"
         and request.trigger is Trigger.SCHEDULE
@@ -311,71 +316,64 @@ def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: R
 # -- record -----------------------------------------------------------------------------
 
 
-async def record_outcome(
+async def record_attempt(
     rt: Runtime,
     job: Bound,
-    request: JobRequest | None,
+    request: JobRequest,
     attempt: int,
     outcome: Outcome,
     decision: Decision,
-    claimed: RunRecord | None,
-    *,
-    raw: bytes | None,
-    stream_seq: int,
-    run_id: str | None = None,
-) -> RunRecord | None:
-    """Write the decision: retrying, or the terminal status with dead letter, event, alerts."""
-    run_id = request.run_id if request else run_id
-    lg = bind(log, job=job.spec.name, run_id=run_id, attempt=attempt, worker=rt.worker_id)
-    ran = claimed is not None
-    attempt_doc = (
-        AttemptRecord(
-            number=attempt,
-            started_at=claimed.heartbeat_at or utcnow() if claimed else utcnow(),
-            ended_at=utcnow(),
-            outcome=outcome.kind.value,
-            error=outcome.error,
-            worker=rt.worker_id,
-        )
-        if ran
-        else None
+    claimed: RunRecord,
+) -> None:
+    """Write the outcome of an attempt that ran: retrying, or the run's terminal status."""
+    rt.metrics.attempts.labels(job=job.spec.name, outcome=outcome.kind.value).inc()
+    attempt_doc = AttemptRecord(
+        number=attempt,
+        started_at=claimed.heartbeat_at or utcnow(),
+        ended_at=utcnow(),
+        outcome=outcome.kind.value,
+        error=outcome.error,
+        worker=rt.worker_id,
     )
-    if ran:
-        rt.metrics.attempts.labels(job=job.spec.name, outcome=outcome.kind.value).inc()
     if decision.status is RunStatus.RETRYING:
-        assert run_id is not None
-        assert attempt_doc is not None
-        delay = decision.delay_s or 0.0
-        await records.record_retry(rt.db, run_id, attempt_doc, utcnow() + timedelta(seconds=delay))
-        lg.warning(
-            "attempt %d failed, retrying in %.2fs: %s",
-            attempt,
-            delay,
-            outcome.error,
-            extra={"event": "run.retrying", "delay_s": round(delay, 3)},
-        )
-        return None
-    letter = None
-    if decision.dead_letter is not None:
-        letter = DeadLetter(
-            job=job.spec.name,
-            run_id=run_id,
-            request=request,
-            error=outcome.error or "unknown",
-            attempts=attempt,
-            reason=decision.dead_letter,
-            raw=raw.decode(errors="replace")[:_RAW_LIMIT] if raw is not None else None,
-        )
-    if request is None or run_id is None:  # unparseable: there is no run to record, only the dead letter
-        assert letter is not None
-        await publish_dead_letter(rt.js, rt.names, letter, f"{run_id}:dlq" if run_id else f"dlq:seq:{stream_seq}")
-        lg.error("%s", outcome.error, extra={"event": "run.invalid", "status": decision.status.value})
-        return None
+        await record_retry(rt, job, request.run_id, attempt_doc, decision)
+    else:
+        await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=attempt_doc)
+
+
+async def record_retry(rt: Runtime, job: Bound, run_id: str, attempt: AttemptRecord, decision: Decision) -> None:
+    """The attempt failed and another follows after the decision's delay."""
+    delay = decision.delay_s or 0.0
+    await records.record_retry(rt.db, run_id, attempt, utcnow() + timedelta(seconds=delay))
+    _run_log(rt, job, run_id, attempt.number).warning(
+        "attempt %d failed, retrying in %.2fs: %s",
+        attempt.number,
+        delay,
+        attempt.error,
+        extra={"event": "run.retrying", "delay_s": round(delay, 3)},
+    )
+
+
+async def record_terminal(
+    rt: Runtime,
+    job: Bound,
+    request: JobRequest,
+    outcome: Outcome,
+    decision: Decision,
+    *,
+    attempt: int,
+    attempt_doc: AttemptRecord | None,
+) -> RunRecord | None:
+    """End the run with the decision's status; then its dead letter, event, metrics and alerts.
+
+    Returns None (and publishes nothing) when the run was terminal already: a duplicate,
+    or the watchdog was first, owns the outcome.
+    """
     # A failed run's reason says why it was dead-lettered, so a redelivery after a crash
     # right here can publish the dead letter again (see settle_already_finished).
     record = await records.finish_run(
         rt.db,
-        run_id,
+        request.run_id,
         decision.status,
         error=outcome.error,
         summary=outcome.summary,
@@ -383,38 +381,58 @@ async def record_outcome(
         attempt=attempt_doc,
         request=request,
     )
-    if record is None:  # already terminal (a duplicate, or the watchdog was first): it owns the outcome
+    if record is None:
         return None
-    if letter is not None:
-        await publish_dead_letter(rt.js, rt.names, letter, f"{run_id}:dlq")
+    if decision.dead_letter is not None:
+        letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, attempt, decision.dead_letter)
+        await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
     await publish_run_event(rt.js, rt.names, record)
     await note_terminal(rt, job, record, decision)
     level = logging.INFO if decision.status in (RunStatus.COMPLETED, RunStatus.SKIPPED) else logging.ERROR
-    lg.log(
+    _run_log(rt, job, request.run_id, attempt).log(
         level,
         "run %s %s",
-        run_id,
+        request.run_id,
         decision.status.value,
         extra={
             "event": f"run.{decision.status.value}",
             "status": decision.status.value,
-            "duration_ms": _duration_ms(record),
+            "duration_ms": record.duration_ms,
         },
     )
     return record
 
 
-def _duration_ms(record: RunRecord) -> int | None:
-    if record.started_at and record.ended_at:
-        return max(0, int((record.ended_at - record.started_at).total_seconds() * 1000))
-    return None
+def dead_letter(
+    job: str,
+    run_id: str | None,
+    request: JobRequest | None,
+    error: str | None,
+    attempts: int,
+    reason: DeadLetterReason,
+    raw: bytes | None = None,
+) -> DeadLetter:
+    """The dead letter of a request, with its error and raw payload bounded (never rejected)."""
+    return DeadLetter(
+        job=job,
+        run_id=run_id,
+        request=request,
+        error=bounded(error or "unknown"),
+        attempts=attempts,
+        reason=reason,
+        raw=raw.decode(errors="replace")[:_RAW_LIMIT] if raw is not None else None,
+    )
+
+
+def _run_log(rt: Runtime, job: Bound, run_id: str | None, attempt: int) -> logging.LoggerAdapter[logging.Logger]:
+    return bind(log, job=job.spec.name, run_id=run_id, attempt=attempt, worker=rt.worker_id)
 
 
 async def note_terminal(rt: Runtime, job: Bound, record: RunRecord, decision: Decision) -> None:
     """Metrics, job_state and alerts for a run that just reached a terminal status."""
     name = job.spec.name
     rt.metrics.runs.labels(job=name, status=record.status.value).inc()
-    duration = _duration_ms(record)
+    duration = record.duration_ms
     if duration is not None:
         rt.metrics.run_duration.labels(job=name, status=record.status.value).observe(duration / 1000)
     if record.status is RunStatus.COMPLETED:
@@ -439,18 +457,15 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
     """A request that can never run: failed at once, dead letter with the raw payload, term."""
     outcome = Outcome(OutcomeKind.INVALID, error=invalid.error)
     decision = decide(outcome, attempt, job.policy.retry)
-    await record_outcome(
-        rt,
-        job,
-        invalid.request,
-        attempt,
-        outcome,
-        decision,
-        None,
-        raw=msg.data,
-        stream_seq=msg.metadata.sequence.stream,
-        run_id=invalid.run_id,
-    )
+    if invalid.request is not None:  # parsed, but not runnable: a failed run with its dead letter
+        await record_terminal(rt, job, invalid.request, outcome, decision, attempt=attempt, attempt_doc=None)
+    else:  # unparseable: there is no run to record, only the dead letter with the raw payload
+        letter = dead_letter(job.spec.name, invalid.run_id, None, invalid.error, attempt, "invalid", raw=msg.data)
+        msg_id = f"{invalid.run_id}:dlq" if invalid.run_id else f"dlq:seq:{msg.metadata.sequence.stream}"
+        await publish_dead_letter(rt.js, rt.names, letter, msg_id)
+        _run_log(rt, job, invalid.run_id, attempt).error(
+            "%s", invalid.error, extra={"event": "run.invalid", "status": decision.status.value}
+        )
     await settle(msg, decision)
     return decision
 
@@ -460,15 +475,9 @@ async def settle_already_finished(rt: Runtime, msg: Msg, request: JobRequest) ->
     record = await records.get_run(rt.db, request.run_id)
     if record is not None:
         # Both publishes are deduplicated: they repair a crash between recording and settling.
-        if record.status is RunStatus.FAILED and record.reason in _DEAD_LETTER_REASONS:
-            letter = DeadLetter(
-                job=record.job,
-                run_id=record.run_id,
-                request=request,
-                error=record.error or "unknown",
-                attempts=record.attempt_count,
-                reason=record.reason,
-            )
+        if was_dead_lettered(record):
+            reason = cast(DeadLetterReason, record.reason)
+            letter = dead_letter(record.job, record.run_id, request, record.error, record.attempt_count, reason)
             await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
         await publish_run_event(rt.js, rt.names, record)
         decision = Decision(Settle.ACK, record.status)

@@ -1,17 +1,20 @@
-"""`run_service`: the blocking entry point of a consumer service process.
+"""`run_service` and `run_app`: the blocking entry points of every service process.
 
     # services/stats/__main__.py
-    from shared.runtime import run_service
-    from services.stats.jobs import compute_stats
-    run_service("stats", [compute_stats])
+    @job("stats")
+    async def stats_job(ctx: JobContext) -> dict[str, Any]: ...
 
-The service is a FastStream app (`worker_app`): the worker's `NatsBroker` with the
+    def main() -> None:
+        run_service("stats", [stats_job])
+
+A consumer service is a FastStream app (`worker_app`): the worker's `NatsBroker` with the
 worker's set-up and tear-down as app hooks, and `/healthz`, `/readyz`, `/metrics` as its
 ASGI routes, served by uvicorn in this process. It reads settings, configures JSON
 logging, binds the HTTP port, starts the app, and on SIGTERM or SIGINT stops fetching,
 lets running attempts finish within the ack wait, and exits 0. A configuration or
 connection problem at start-up (or an unusable HTTP port) is logged as one clear line
-and exits 2.
+and exits 2. A service that is not a consumer (the ticker) passes its own app to
+`run_app` and gets the same start-up, signals and exit codes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from faststream.asgi import AsgiFastStream
 
@@ -60,17 +63,19 @@ def worker_app(worker: Worker, *, stop_timeout_s: float | None = None) -> AsgiFa
     )
 
 
-async def serve(settings: Settings, service: str, specs: Sequence[JobSpec], stop: asyncio.Event) -> None:
-    """Serve HTTP, run the worker's FastStream app until `stop` is set, then drain and stop."""
-    worker = Worker(settings, specs, service=service)
-    app = worker_app(worker)
+AppFactory = Callable[[Settings], AsgiFastStream]
+
+
+async def serve(settings: Settings, service: str, build: AppFactory, stop: asyncio.Event) -> None:
+    """Serve HTTP, run the FastStream app `build(settings)` until `stop` is set, then stop it."""
+    app = build(settings)
     http = HttpServer(app, settings.http_host, settings.http_port)
     await http.start()  # first: /healthz answers (and /readyz says why not ready) while connecting
     log.info(
         "%s serving /healthz /readyz /metrics on port %d",
         service,
         http.port,
-        extra={"event": "service.http", "worker": worker.worker_id},
+        extra={"event": "service.http", "worker": service},
     )
     try:
         async with app.start_lifespan_context():
@@ -79,12 +84,16 @@ async def serve(settings: Settings, service: str, specs: Sequence[JobSpec], stop
         await http.stop()
 
 
-def run_service(service: str, specs: Sequence[JobSpec]) -> None:
-    """Run a consumer service until SIGTERM/SIGINT; never returns normally (exits the process).
+def run_app(service: str, build: AppFactory) -> None:
+    """Run a service's FastStream app until SIGTERM/SIGINT; never returns (exits the process).
+
+    Exit codes: 0 after a signal (running attempts drained, even if NATS is away), 2 on a
+    configuration or connection problem at start-up or an unusable HTTP port, logged as
+    one line without a traceback.
 
     Args:
-        service: the service's name (logs, NATS connection name).
-        specs: its jobs, declared with `@job(...)`.
+        service: the service's name (logs).
+        build: makes the app (broker, hooks, health routes) from the loaded settings.
     """
     try:
         settings = load_settings()
@@ -98,7 +107,7 @@ def run_service(service: str, specs: Sequence[JobSpec]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, service, specs, stop)
+        await serve(settings, service, build, stop)
 
     try:
         asyncio.run(main())
@@ -116,3 +125,13 @@ def run_service(service: str, specs: Sequence[JobSpec]) -> None:
         )
         raise SystemExit(EXIT_CONFIG) from None
     raise SystemExit(0)
+
+
+def run_service(service: str, specs: Sequence[JobSpec]) -> None:
+    """Run a consumer service of `specs` until SIGTERM/SIGINT (see `run_app`).
+
+    Args:
+        service: the service's name (logs, NATS connection name).
+        specs: its jobs, declared with `@job(...)`.
+    """
+    run_app(service, lambda settings: worker_app(Worker(settings, specs, service=service)))

@@ -32,25 +32,17 @@ from typing import Any
 import httpx
 from faststream import AckPolicy
 from faststream.message import StreamMessage
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats import JStream, NatsMessage, PullSub
 from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 from nats.aio.client import Client as NatsClient
 from pymongo import AsyncMongoClient
 
-from shared.bus import (
-    broker_options,
-    connect_broker,
-    consumer_config,
-    ensure_kv,
-    ensure_stream,
-    inbox_prefix,
-    kv_configs,
-    stream_configs,
-)
+from shared.bus import connect_broker, ensure_topology, inbox_prefix
 from shared.errors import ConfigError
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
 from shared.runtime import monitor
+from shared.runtime._broker import ServiceBroker
 from shared.runtime.job import JobSpec
 from shared.runtime.metrics import RuntimeMetrics
 from shared.runtime.ratelimit import RateLimiter
@@ -115,14 +107,8 @@ class Worker:
         self.metrics = RuntimeMetrics()
         self.worker_id = f"{service}@{socket.gethostname()}:{os.getpid()}"
         self.runs_started = 0
-        # logger=None: FastStream would log every message received and processed; our
-        # JSON log has one line per run transition instead, and /readyz reports
-        # disconnects (nats-py retries once a second while NATS is away).
-        self.broker = NatsBroker(
-            **broker_options(settings, name=self.worker_id),
-            logger=None,
-            decoder=_keep_raw,
-            graceful_timeout=settings.ack_wait_s,
+        self.broker = ServiceBroker(
+            settings, name=self.worker_id, decoder=_keep_raw, graceful_timeout=settings.ack_wait_s
         )
         self._subscribers: list[LogicSubscriber[Any]] = []
         self._in_flight = 0
@@ -174,14 +160,13 @@ class Worker:
         settings = self.settings
         self._nats = await connect_broker(self.broker, settings)
         js = self._nats.jetstream(timeout=settings.nats_connect_timeout_s)
-        for stream in stream_configs(settings):
-            await ensure_stream(js, stream)
-        kv = None
-        for bucket in kv_configs(settings):
-            created = await ensure_kv(js, bucket)
-            if bucket.bucket == settings.names.ratelimit_bucket:
-                kv = created
-        assert kv is not None
+        # Create-or-update the consumers first: FastStream binds an existing durable without updating it.
+        buckets = await ensure_topology(
+            js,
+            settings,
+            tuple(bound.spec.name for bound in self.jobs),
+            policies={bound.spec.name: bound.policy for bound in self.jobs},
+        )
         self._mongo, db = await connect_store(settings)
         await ensure_indexes(db)
         self._http = httpx.AsyncClient(
@@ -195,14 +180,12 @@ class Worker:
             nats=self._nats,
             js=js,
             http=self._http,
-            limiter=RateLimiter(kv, dict(settings.rate_limits)),
+            limiter=RateLimiter(buckets[settings.names.ratelimit_bucket], dict(settings.rate_limits)),
             metrics=self.metrics,
             worker_id=self.worker_id,
             scrub=scrubber.scrub,
         )
         for bound in self.jobs:
-            # Create-or-update first: FastStream binds an existing durable without updating it.
-            await js.add_consumer(settings.names.jobs_stream, consumer_config(settings, bound.spec.name, bound.policy))
             await monitor.register_job(db, bound.spec.name)
             self._subscribe(bound)
 
@@ -262,7 +245,9 @@ class Worker:
         acked and come back to another worker after the ack wait.
         """
         await self.before_stop(timeout_s)
-        await self._stop_broker()
+        # Subscribers stop fetching, wait for running handlers (graceful timeout), cancel the
+        # rest; then the broker drains its connection (or says it could not).
+        await self.broker.stop()
         await self.close()
 
     async def before_stop(self, timeout_s: float | None = None) -> None:
@@ -275,19 +260,6 @@ class Worker:
             self._stale_task.cancel()
             await asyncio.gather(self._stale_task, return_exceptions=True)
             self._stale_task = None
-
-    async def _stop_broker(self) -> None:
-        # Subscribers stop fetching, wait for running handlers (graceful timeout), cancel the
-        # rest; then the broker drains its connection.
-        try:
-            await self.broker.stop()
-        except Exception as exc:  # e.g. NATS is away: draining fails; close() still closes
-            log.warning(
-                "broker stop of %s incomplete: %s",
-                self.worker_id,
-                type(exc).__name__,
-                extra={"event": "worker.stop_incomplete", "worker": self.worker_id},
-            )
 
     async def close(self) -> None:
         """Close the NATS, HTTP and MongoDB clients (after the broker stopped)."""

@@ -22,6 +22,7 @@ EXPECTED = {
     "RetryPolicy",
     "RetryableError",
     "RunCanceled",
+    "ServiceBroker",
     "Worker",
     "build_http_app",
     "finish_run",
@@ -30,6 +31,7 @@ EXPECTED = {
     "publish_cancel_hint",
     "publish_run_event",
     "request_cancel",
+    "run_app",
     "run_service",
 }
 

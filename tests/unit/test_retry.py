@@ -67,3 +67,15 @@ def test_jitter_spreads_delays_within_its_fraction() -> None:
     delays = [decide(Outcome(OutcomeKind.FAILED), 2, policy, rng).delay_s for _ in range(200)]
     assert all(d is not None and 1.8 <= d <= 2.2 for d in delays)
     assert len(set(delays)) > 100
+
+
+def test_out_of_attempts_is_one_rule() -> None:
+    from shared.runtime.retry import is_last_attempt, past_last_attempt
+
+    assert [is_last_attempt(n, POLICY) for n in (3, 4, 5)] == [False, True, True]
+    assert past_last_attempt(4, POLICY) is None
+    lost = past_last_attempt(5, POLICY)
+    assert lost is not None
+    assert lost.kind is OutcomeKind.FAILED
+    assert "attempt 4 (the last)" in (lost.error or "")
+    assert decide(lost, 5, POLICY).dead_letter == "exhausted"
