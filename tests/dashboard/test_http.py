@@ -95,7 +95,8 @@ async def test_every_action_needs_a_session(
     assert answer.status_code == 403
     assert "sign in with the operator token first" in error_line(answer.text)
     refused = await db[Collections.AUDIT].find_one({"outcome": "refused"})
-    assert refused is not None and refused["who"].startswith("dashboard:anonymous@")
+    assert refused is not None
+    assert refused["who"].startswith("dashboard:anonymous@")
 
 
 @pytest.mark.parametrize(("path", "form"), ACTIONS)
@@ -173,7 +174,8 @@ async def test_pause_and_resume_several_jobs_at_once(
     assert answer.status_code == 303
     for job in ("stats", "cleanup"):
         entry = await read_override(js, dash_settings, job)
-        assert entry.override is not None and entry.override.paused
+        assert entry.override is not None
+        assert entry.override.paused
         assert entry.override.updated_by.startswith("dashboard:tester@")
     assert (await read_override(js, dash_settings, "whale_sync")).override is None
     page = (await client.get("/schedules")).text
@@ -191,7 +193,8 @@ async def test_set_and_reset_a_schedule(
     csrf = await sign_in(client)
     assert (await client.post("/schedules/stats/set", data={"schedule": "every 30s", "csrf": csrf})).status_code == 303
     entry = await read_override(js, dash_settings, "stats")
-    assert entry.override is not None and entry.override.schedule == "every 30s"
+    assert entry.override is not None
+    assert entry.override.schedule == "every 30s"
     assert (await client.post("/schedules/stats/reset", data={"csrf": csrf})).status_code == 303
     assert (await read_override(js, dash_settings, "stats")).override is None
 
@@ -233,11 +236,13 @@ async def test_replay_and_purge_dead_letters(
             ).seq
         )
     html = (await client.get("/dlq")).text
-    assert "&lt;b&gt;boom&lt;/b&gt;" in html and "<b>boom</b>" not in html
+    assert "&lt;b&gt;boom&lt;/b&gt;" in html
+    assert "<b>boom</b>" not in html
     csrf = await sign_in(client)
     assert (await client.post(f"/dlq/{seqs[0]}/replay", data={"csrf": csrf})).status_code == 303
     replays = await db[Collections.AUDIT].find_one({"action": "dlq_replay", "outcome": "done"})
-    assert replays is not None and "replayed as stats:replay:" in replays["detail"]
+    assert replays is not None
+    assert "replayed as stats:replay:" in replays["detail"]
     info = await js.stream_info(names.jobs_stream)
     assert info.state.messages == 1  # the replayed request waits for its worker
     assert (await client.post("/dlq/purge-all", data={"job": "stats", "csrf": csrf})).status_code == 303
