@@ -150,3 +150,5 @@ class Collections:
     MARKET_STATS = "market_stats"
     #: Per-job state that outlives a run: whale_sync's watermark, alert bookkeeping.
     JOB_STATE = "job_state"
+    #: Operator actions (who, what, when, from where, outcome), newest read first.
+    AUDIT = "audit"

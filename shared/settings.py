@@ -258,6 +258,15 @@ class Settings(BaseSettings):
     jobs: JobPolicies = JobPolicies()
     rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
 
+    # -- dashboard (services/dashboard) ----------------------------------------
+    dashboard_host: str = Field("0.0.0.0", description="address the operators' dashboard listens on")
+    dashboard_port: int = Field(8090, ge=0, le=65535, description="port of the operators' dashboard (0 = any)")
+    # None keeps the dashboard read-only: without a token no action can be taken.
+    dashboard_token: SecretStr | None = Field(
+        None, description="operator token that unlocks the dashboard's actions (unset: read-only)"
+    )
+    dashboard_page_size: int = Field(50, ge=5, le=500, description="runs per page on the dashboard")
+
     # -- provider --------------------------------------------------------------
     provider: Literal["polymarket"] = Field("polymarket", description="market data provider")
     polymarket_gamma_url: str = Field("https://gamma-api.polymarket.com", description="Gamma API base URL")
@@ -321,6 +330,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PULSE_ACK_WAIT_S must be at least twice PULSE_HEARTBEAT_INTERVAL_S, "
                 "or live workers would lose their messages between heartbeats"
+            )
+        token = self.dashboard_token.get_secret_value() if self.dashboard_token is not None else None
+        if token is not None and len(token) < 16:
+            raise ValueError(
+                "PULSE_DASHBOARD_TOKEN must be at least 16 characters (or unset for a read-only dashboard)"
             )
         if bool(self.nats_tls_cert_file) != bool(self.nats_tls_key_file):
             raise ValueError("set PULSE_NATS_TLS_CERT_FILE and PULSE_NATS_TLS_KEY_FILE together")

@@ -29,6 +29,13 @@ INDEXES: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
     (Collections.RUNS, [("status", ASCENDING), ("heartbeat_at", ASCENDING)], {"name": "status_heartbeat"}),
     (Collections.RUNS, [("ended_at", ASCENDING)], {"name": "ended_at"}),
     (Collections.RUNS, [("job", ASCENDING), ("ended_at", DESCENDING)], {"name": "job_ended"}),
+    # The run listings' filters, each with the listing's sort (newest first).
+    (Collections.RUNS, [("started_at", DESCENDING), ("_id", DESCENDING)], {"name": "started"}),
+    # A job's last run (status views sort by request time).
+    (Collections.RUNS, [("job", ASCENDING), ("requested_at", DESCENDING)], {"name": "job_requested"}),
+    (Collections.RUNS, [("status", ASCENDING), ("started_at", DESCENDING)], {"name": "status_started"}),
+    (Collections.RUNS, [("trigger", ASCENDING), ("started_at", DESCENDING)], {"name": "trigger_started"}),
+    (Collections.AUDIT, [("at", DESCENDING)], {"name": "at"}),
     (Collections.MARKETS, [("active", ASCENDING)], {"name": "active"}),
     (Collections.MARKETS, [("provider", ASCENDING), ("condition_id", ASCENDING)], {"name": "condition"}),
     (Collections.MARKETS, [("volume_24h", DESCENDING)], {"name": "volume_24h"}),

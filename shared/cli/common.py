@@ -15,13 +15,12 @@ import asyncio
 import contextlib
 import getpass
 import json
-import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 import nats.errors
@@ -36,6 +35,7 @@ from rich.console import Console
 from shared.bus import connect_nats, ensure_kv, kv_configs, stream_configs
 from shared.errors import ConfigError, InvalidRequest, PulseError, Unreachable
 from shared.names import JOBS
+from shared.readmodel import timetext
 from shared.settings import Settings, load_settings
 from shared.store import Database, Document, connect_store
 
@@ -48,9 +48,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 2
 EXIT_INTERRUPTED = 130
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def fail(message: str, code: int = EXIT_UNREACHABLE) -> NoReturn:
@@ -117,33 +114,26 @@ def check_job(settings: Settings, job: str) -> str:
 
 def parse_duration(text: str, *, option: str) -> timedelta:
     """Parse '90s', '5m', '1h30m', '2d' or a bare number of seconds; exit 2 on anything else."""
-    cleaned = text.strip().lower().replace(" ", "")
     try:
-        return timedelta(seconds=float(cleaned))
-    except ValueError:
-        pass
-    matches = list(_DURATION_RE.finditer(cleaned))
-    if not matches or "".join(m.group(0) for m in matches) != cleaned:
-        fail(f"{option} {text!r} is not a duration: use e.g. 90s, 5m, 1h30m or 2d")
-    return timedelta(seconds=sum(float(m.group(1)) * _DURATION_UNITS_S[m.group(2)] for m in matches))
+        return timetext.parse_duration(text, option=option)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def parse_time(text: str, *, option: str) -> datetime:
     """Parse an ISO-8601 time with a timezone ('2026-12-01T09:00:00Z'); exit 2 otherwise."""
     try:
-        moment = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"{option} {text!r} is not a time: use ISO 8601 with a timezone, e.g. 2026-12-01T09:00:00Z")
-    if moment.tzinfo is None:
-        fail(f"{option} {text!r} has no timezone: add one, e.g. {text}Z for UTC")
-    return moment.astimezone(UTC)
+        return timetext.parse_time(text, option=option)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def parse_since(text: str, *, option: str = "--since") -> datetime:
-    """A start time given as a duration back from now ('2h') or an ISO-8601 time."""
-    if _DURATION_RE.search(text) and not any(c in text for c in "T-:"):
-        return datetime.now(UTC) - parse_duration(text, option=option)
-    return parse_time(text, option=option)
+    """A start time given as a duration back from now ('2h') or an ISO-8601 time; exit 2 otherwise."""
+    try:
+        return timetext.parse_since(text, option=option)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 @dataclass
@@ -213,35 +203,3 @@ async def connect(settings: Settings, *, need_store: bool = True, setup: bool = 
         if mongo is not None:
             await mongo.close()
         await nats_client.close()
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """Stored datetimes come back aware (tz_aware client); normalize defensively anyway."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def ago(moment: datetime | None, now: datetime | None = None) -> str:
-    """'3m ago' / 'in 5s' / '-' for a datetime relative to now."""
-    moment = as_utc(moment)
-    if moment is None:
-        return "-"
-    delta = ((now or datetime.now(UTC)) - moment).total_seconds()
-    text = human_seconds(abs(delta))
-    return f"{text} ago" if delta >= 0 else f"in {text}"
-
-
-def human_seconds(seconds: float) -> str:
-    """12s, 4m05s, 3h20m, 2d04h."""
-    whole = int(seconds)
-    if whole < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"

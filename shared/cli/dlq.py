@@ -10,26 +10,29 @@ request (`--keep` leaves it); if the new run dies too, it leaves a new dead lett
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-import nats.js.errors
 import typer
 from nats.js import JetStreamContext
-from pydantic import ValidationError
 from rich.table import Table
 
-from shared.names import JOBS, Collections
-from shared.requests import publish_request
-from shared.schemas import DeadLetter, JobRequest, Trigger, new_run_id, utcnow
+from shared.readmodel import deadletters
+from shared.readmodel.deadletters import (
+    SCAN_LIMIT,
+    StoredLetter,
+    delete_letter,
+    purge_letters,
+    read_letters,
+    replay_letter,
+)
+from shared.readmodel.deadletters import check_job as check_letters_job
+from shared.readmodel.timetext import ago
+from shared.schemas import JobRequest
 from shared.settings import Settings
 
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
-    Connections,
-    ago,
     cli_settings,
     connect,
     console,
@@ -46,69 +49,21 @@ dlq_app = typer.Typer(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 JobOpt = Annotated[str | None, typer.Option("--job", "-j", help="Only dead letters of this job.")]
-#: Dead letters read at most by one command (the stream keeps 30 days; this bounds a listing).
-_SCAN_LIMIT = 10_000
-
-
-@dataclass(frozen=True)
-class StoredLetter:
-    """A dead letter with its DLQ stream sequence (its address for show/replay/purge)."""
-
-    seq: int
-    letter: DeadLetter | None
-    raw: bytes
-
-    def as_json(self) -> dict[str, Any]:
-        if self.letter is None:
-            return {"seq": self.seq, "unreadable": self.raw.decode(errors="replace")[:2000]}
-        return {"seq": self.seq, **self.letter.model_dump(mode="json")}
 
 
 def _check_job(job: str | None) -> str | None:
-    if job is not None and job not in JOBS:
-        fail(f"unknown job {job!r}: expected one of {', '.join(JOBS)}")
-    return job
-
-
-def _decode(seq: int, data: bytes) -> StoredLetter:
     try:
-        return StoredLetter(seq, DeadLetter.model_validate_json(data), data)
-    except ValidationError:
-        return StoredLetter(seq, None, data)
-
-
-async def read_letters(js: JetStreamContext, settings: Settings, job: str | None, limit: int) -> list[StoredLetter]:
-    """Dead letters (of `job`, or all), oldest first, at most `limit`."""
-    names = settings.names
-    subject = names.dlq_subject(job) if job else names.dlq_wildcard()
-    letters: list[StoredLetter] = []
-    seq = 1
-    while len(letters) < limit:
-        try:
-            message = await js.get_msg(names.dlq_stream, seq=seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        if message.seq is None:
-            break
-        letters.append(_decode(message.seq, message.data or b""))
-        seq = message.seq + 1
-    return letters
+        return check_letters_job(job)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 async def read_letter(js: JetStreamContext, settings: Settings, seq: int) -> StoredLetter:
     """The dead letter at `seq`, or exit 1 saying it is not there."""
     try:
-        message = await js.get_msg(settings.names.dlq_stream, seq=seq)
-    except nats.js.errors.NotFoundError:
-        fail(f"no dead letter #{seq} (purged, expired or never there); list them with: pulse dlq list", EXIT_FAILED)
-    return _decode(seq, message.data or b"")
-
-
-def replay_run_id(stored: StoredLetter) -> str:
-    """The run id of a replay: the same dead letter always gives the same id."""
-    assert stored.letter is not None
-    digest = hashlib.sha256(stored.raw).hexdigest()[:12]
-    return new_run_id(stored.letter.job, Trigger.REPLAY, f"{stored.seq}-{digest}")
+        return await deadletters.read_letter(js, settings.names, seq)
+    except LookupError as exc:
+        fail(f"{exc}; list them with: pulse dlq list", EXIT_FAILED)
 
 
 # -- list / show ----------------------------------------------------------------------------
@@ -139,7 +94,7 @@ def _letters_table(letters: list[StoredLetter]) -> Table:
 @dlq_app.command("list")
 def list_(
     job: JobOpt = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=_SCAN_LIMIT, help="At most this many.")] = 100,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=SCAN_LIMIT, help="At most this many.")] = 100,
     as_json: JsonOpt = False,
 ) -> None:
     """Dead letters, oldest first, with their sequence numbers.
@@ -151,7 +106,7 @@ def list_(
 
     async def _run() -> None:
         async with connect(settings, need_store=False) as conns:
-            letters = await read_letters(conns.js, settings, job, limit)
+            letters = await read_letters(conns.js, settings.names, job, limit)
         if as_json:
             print_json([stored.as_json() for stored in letters])
         elif not letters:
@@ -196,52 +151,6 @@ def show(
 # -- replay ------------------------------------------------------------------------------------
 
 
-async def _replay_one(conns: Connections, stored: StoredLetter, keep: bool) -> dict[str, Any]:
-    letter = stored.letter
-    if letter is None or letter.request is None:
-        return {
-            "seq": stored.seq,
-            "replayed": False,
-            "reason": "the dead request could not be parsed, so it cannot run; inspect it with dlq show, then purge it",
-        }
-    run_id = replay_run_id(stored)
-    existing = await conns.db[Collections.RUNS].find_one({"_id": run_id}, {"status": 1})
-    duplicate = existing is not None
-    if not duplicate:
-        request = JobRequest(
-            run_id=run_id,
-            job=letter.job,
-            trigger=Trigger.REPLAY,
-            scheduled_for=utcnow(),
-            requested_by=operator(),
-            args=letter.request.args,
-        )
-        ack = await publish_request(conns.js, conns.settings.names, request)
-        duplicate = bool(ack.duplicate)
-    if not keep:
-        await _delete(conns.js, conns.settings, stored.seq)
-    return {
-        "seq": stored.seq,
-        "replayed": True,
-        "run_id": run_id,
-        "job": letter.job,
-        "original_run_id": letter.run_id,
-        "duplicate": duplicate,
-        "removed": not keep,
-    }
-
-
-async def _delete(js: JetStreamContext, settings: Settings, seq: int) -> bool:
-    try:
-        return bool(await js.delete_msg(settings.names.dlq_stream, seq))
-    except nats.js.errors.NotFoundError:
-        return False  # already gone: purged concurrently
-    except nats.js.errors.APIError as exc:
-        if "no message" in str(exc).lower() or "not found" in str(exc).lower():
-            return False
-        raise
-
-
 @dlq_app.command()
 def replay(
     seq: Annotated[int | None, typer.Argument(help="Sequence number to replay.", show_default=False)] = None,
@@ -259,13 +168,18 @@ def replay(
     if (seq is None) == (not all_):
         fail("give a sequence number or --all (with --job to narrow it), not both")
 
+    who = operator()
+
     async def _run() -> int:
         async with connect(settings) as conns:
             if seq is not None:
                 letters = [await read_letter(conns.js, settings, seq)]
             else:
-                letters = await read_letters(conns.js, settings, job, _SCAN_LIMIT)
-            results = [await _replay_one(conns, stored, keep) for stored in letters]
+                letters = await read_letters(conns.js, settings.names, job, SCAN_LIMIT)
+            results = [
+                await replay_letter(conns.js, conns.db, settings.names, stored, keep=keep, requested_by=who)
+                for stored in letters
+            ]
         if as_json:
             print_json(results)
         for result in results if not as_json else []:
@@ -311,16 +225,11 @@ def purge(
 
     async def _run() -> int:
         async with connect(settings, need_store=False) as conns:
-            names = settings.names
             if seq is not None:
                 await read_letter(conns.js, settings, seq)  # exits 1 when it is not there
-                deleted = 1 if await _delete(conns.js, settings, seq) else 0
+                deleted = 1 if await delete_letter(conns.js, settings.names, seq) else 0
             else:
-                before = await conns.js.stream_info(names.dlq_stream)
-                subject = names.dlq_subject(job) if job else None
-                await conns.js.purge_stream(names.dlq_stream, subject=subject)
-                after = await conns.js.stream_info(names.dlq_stream)
-                deleted = before.state.messages - after.state.messages
+                deleted = await purge_letters(conns.js, settings.names, job)
         if as_json:
             print_json({"deleted": deleted})
         else:

@@ -1,27 +1,27 @@
 """Starting and inspecting runs: `pulse trigger | status | watch | runs | run | cancel`.
 
-The CLI reads `runs` but never writes it: a cancel goes through
-`shared.runtime.records.request_cancel`, the one writer of run records.
+The CLI reads `runs` through the shared read model (`shared.readmodel`) and never writes
+it: trigger and cancel are `shared.operations`, whose cancel goes through
+`shared.runtime.records.request_cancel`, the one writer of run records. The dashboard
+calls the same functions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import nats.js.errors
 import typer
-from pydantic import ValidationError
 
-from shared.errors import InvalidRequest
-from shared.names import JOBS, Collections
-from shared.requests import MSG_ID_HEADER, publish_request
-from shared.schemas import JobRequest, RunRecord, RunStatus, Trigger, new_run_id, utcnow
+from shared.names import JOBS
+from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, trigger_run
+from shared.readmodel.runs import RunFilter, find_run, list_runs
+from shared.readmodel.status import collect_status, queue_info, status_json
+from shared.schemas import RunRecord, RunStatus
 from shared.settings import Settings
 
 from .common import (
@@ -42,12 +42,9 @@ from .common import (
     print_json,
     run_async,
 )
-from .render import collect_status, live_status, run_detail, run_json, runs_table, status_json, status_table
+from .render import live_status, run_detail, run_json, runs_table, status_table
 
-_SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
-#: Requests read at most when looking for a queued run (a backlog is rarely this long).
-_QUEUE_SCAN_LIMIT = 10_000
 #: How often `--wait` re-reads the run record: quick enough to feel live, cheap for the store.
 _POLL_S = 0.25
 
@@ -71,35 +68,7 @@ def parse_args(pairs: list[str]) -> dict[str, Any]:
     return args
 
 
-def run_id_for(job: str, trigger: Trigger, key: str | None) -> str:
-    """The run id of a manual/delayed request; the same `key` always gives the same id.
-
-    A key that is already safe in a run id is used as is (readable in `pulse runs`);
-    anything else is hashed, so any text can serve as an idempotency key.
-    """
-    if key is None:
-        return new_run_id(job, trigger)
-    if _SAFE_KEY_RE.match(key):
-        return new_run_id(job, trigger, key)
-    return new_run_id(job, trigger, "k" + hashlib.sha256(key.encode()).hexdigest()[:32])
-
-
 # -- trigger -------------------------------------------------------------------------------
-
-
-async def _find_run(conns: Connections, run_id: str) -> RunRecord | None:
-    doc = await conns.db[Collections.RUNS].find_one({"_id": run_id})
-    return RunRecord.model_validate(doc) if doc is not None else None
-
-
-async def _queued_count(conns: Connections, job: str) -> int | None:
-    names = conns.settings.names
-    try:
-        info = await conns.js.consumer_info(names.jobs_stream, names.consumer_name(job))
-    except Exception:  # no consumer yet: the job's service has never started
-        return None
-    pending: int = info.num_pending
-    return pending
 
 
 async def wait_for_run(conns: Connections, run_id: str, job: str, timeout_s: float | None) -> RunRecord | None:
@@ -107,7 +76,7 @@ async def wait_for_run(conns: Connections, run_id: str, job: str, timeout_s: flo
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with err_console.status(f"{run_id}: queued") as spinner:
         while deadline is None or time.monotonic() < deadline:
-            record = await _find_run(conns, run_id)
+            record = await find_run(conns.db, run_id)
             if record is not None and record.status.is_terminal:
                 return record
             spinner.update(await _progress_text(conns, run_id, job, record))
@@ -117,20 +86,14 @@ async def wait_for_run(conns: Connections, run_id: str, job: str, timeout_s: flo
 
 async def _progress_text(conns: Connections, run_id: str, job: str, record: RunRecord | None) -> str:
     if record is None:
-        waiting = await _queued_count(conns, job)
-        where = "no consumer yet: is the service running?" if waiting is None else f"{waiting} waiting"
+        queue = await queue_info(conns.js, conns.settings, job)
+        where = "no consumer yet: is the service running?" if queue is None else f"{queue.waiting} waiting"
         return f"{run_id}: queued ({where})"
     attempt = record.attempt_count or len(record.attempts)
     text = f"{run_id}: {record.status.value}, attempt {attempt}"
     if record.status is RunStatus.RETRYING and record.error:
         text += f" (last error: {record.error.splitlines()[0][:80]})"
     return text
-
-
-async def _delayed_exists(conns: Connections, job: str, run_id: str) -> bool:
-    from shared.delayed import list_delayed
-
-    return any(request.run_id == run_id for request, _ in await list_delayed(conns.js, conns.settings.names, job))
 
 
 async def _trigger(
@@ -144,27 +107,11 @@ async def _trigger(
 ) -> int:
     settings = cli_settings()
     check_job(settings, job)
-    trigger = Trigger.DELAYED if at is not None else Trigger.MANUAL
-    run_id = run_id_for(job, trigger, key)
-    try:
-        request = JobRequest(
-            run_id=run_id, job=job, trigger=trigger, scheduled_for=at or utcnow(), requested_by=operator(), args=args
-        )
-    except ValidationError as exc:
-        raise InvalidRequest(f"invalid request for {job}: {exc.errors()[0]['msg']}") from None
+    request = build_request(job, args, at, key, operator())
+    run_id = request.run_id
     async with connect(settings) as conns:
-        existing = await _find_run(conns, run_id) if key is not None else None
-        duplicate = existing is not None
-        if existing is None and at is not None:
-            from shared.delayed import schedule_delayed
-
-            if key is not None and await _delayed_exists(conns, job, run_id):
-                duplicate = True
-            else:
-                await schedule_delayed(conns.js, settings.names, request, at)
-        elif existing is None:
-            ack = await publish_request(conns.js, settings.names, request)
-            duplicate = bool(ack.duplicate)
+        done = await trigger_run(conns.js, conns.db, settings.names, request, at=at, keyed=key is not None)
+        duplicate, existing = done.duplicate, done.existing
         _report_trigger(run_id, job, at, duplicate, existing, json_out=as_json and not wait, quiet=as_json and wait)
         if not wait:
             return EXIT_OK
@@ -340,20 +287,16 @@ def runs(
     Example: pulse runs --job market_sync --status failed --since 1d
     """
     settings = cli_settings()
-    query: dict[str, Any] = {}
     if job is not None:
-        query["job"] = check_job(settings, job)
-    if status_ is not None:
-        if status_ not in {s.value for s in RunStatus}:
-            fail(f"unknown status {status_!r}: expected one of {', '.join(s.value for s in RunStatus)}")
-        query["status"] = status_
-    if since is not None:
-        query["started_at"] = {"$gte": parse_since(since)}
+        check_job(settings, job)
+    try:
+        flt = RunFilter(job=job, status=status_, since=parse_since(since) if since is not None else None)
+    except ValueError as exc:
+        fail(str(exc))
 
     async def _run() -> None:
         async with connect(settings, setup=False) as conns:
-            cursor = conns.db[Collections.RUNS].find(query).sort([("started_at", -1), ("_id", -1)]).limit(limit)
-            records = [RunRecord.model_validate(doc) async for doc in cursor]
+            records = (await list_runs(conns.db, flt, limit)).records
         if as_json:
             print_json([run_json(r) for r in records])
         elif not records:
@@ -376,7 +319,7 @@ def run(
 
     async def _run() -> int:
         async with connect(settings, setup=False) as conns:
-            record = await _find_run(conns, run_id)
+            record = await find_run(conns.db, run_id)
         if record is None:
             fail(
                 f"no run {run_id!r} is recorded (a queued run has no record until it starts); "
@@ -408,29 +351,14 @@ def cancel(
     check_job(settings, job)
 
     async def _run() -> int:
-        from shared.delayed import cancel_delayed
-        from shared.runtime.records import request_cancel
-
         async with connect(settings) as conns:
-            existing = await _find_run(conns, run_id)
-            if existing is not None and existing.status.is_terminal:
-                fail(f"{run_id} already ended {existing.status.value}; nothing to cancel", EXIT_FAILED)
-            if existing is None and await cancel_delayed(conns.js, settings.names, run_id):
-                # It never reached the queue: removing the held request is the whole cancel.
-                _report_cancel(run_id, "canceled", delayed=True, as_json=as_json)
-                return EXIT_OK
-            if existing is None and not await _request_queued(conns, job, run_id):
-                # request_cancel would record a typo as a queued run that never ends.
-                fail(f"no run {run_id!r} is queued, delayed or recorded; list runs with: pulse runs", EXIT_FAILED)
             try:
-                record = await request_cancel(conns.db, run_id, job)
-            except LookupError:
-                fail(f"run {run_id!r} disappeared while canceling (removed by retention?)", EXIT_FAILED)
-            # A hint so a worker holding the run can stop before its next heartbeat; the
-            # record written above is what the runtime trusts.
-            await conns.nats.publish(settings.names.cancel_subject(job), run_id.encode())
-            await conns.nats.flush(timeout=max(1, int(settings.nats_connect_timeout_s)))
-        _report_cancel(run_id, record.status.value, delayed=False, as_json=as_json)
+                done = await cancel_run(conns.nats, conns.js, conns.db, settings.names, run_id)
+            except RunAlreadyEnded as exc:
+                fail(str(exc), EXIT_FAILED)
+            except RunNotFound as exc:
+                fail(f"{exc}; list runs with: pulse runs", EXIT_FAILED)
+        _report_cancel(run_id, done.status, delayed=done.delayed, as_json=as_json)
         return EXIT_OK
 
     raise typer.Exit(run_async(_run))
@@ -449,30 +377,6 @@ def _report_cancel(run_id: str, status: str, *, delayed: bool, as_json: bool) ->
             f"(follow with: pulse run {run_id})",
             highlight=False,
         )
-
-
-async def _request_queued(conns: Connections, job: str, run_id: str) -> bool:
-    """Whether a request for `run_id` waits in JOBS (a bounded scan of the job's subject)."""
-    names = conns.settings.names
-    subject = names.job_subject(job)
-    seq = 1
-    for _ in range(_QUEUE_SCAN_LIMIT):
-        try:
-            message = await conns.js.get_msg(names.jobs_stream, seq=seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            return False
-        headers = message.headers or {}
-        if headers.get(MSG_ID_HEADER) == run_id:
-            return True
-        try:
-            if json.loads(message.data or b"{}").get("run_id") == run_id:
-                return True
-        except (ValueError, AttributeError):
-            pass
-        if message.seq is None:
-            return False
-        seq = message.seq + 1
-    return False
 
 
 def register(app: typer.Typer) -> None:

@@ -1,10 +1,8 @@
 """The status view shared by `pulse status`, `pulse watch` and `pulse up`, and run tables.
 
-`collect_status` reads (never writes) the three places that together say how a job is
-doing: its schedule (settings, overridden by the `schedules` KV bucket), its queue (the
-job's JetStream consumer) and its history (`runs`). The `*_table` functions turn that
-into rich renderables; `status_json` and `run_json` give the same facts as plain data
-for `--json`.
+The figures come from the shared read model (`shared.readmodel.status.collect_status`,
+which the dashboard reads too); the `*_table` functions turn them into rich
+renderables; `status_json` and `run_json` give the same facts as plain data for `--json`.
 """
 
 from __future__ import annotations
@@ -12,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -26,18 +23,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from shared.names import JOBS, Collections
-from shared.runtime import monitor
-from shared.schedules import ScheduleOverride, effective_schedule
-from shared.schemas import RunRecord, RunStatus
+from shared.readmodel.status import JobStatus, collect_status
+from shared.readmodel.timetext import ago, as_utc, human_seconds
+from shared.readmodel.timetext import iso as _iso
+from shared.schemas import RunRecord
 from shared.settings import Settings
 from shared.store import Database
-
-from .common import ago, as_utc, human_seconds
-
-#: How many recent finished runs are read to count consecutive failures.
-_FAILURE_WINDOW = 50
-_ACTIVE = (RunStatus.RUNNING.value, RunStatus.RETRYING.value)
 
 STATUS_STYLE = {
     "completed": "green",
@@ -51,126 +42,7 @@ STATUS_STYLE = {
 }
 
 
-@dataclass
-class JobStatus:
-    """Everything `pulse status` shows about one job."""
-
-    job: str
-    schedule: str
-    schedule_source: str  # "settings" or "kv" (a runtime override)
-    enabled: bool
-    paused: bool
-    next_fire: datetime | None
-    last_run_id: str | None = None
-    last_status: str | None = None
-    last_ended_at: datetime | None = None
-    last_started_at: datetime | None = None
-    last_success_at: datetime | None = None
-    stale_after_s: float = 0.0
-    fresh: bool | None = None  # None: never succeeded
-    consecutive_failures: int = 0
-    alert_after_failures: int = 0
-    waiting: int | None = None  # None: the job's consumer does not exist yet
-    in_flight: int | None = None
-    running_records: int = 0
-    alerts: list[str] = field(default_factory=list)
-
-
-async def _schedule_override(js: JetStreamContext, settings: Settings, job: str) -> ScheduleOverride | None:
-    try:
-        kv = await js.key_value(settings.names.schedules_bucket)
-        entry = await kv.get(job)
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-        return None
-    if not entry.value:
-        return None
-    try:
-        return ScheduleOverride.from_bytes(entry.value)
-    except ValueError:
-        return None  # a corrupt override is ignored by the ticker too: show the default
-
-
-async def _queue(js: JetStreamContext, settings: Settings, job: str) -> tuple[int | None, int | None]:
-    names = settings.names
-    try:
-        info = await js.consumer_info(names.jobs_stream, names.consumer_name(job))
-    except nats.js.errors.NotFoundError:
-        return None, None
-    return info.num_pending, info.num_ack_pending
-
-
-async def collect_job_status(js: JetStreamContext, db: Database, settings: Settings, job: str) -> JobStatus:
-    """Read the schedule, queue and history of `job`."""
-    now = datetime.now(UTC)
-    policy = settings.jobs.for_job(job)
-    override = await _schedule_override(js, settings, job)
-    try:
-        effective = effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
-        schedule_text = effective.schedule.text
-        source = "settings" if effective.source == "default" else "kv"
-        paused = effective.paused
-        next_fire: datetime | None = effective.schedule.next_slot(now) if effective.active else None
-    except ValueError:  # an override the ticker would refuse: it keeps the default
-        schedule_text, source, paused, next_fire = policy.schedule, "settings", False, None
-
-    runs = db[Collections.RUNS]
-    last = await runs.find_one({"job": job}, sort=[("requested_at", -1), ("started_at", -1)])
-    success = await runs.find_one({"job": job, "status": RunStatus.COMPLETED.value}, sort=[("ended_at", -1)])
-    waiting, in_flight = await _queue(js, settings, job)
-    status = JobStatus(
-        job=job,
-        schedule=schedule_text,
-        schedule_source=source,
-        enabled=policy.enabled,
-        paused=paused,
-        next_fire=next_fire,
-        stale_after_s=policy.stale_after_s,
-        alert_after_failures=policy.alert_after_failures,
-        waiting=waiting,
-        in_flight=in_flight,
-        running_records=await runs.count_documents({"job": job, "status": {"$in": list(_ACTIVE)}}),
-        consecutive_failures=len(await monitor.failure_streak(db, job, _FAILURE_WINDOW)),
-    )
-    if last is not None:
-        status.last_run_id = str(last["_id"])
-        status.last_status = last.get("status")
-        status.last_started_at = as_utc(last.get("started_at"))
-        status.last_ended_at = as_utc(last.get("ended_at"))
-    if success is not None:
-        status.last_success_at = as_utc(success.get("ended_at"))
-        if status.last_success_at is not None:
-            status.fresh = (now - status.last_success_at).total_seconds() <= policy.stale_after_s
-    if status.fresh is False or (status.fresh is None and status.last_run_id is not None):
-        status.alerts.append("stale")
-    if status.consecutive_failures >= policy.alert_after_failures:
-        status.alerts.append(f"{status.consecutive_failures} failures in a row")
-    return status
-
-
-async def collect_status(
-    js: JetStreamContext, db: Database, settings: Settings, jobs: tuple[str, ...] = JOBS
-) -> list[JobStatus]:
-    """The status of every job in `jobs`, in that order."""
-    return [await collect_job_status(js, db, settings, job) for job in jobs]
-
-
 # -- plain data (--json) ---------------------------------------------------------------
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
-
-
-def status_json(rows: list[JobStatus]) -> list[dict[str, Any]]:
-    """`--json` form of the status rows; times as ISO-8601 UTC strings."""
-    out = []
-    for row in rows:
-        data = asdict(row)
-        for key, value in data.items():
-            if isinstance(value, datetime):
-                data[key] = _iso(value)
-        out.append(data)
-    return out
 
 
 def run_json(record: RunRecord) -> dict[str, Any]:

@@ -15,18 +15,25 @@ Every write is a compare-and-set, so two operators editing at once never lose a 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, Any
 
-import nats.js.errors
 import typer
-from nats.js.kv import KeyValue
 
-from shared.delayed import cancel_delayed, list_delayed
+from shared.delayed import cancel_delayed
 from shared.names import JOBS
-from shared.schedules import EffectiveSchedule, ScheduleOverride, effective_schedule, parse_schedule
+from shared.readmodel.schedules import (
+    Change,
+    ConcurrentChange,
+    change_override,
+    iso_seconds,
+    list_schedules,
+    pending_runs,
+    set_schedule,
+)
+from shared.readmodel.schedules import pause as pause_change
+from shared.readmodel.schedules import reset as reset_change
+from shared.readmodel.schedules import resume as resume_change
+from shared.schedules import EffectiveSchedule, ScheduleOverride, parse_schedule
 from shared.schemas import utcnow
 from shared.settings import Settings
 
@@ -44,9 +51,6 @@ from .common import (
     run_async,
 )
 
-#: Compare-and-set attempts before giving up on a bucket that keeps changing under us.
-_CAS_TRIES = 5
-
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 JobArg = Annotated[str, typer.Argument(help=f"The job: one of {', '.join(JOBS)}.", show_default=False)]
 
@@ -61,58 +65,17 @@ schedule_app = typer.Typer(
 # -- the override document -----------------------------------------------------------
 
 
-async def _read_override(kv: KeyValue, job: str) -> tuple[ScheduleOverride | None, int | None]:
-    """The job's override and its revision (None, revision-of-tombstone-or-None when absent)."""
-    try:
-        entry = await kv.get(job)
-    except nats.js.errors.KeyDeletedError as exc:
-        # A delete leaves a tombstone; the next write must name its revision.
-        entry = exc.entry
-        return None, entry.revision if entry is not None else None
-    except nats.js.errors.KeyNotFoundError:
-        return None, None
-    if not entry.value:
-        return None, entry.revision
-    try:
-        return ScheduleOverride.from_bytes(entry.value), entry.revision
-    except ValueError as exc:
-        err_console.print(f"warning: the stored override of {job} is unreadable and is replaced ({exc})")
-        return None, entry.revision
-
-
-async def _write(kv: KeyValue, job: str, value: ScheduleOverride | None, last: int | None) -> bool:
-    """Compare-and-set the job's override (None deletes it); False on a concurrent change."""
-    try:
-        if value is None:
-            await kv.delete(job, last=last)
-        elif last is None:
-            await kv.create(job, value.to_bytes())
-        else:
-            await kv.update(job, value.to_bytes(), last=last)
-    except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-        return False
-    return True
-
-
-#: Turns the stored override (None: absent) into the one to store (None: delete it).
-Change = Callable[[ScheduleOverride | None], ScheduleOverride | None]
-
-
 async def _change(settings: Settings, job: str, change: Change) -> tuple[ScheduleOverride | None, EffectiveSchedule]:
-    """Apply `change` to the job's override with compare-and-set retries; return the result."""
+    """Apply `change` to the job's override (compare-and-set, shared read model); exit 1 if it kept changing."""
+
+    def warn(problem: str) -> None:
+        err_console.print(f"warning: the stored override of {job} is unreadable and is replaced ({problem})")
+
     async with connect(settings, need_store=False) as conns:
-        kv = await conns.js.key_value(settings.names.schedules_bucket)
-        for _ in range(_CAS_TRIES):
-            current, revision = await _read_override(kv, job)
-            new = change(current)
-            if new is None and current is None:
-                break  # nothing stored, nothing to delete
-            if await _write(kv, job, new, revision):
-                break
-        else:
-            fail(f"the schedule of {job} kept changing under this command; try again", EXIT_FAILED)
-    policy = settings.jobs.for_job(job)
-    return new, effective_schedule(job, policy.schedule, enabled=policy.enabled, override=new)
+        try:
+            return await change_override(conns.js, settings, job, change, on_unreadable=warn)
+        except ConcurrentChange as exc:
+            fail(str(exc), EXIT_FAILED)
 
 
 def _report(eff: EffectiveSchedule, what: str) -> None:
@@ -121,7 +84,7 @@ def _report(eff: EffectiveSchedule, what: str) -> None:
     state = "disabled in settings" if not eff.enabled else "paused" if eff.paused else "active"
     console.print(
         f"{eff.job}: {what}; schedule {eff.schedule.text!r} ({eff.source}), {state}"
-        + (f", next at {_iso(nxt)}" if nxt else ""),
+        + (f", next at {iso_seconds(nxt)}" if nxt else ""),
         highlight=False,
         markup=False,
     )
@@ -131,49 +94,15 @@ def _report(eff: EffectiveSchedule, what: str) -> None:
         )
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
-
-
 # -- list ------------------------------------------------------------------------------
 
 
 async def _list(settings: Settings) -> list[dict[str, Any]]:
+    def warn(job: str, problem: str) -> None:
+        err_console.print(f"warning: the stored override of {job} is unreadable and is replaced ({problem})")
+
     async with connect(settings, need_store=False) as conns:
-        schedules = await conns.js.key_value(settings.names.schedules_bucket)
-        ticker = await conns.js.key_value(settings.names.ticker_bucket)
-        rows = []
-        now = utcnow()
-        for job in JOBS:
-            override, _ = await _read_override(schedules, job)
-            policy = settings.jobs.for_job(job)
-            eff = effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
-            rows.append(
-                {
-                    "job": job,
-                    "schedule": eff.schedule.text,
-                    "kind": eff.schedule.kind,
-                    "source": eff.source,
-                    "default": policy.schedule,
-                    "paused": eff.paused,
-                    "enabled": eff.enabled,
-                    "next_fire": _iso(eff.next_fire(now)),
-                    "last_slot": await _last_slot(ticker, job),
-                }
-            )
-    return rows
-
-
-async def _last_slot(kv: KeyValue, job: str) -> str | None:
-    try:
-        entry = await kv.get(job)
-    except nats.js.errors.KeyNotFoundError:
-        return None
-    try:
-        slot = json.loads(entry.value or b"{}").get("slot")
-    except ValueError:
-        return None
-    return str(slot).replace("+00:00", "Z") if slot else None
+        return await list_schedules(conns.js, settings, on_unreadable=warn)
 
 
 @schedule_app.command("list")
@@ -245,13 +174,7 @@ def set_(
     settings = cli_settings()
     check_job(settings, job)
     text = _spec_from_options(every, cron, spec)
-    who = operator()
-
-    def change(current: ScheduleOverride | None) -> ScheduleOverride:
-        base = current or ScheduleOverride()
-        return base.model_copy(update={"schedule": text, "updated_at": utcnow(), "updated_by": who})
-
-    _, eff = run_async(lambda: _change(settings, job, change))
+    _, eff = run_async(lambda: _change(settings, job, set_schedule(text, operator())))
     _report(eff, "schedule set")
 
 
@@ -265,13 +188,7 @@ def pause(job: JobArg) -> None:
     """
     settings = cli_settings()
     check_job(settings, job)
-    who = operator()
-
-    def change(current: ScheduleOverride | None) -> ScheduleOverride:
-        base = current or ScheduleOverride()
-        return base.model_copy(update={"paused": True, "updated_at": utcnow(), "updated_by": who})
-
-    _, eff = run_async(lambda: _change(settings, job, change))
+    _, eff = run_async(lambda: _change(settings, job, pause_change(operator())))
     _report(eff, "paused")
 
 
@@ -283,15 +200,7 @@ def resume(job: JobArg) -> None:
     """
     settings = cli_settings()
     check_job(settings, job)
-    who = operator()
-
-    def change(current: ScheduleOverride | None) -> ScheduleOverride | None:
-        if current is None or not current.paused:
-            return current  # not paused: nothing to change
-        now = utcnow()
-        return current.model_copy(update={"paused": False, "resumed_at": now, "updated_at": now, "updated_by": who})
-
-    _, eff = run_async(lambda: _change(settings, job, change))
+    _, eff = run_async(lambda: _change(settings, job, resume_change(operator())))
     _report(eff, "resumed")
 
 
@@ -305,18 +214,7 @@ def reset(job: JobArg) -> None:
     """
     settings = cli_settings()
     check_job(settings, job)
-    who = operator()
-
-    def change(current: ScheduleOverride | None) -> ScheduleOverride | None:
-        if current is None:
-            return None
-        if current.paused:
-            # Keep a fence so that un-pausing through reset does not fire the skipped slots.
-            now = utcnow()
-            return ScheduleOverride(resumed_at=now, updated_at=now, updated_by=who)
-        return None
-
-    _, eff = run_async(lambda: _change(settings, job, change))
+    _, eff = run_async(lambda: _change(settings, job, reset_change(operator())))
     _report(eff, "reset to the default")
 
 
@@ -325,18 +223,7 @@ def reset(job: JobArg) -> None:
 
 async def _pending(settings: Settings, job: str | None) -> list[dict[str, Any]]:
     async with connect(settings, need_store=False) as conns:
-        entries = await list_delayed(conns.js, settings.names, job)
-    return [
-        {
-            "run_id": request.run_id,
-            "job": request.job,
-            "at": _iso(at),
-            "requested_by": request.requested_by,
-            "requested_at": _iso(request.requested_at),
-            "args": request.args,
-        }
-        for request, at in entries
-    ]
+        return await pending_runs(conns.js, settings, job)
 
 
 @schedule_app.command("pending")

@@ -18,15 +18,12 @@ import typer
 from rich.table import Table
 
 from shared.cli.common import EXIT_UNREACHABLE, cli_settings, console, fail, print_json, run_async
-from shared.names import Collections
-from shared.schemas import utcnow
+from shared.readmodel.stats import latest_snapshot, trend
 from shared.settings import Settings
 from shared.store import Document, connect_store
 
 #: Characters of a sparkline, lowest to highest.
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
-#: Most snapshots read for a trend (hourly snapshots: about six weeks).
-MAX_TREND_POINTS = 1000
 _PERIOD_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", re.IGNORECASE)
 _UNIT_S = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 #: Fields of a trend point (top markets are left out: the trend needs only the totals).
@@ -66,18 +63,9 @@ async def load_snapshots(settings: Settings, period: timedelta | None) -> tuple[
     """The latest snapshot and, when `period` is given, the snapshots of that period, oldest first."""
     client, db = await connect_store(settings)
     try:
-        snapshots = db[Collections.MARKET_STATS]
-        latest = await snapshots.find_one({}, sort=[("computed_at", -1)])
-        trend: list[Document] = []
-        if period is not None:
-            # Newest first with a limit, so a long period reads a bounded number of points.
-            cursor = (
-                snapshots.find({"computed_at": {"$gte": utcnow() - period}}, dict.fromkeys(TREND_FIELDS, 1))
-                .sort("computed_at", -1)
-                .limit(MAX_TREND_POINTS)
-            )
-            trend = list(reversed(await cursor.to_list()))
-        return latest, trend
+        latest = await latest_snapshot(db)
+        points = await trend(db, period, TREND_FIELDS) if period is not None else []
+        return latest, points
     finally:
         await client.close()
 

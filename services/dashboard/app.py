@@ -1,0 +1,224 @@
+"""The dashboard's ASGI app: routing, the per-request context, error pages, health routes.
+
+Every page is rendered on the server from the shared read model (`shared.readmodel`),
+the same functions `pulse` calls. A server that is down never makes a page fail: each
+part of a page is read through `Page.read`, which turns an unreachable NATS or MongoDB
+into a banner and leaves that part empty. Unexpected errors become a 500 page that
+names no internals (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats.errors
+import nats.js.errors
+from pymongo.errors import PyMongoError
+
+from services.dashboard.render import environment
+from services.dashboard.security import SESSION_COOKIE, Guard, Session
+from services.dashboard.sources import Sources, Unavailable
+from services.dashboard.web import EventStream, HttpError, Receive, Request, Response, Router, Scope, Send
+from shared.errors import PulseError
+from shared.readmodel.timetext import iso
+from shared.settings import Settings
+
+log = logging.getLogger("services.dashboard")
+T = TypeVar("T")
+
+STATIC = Path(__file__).parent / "static"
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".png": "image/png"}
+NAV = (
+    ("/", "Overview", "overview"),
+    ("/runs", "Runs", "runs"),
+    ("/schedules", "Schedules", "schedules"),
+    ("/dlq", "Dead letters", "dlq"),
+    ("/stats", "Market stats", "stats"),
+)
+FLASH_COOKIE = "pulse_flash"
+#: Errors that mean "a server is down or slow", shown as a banner rather than a 500.
+SERVER_ERRORS: tuple[type[BaseException], ...] = (
+    Unavailable,
+    PyMongoError,
+    nats.errors.Error,
+    nats.js.errors.Error,
+    TimeoutError,
+    PulseError,
+    ConnectionError,
+)
+
+
+@dataclass
+class Page:
+    """What one request collects while it renders: the session, banners, and the flash message."""
+
+    dashboard: Dashboard
+    request: Request
+    session: Session | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def sources(self) -> Sources:
+        return self.dashboard.sources
+
+    @property
+    def settings(self) -> Settings:
+        return self.dashboard.settings
+
+    @property
+    def can_act(self) -> bool:
+        return self.dashboard.guard.enabled and self.session is not None
+
+    async def read(self, what: str, make: Callable[[], Awaitable[T]]) -> T | None:
+        """Run one read of the page; a down server adds a banner and gives None."""
+        try:
+            return await asyncio.wait_for(make(), timeout=self.settings.mongo_timeout_s + 1)
+        except SERVER_ERRORS as exc:
+            self.problems.append(self.dashboard.describe(exc, what))
+            return None
+
+    def render(self, template: str, *, status: int = 200, title: str, page: str = "", **values: Any) -> Response:
+        flash = self.request.cookies.get(FLASH_COOKIE)
+        text, flash_error = (flash[2:], flash.startswith("!")) if flash else ("", False)
+        context = {
+            "title": title,
+            "page": page,
+            "nav": NAV,
+            "problems": list(dict.fromkeys(self.problems)),
+            "session": self.session,
+            "guard_enabled": self.dashboard.guard.enabled,
+            "can_act": self.can_act,
+            "csrf": self.dashboard.guard.csrf_token(self.session),
+            "flash": _unquote_flash(text),
+            "flash_error": flash_error,
+            "request_path": self.request.path,
+            "now": datetime.now(UTC),
+            "now_iso": iso(datetime.now(UTC).replace(microsecond=0)),
+            "live_url": values.pop("live_url", None),
+            **values,
+        }
+        body = self.dashboard.templates.get_template(template).render(context)
+        cookies = [f"{FLASH_COOKIE}=; Max-Age=0; Path=/; SameSite=Strict"] if flash else []
+        return Response(body, status, cookies=cookies)
+
+    def error(self, status: int, message: str, *, back: str | None = None) -> Response:
+        heading = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed", 409: "Conflict"}
+        return self.render(
+            "error.html", status=status, title=heading.get(status, "Error"), heading=heading.get(status, "Error"),
+            message=message, back=back,
+        )  # fmt: skip
+
+
+def flash_cookie(message: str, *, error: bool = False) -> str:
+    """A one-shot message shown on the next page (after a form's redirect)."""
+    from urllib.parse import quote
+
+    return (
+        f"{FLASH_COOKIE}={'!' if error else '-'}:{quote(message[:300], safe='')}; Max-Age=60; Path=/; SameSite=Strict"
+    )
+
+
+def _unquote_flash(text: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(text.removeprefix(":"))
+
+
+PageHandler = Callable[[Page], Awaitable[Response | EventStream]]
+
+
+class Dashboard:
+    """The ASGI application."""
+
+    def __init__(self, settings: Settings, sources: Sources | None = None) -> None:
+        self.settings = settings
+        self.sources = sources or Sources(settings)
+        self.guard = Guard(settings.dashboard_token)
+        self.templates = environment()
+        self.router = Router()
+        self.closing = asyncio.Event()
+        from services.dashboard import actions, pages
+
+        pages.register(self)
+        actions.register(self)
+
+    def route(self, method: str, pattern: str, handler: PageHandler) -> None:
+        async def call(request: Request) -> Response | EventStream:
+            return await handler(self.page(request))
+
+        self.router.add(method, pattern, call)
+
+    def page(self, request: Request) -> Page:
+        return Page(self, request, self.guard.session(request.cookies.get(SESSION_COOKIE)))
+
+    def describe(self, exc: BaseException, what: str) -> str:
+        """One banner line for a failed read: which server, and what to check (never a URL with a secret)."""
+        if (isinstance(exc, Unavailable) and exc.server == "NATS") or isinstance(
+            exc, nats.errors.Error | nats.js.errors.Error
+        ):
+            return (
+                f"NATS is unreachable ({self.settings.nats_url_redacted}): {what} cannot be shown. "
+                "Check the server and PULSE_NATS_URL; this page recovers by itself."
+            )
+        if isinstance(exc, Unavailable | PyMongoError):
+            return (
+                f"MongoDB is unreachable ({self.settings.mongo_url_redacted}): {what} cannot be shown. "
+                "Check the server and PULSE_MONGO_URL; this page recovers by itself."
+            )
+        if isinstance(exc, TimeoutError):
+            return f"{what}: no answer within {self.settings.mongo_timeout_s + 1:g}s (a server is slow or down)"
+        return f"{what}: {type(exc).__name__}: {str(exc)[:200]}"
+
+    async def start(self) -> None:
+        await self.sources.start()
+
+    async def stop(self) -> None:
+        self.closing.set()
+        await self.sources.stop()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return
+        if scope["type"] != "http":
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1").split("?", 1)[0]
+        request = Request(scope, receive)
+        try:
+            if path.startswith("/static/"):
+                response: Response | EventStream = self._static(path.removeprefix("/static/"))
+            else:
+                handler, params = self.router.match(scope["method"], path)
+                request.params = params
+                response = await handler(request)
+        except HttpError as exc:
+            response = self.page(request).error(exc.status, exc.message)
+        except Exception:
+            log.exception("dashboard.error", extra={"event": "dashboard.error"})
+            response = Response(
+                "<!doctype html><title>Error</title><h1>Something went wrong</h1>"
+                "<p>The dashboard logged the error. <a href='/'>Back to the overview</a></p>",
+                500,
+            )
+        with contextlib.suppress(OSError):
+            await response.send(send)
+
+    def _static(self, name: str) -> Response:
+        target = (STATIC / name).resolve()
+        if STATIC.resolve() not in target.parents or not target.is_file() or target.suffix not in _STATIC_TYPES:
+            raise HttpError(404, f"there is no asset {name!r}")
+        return Response(
+            target.read_bytes(), content_type=_STATIC_TYPES[target.suffix], headers={"cache-control": "max-age=300"}
+        )
+
+
+def json_body(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, default=str), status, content_type="application/json")

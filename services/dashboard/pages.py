@@ -1,0 +1,447 @@
+"""The dashboard's pages (GET): each reads the shared read model and renders one template.
+
+/                 Overview: per job schedule, next fire, last run, freshness, 24 h success
+                  rate and p50/p95 with a chart, queue and redeliveries, alerts
+/runs             Runs: filters (job, status, trigger, since, until), keyset pages, live
+/runs/<run_id>    Run: facts, timeline, attempts, summary, args; cancel and re-run
+/schedules        Schedules: change, pause/resume (bulk), trigger now or at a time,
+                  upcoming and recent slots (with skipped and missed ones), delayed runs
+/dlq, /dlq/<seq>  Dead letters: list, show, replay, purge, replay/purge all matching
+/stats            Market stats: charts of the hourly snapshots, top markets
+/audit            The audit trail of operator actions
+/events           Server-Sent Events for the pages above (fed by the EVENTS stream)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from services.dashboard.app import Dashboard, Page, json_body
+from services.dashboard.charts import line_chart, sparkline
+from services.dashboard.sources import LiveEvent
+from services.dashboard.web import EventStream, HttpError, Response, sse
+from shared.audit import recent_actions
+from shared.names import JOBS
+from shared.readmodel import deadletters, runs, schedules, stats
+from shared.readmodel import status as job_status
+from shared.readmodel.timetext import as_utc, parse_since, parse_time
+from shared.schemas import RunRecord, RunStatus, Trigger
+
+#: Upcoming and recent slots shown per job.
+SLOTS_SHOWN = 6
+#: Dead letters listed at most on one page.
+LETTERS_SHOWN = 500
+#: A comment line on open event streams this often, so proxies keep them open.
+KEEPALIVE_S = 15.0
+STAT_PERIODS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+
+
+def register(dash: Dashboard) -> None:
+    """Add every page's route to `dash`."""
+    dash.route("GET", "/", overview)
+    dash.route("GET", "/runs", runs_page)
+    dash.route("GET", "/runs/{run_id}", run_page)
+    dash.route("GET", "/schedules", schedules_page)
+    dash.route("GET", "/dlq", dlq_page)
+    dash.route("GET", "/dlq/{seq}", letter_page)
+    dash.route("GET", "/stats", stats_page)
+    dash.route("GET", "/audit", audit_page)
+    dash.route("GET", "/login", login_page)
+    dash.route("GET", "/events", events)
+    dash.route("GET", "/healthz", healthz)
+    dash.route("GET", "/readyz", readyz)
+
+
+# -- overview ------------------------------------------------------------------------
+
+
+@dataclass
+class JobRow:
+    job: str
+    status: job_status.JobStatus | None
+    window: job_status.JobWindow | None
+    queue: job_status.QueueInfo | None
+    nats_up: bool
+    unavailable: str
+
+    @property
+    def chart(self) -> Any:
+        durations = self.window.durations_s[-200:] if self.window else []
+        return sparkline(durations, label=f"durations of {self.job}'s completed runs, last 24 h")
+
+
+async def _job_row(page: Page, job: str) -> JobRow:
+    src = page.sources
+
+    async def queue() -> job_status.QueueInfo | None:
+        return await job_status.queue_info(src.js, page.settings, job)
+
+    info = await page.read("queues", queue)
+
+    async def row() -> job_status.JobStatus:
+        return await job_status.collect_job_status(src.js, src.store(), page.settings, job, info)
+
+    async def window() -> job_status.JobWindow:
+        return await job_status.job_window(src.store(), job)
+
+    found = await page.read("job status", row)
+    return JobRow(job, found, await page.read("24 h history", window), info, src.nats_up,
+                  "needs NATS and MongoDB" if found is None else "")  # fmt: skip
+
+
+async def overview_rows(page: Page) -> tuple[list[JobRow], int | None]:
+    """Per job: status (NATS and MongoDB), 24 h window (MongoDB), queue (NATS); and the DLQ size."""
+    src = page.sources
+    rows = []
+    for job in JOBS:
+        rows.append(await _job_row(page, job))
+    letters = await page.read("dead letters", lambda: deadletters.count_letters(src.js, page.settings.names))
+    return rows, letters
+
+
+async def overview(page: Page) -> Response:
+    rows, letters = await overview_rows(page)
+    any_override = any(r.status is not None and r.status.schedule_source == "kv" for r in rows)
+    if page.request.arg("fragment") == "jobs":
+        return Response(page.dashboard.templates.get_template("overview_jobs.html").render(
+            jobs=rows, dead_letters=letters, any_override=any_override, now=datetime.now(UTC)))  # fmt: skip
+    return page.render(
+        "overview.html", title="Overview", page="overview", jobs=rows, dead_letters=letters,
+        any_override=any_override, live_url="/events?page=overview",
+    )  # fmt: skip
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+def run_filter(page: Page) -> tuple[runs.RunFilter, dict[str, str | None]]:
+    """The Runs page's filter from the query; ValueError with a clear line on bad input."""
+    arg = page.request.arg
+    raw = {name: arg(name) for name in ("job", "status", "trigger", "since", "until")}
+    since = parse_since(raw["since"], option="since") if raw["since"] else None
+    until = parse_time(raw["until"], option="until") if raw["until"] else None
+    flt = runs.RunFilter(job=raw["job"], status=raw["status"], trigger=raw["trigger"], since=since, until=until)
+    return flt, raw
+
+
+async def runs_page(page: Page) -> Response:
+    choices: dict[str, Any] = {
+        "jobs": JOBS,
+        "statuses": [s.value for s in RunStatus],
+        "triggers": [t.value for t in Trigger],
+    }
+    try:
+        flt, raw = run_filter(page)
+        after_text = page.request.arg("after")
+        after = runs.Cursor.decode(after_text) if after_text else None
+    except ValueError as exc:
+        empty = {name: page.request.arg(name) for name in ("since", "until")}
+        return page.render(
+            "runs.html", status=400, title="Runs", page="runs", f=runs.RunFilter(), raw=empty, error=str(exc),
+            records=[], after=None, next_url=None, first_url="/runs", **choices,
+        )  # fmt: skip
+    size = page.settings.dashboard_page_size
+    result = await page.read("runs", lambda: runs.list_runs(page.sources.store(), flt, size, after))
+    base = {k: v for k, v in raw.items() if v}
+    next_url = None
+    if result is not None and result.next_cursor is not None:
+        next_url = "/runs?" + urlencode({**base, "after": result.next_cursor.encode()})
+    live = None if after is not None else "/events?" + urlencode({"page": "runs", **base})
+    return page.render(
+        "runs.html", title="Runs", page="runs", f=flt, raw=raw, error=None,
+        records=result.records if result else [], after=after, next_url=next_url,
+        first_url="/runs?" + urlencode(base), live_url=live, **choices,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: datetime | None
+    what: str
+    took: str
+    detail: str
+
+
+def timeline(record: RunRecord) -> list[TimelineEntry]:
+    """The run's life in time order: requested, each attempt, cancel request, end."""
+    from services.dashboard.render import attempt_took
+
+    entries = []
+    if record.requested_at:
+        entries.append(TimelineEntry(record.requested_at, "requested", "", record.requested_by or ""))
+    if record.scheduled_for and record.trigger is Trigger.SCHEDULE:
+        entries.append(TimelineEntry(record.scheduled_for, "slot", "", ""))
+    for attempt in record.attempts:
+        detail = attempt.error or ""
+        entries.append(
+            TimelineEntry(attempt.started_at, f"attempt {attempt.number}: {attempt.outcome or 'running'}",
+                          attempt_took(attempt), detail)
+        )  # fmt: skip
+    if record.next_attempt_at and not record.status.is_terminal:
+        entries.append(TimelineEntry(record.next_attempt_at, "next attempt due", "", ""))
+    if record.ended_at:
+        entries.append(TimelineEntry(record.ended_at, f"ended {record.status.value}", "", record.reason or ""))
+    return sorted(entries, key=lambda e: as_utc(e.at) or datetime.min.replace(tzinfo=UTC))
+
+
+async def run_page(page: Page) -> Response:
+    run_id = page.request.params["run_id"]
+    record = await page.read("the run", lambda: runs.find_run(page.sources.store(), run_id))
+    if record is None:
+        if page.problems:
+            return page.render(
+                "error.html", status=503, title="Run", heading="Run", message=page.problems[0], back="/runs"
+            )
+        return page.error(
+            404, f"no run {run_id!r} is recorded (a queued run has no record until it starts)", back="/runs"
+        )
+    facts: list[tuple[str, Any]] = [
+        (label, value)
+        for label, value in (
+            ("requested by", record.requested_by),
+            ("scheduled for", record.scheduled_for),
+            ("requested at", record.requested_at),
+            ("started at", record.started_at),
+            ("heartbeat at", record.heartbeat_at),
+            ("ended at", record.ended_at),
+            ("next attempt at", record.next_attempt_at),
+            ("reason", record.reason),
+        )
+        if value
+    ]
+    from shared.readmodel.timetext import iso
+
+    facts = [(label, iso(as_utc(v)) if isinstance(v, datetime) else v) for label, v in facts]
+    live = None if record.status.is_terminal else "/events?" + urlencode({"page": "run", "run_id": run_id})
+    return page.render(
+        "run.html", title=f"Run {run_id}", page="runs", r=record, facts=facts,
+        args_json=json.dumps(record.args, sort_keys=True), timeline=timeline(record),
+        summary_json=json.dumps(record.summary, indent=2, default=str) if record.summary else "",
+        live_url=live,
+    )  # fmt: skip
+
+
+# -- schedules -----------------------------------------------------------------------------
+
+
+@dataclass
+class JobSlots:
+    job: str
+    upcoming: list[datetime]
+    recent: list[schedules.RecentSlot]
+
+
+async def _job_slots(page: Page, job: str, now: datetime) -> JobSlots:
+    src, settings = page.sources, page.settings
+
+    async def override() -> schedules.OverrideEntry:
+        return await schedules.read_override(src.js, settings, job)
+
+    entry = await page.read("overrides", override)
+    eff = schedules.effective_for(settings, job, entry.override if entry else None)
+
+    async def recent() -> list[schedules.RecentSlot]:
+        return await schedules.recent_slots(src.store(), eff, now, SLOTS_SHOWN)
+
+    upcoming = schedules.upcoming_slots(eff, now, SLOTS_SHOWN) if entry else []
+    return JobSlots(job, upcoming, await page.read("recent slots", recent) or [])
+
+
+async def schedules_page(page: Page) -> Response:
+    src, settings = page.sources, page.settings
+    rows = await page.read("schedules", lambda: schedules.list_schedules(src.js, settings))
+    now = datetime.now(UTC)
+    slots = [await _job_slots(page, job, now) for job in JOBS]
+    pending = await page.read("delayed runs", lambda: schedules.pending_runs(src.js, settings, None))
+    return page.render(
+        "schedules.html", title="Schedules", page="schedules", rows=rows, slots=slots, pending=pending,
+        live_url="/events?page=schedules",
+    )  # fmt: skip
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+
+async def dlq_page(page: Page) -> Response:
+    job = page.request.arg("job")
+    try:
+        deadletters.check_job(job)
+    except ValueError as exc:
+        return page.error(400, str(exc), back="/dlq")
+    letters = await page.read(
+        "dead letters", lambda: deadletters.read_letters(page.sources.js, page.settings.names, job, LETTERS_SHOWN)
+    )
+    return page.render(
+        "dlq.html", title="Dead letters", page="dlq", letters=letters, job=job, jobs=JOBS,
+        truncated=letters is not None and len(letters) >= LETTERS_SHOWN,
+    )  # fmt: skip
+
+
+def parse_seq(text: str) -> int:
+    """A dead letter's sequence number from the URL, or 400."""
+    if not text.isdigit() or int(text) < 1:
+        raise HttpError(400, f"{text!r} is not a dead letter number: use the seq shown in the list")
+    return int(text)
+
+
+async def letter_page(page: Page) -> Response:
+    seq = parse_seq(page.request.params["seq"])
+    try:
+        stored = await page.read(
+            "the dead letter", lambda: deadletters.read_letter(page.sources.js, page.settings.names, seq)
+        )
+    except LookupError as exc:
+        return page.error(404, str(exc), back="/dlq")
+    if stored is None:
+        return page.render(
+            "error.html", status=503, title="Dead letter", heading="Dead letter", message=page.problems[0], back="/dlq"
+        )
+    data = stored.as_json()
+    fields = [
+        (key, str(data[key]))
+        for key in ("seq", "job", "run_id", "reason", "attempts", "dead_at", "error", "unreadable")
+        if data.get(key) is not None
+    ]
+    request_json = json.dumps(data["request"], indent=2) if data.get("request") else ""
+    return page.render(
+        "letter.html", title=f"Dead letter {seq}", page="dlq", s=stored, fields=fields, request_json=request_json
+    )
+
+
+# -- stats and audit --------------------------------------------------------------------------
+
+
+async def stats_page(page: Page) -> Response:
+    last = page.request.arg("last") or "24h"
+    if last not in STAT_PERIODS:
+        return page.error(400, f"unknown period {last!r}: use one of {', '.join(STAT_PERIODS)}", back="/stats")
+    db = page.sources
+    latest = await page.read("stats", lambda: stats.latest_snapshot(db.store()))
+    points = await page.read("stats trend", lambda: stats.trend(db.store(), STAT_PERIODS[last])) or []
+
+    def series(name: str) -> list[tuple[datetime, float]]:
+        out = []
+        for point in points:
+            moment, value = as_utc(point.get("computed_at")), point.get(name)
+            if moment is not None and isinstance(value, int | float):
+                out.append((moment, float(value)))
+        return out
+
+    charts = {
+        "active": line_chart(series("active_markets"), title=f"active markets, last {last}"),
+        "volume": line_chart(series("volume_24h"), title=f"24 h volume, last {last}"),
+        "whales": line_chart(series("whale_notional_1h"), title=f"whale notional per hour, last {last}"),
+    }
+    from services.dashboard.render import _number
+
+    figures = []
+    if latest is not None:
+        figures = [
+            ("markets", _number(latest.get("total_markets"))),
+            ("active markets", _number(latest.get("active_markets"))),
+            ("volume, 24 h", _number(latest.get("volume_24h"), 2)),
+            ("whale trades, last hour", _number(latest.get("whale_trades_1h"))),
+            ("whale notional, last hour", _number(latest.get("whale_notional_1h"), 2)),
+        ]
+    top = (latest or {}).get("top_markets") or []
+    return page.render(
+        "stats.html", title="Market stats", page="stats", latest=latest, figures=figures, charts=charts,
+        top=top if isinstance(top, list) else [], last=last, periods=list(STAT_PERIODS),
+    )  # fmt: skip
+
+
+async def audit_page(page: Page) -> Response:
+    entries = await page.read("the audit trail", lambda: recent_actions(page.sources.store(), 100))
+    return page.render("audit.html", title="Audit trail", page="audit", entries=entries)
+
+
+async def login_page(page: Page) -> Response:
+    target = page.request.arg("next") or "/"
+    return page.render("login.html", title="Sign in", next=target if target.startswith("/") else "/")
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+async def healthz(page: Page) -> Response:
+    return json_body({"status": "ok"})
+
+
+async def readyz(page: Page) -> Response:
+    """Ready while it serves: pages work (with a banner) even when a server is down; the body says which."""
+    src = page.sources
+    return json_body({"ready": True, "nats": src.nats_up, "mongo": src.mongo_up, "live_pages": src.hub.listeners})
+
+
+# -- live updates ------------------------------------------------------------------------------
+
+
+def _matches(event: LiveEvent, query: dict[str, str | None]) -> bool:
+    data = event.data
+    return all(not query.get(key) or data.get(key) == query[key] for key in ("job", "status", "trigger", "run_id"))
+
+
+async def _updates(page: Page) -> AsyncIterator[str]:
+    """The blocks of one page's event stream, until the client leaves or the dashboard stops."""
+    arg = page.request.arg
+    kind = arg("page") or "overview"
+    query = {key: arg(key) for key in ("job", "status", "trigger", "run_id")}
+    hub = page.sources.hub
+    queue = hub.subscribe()
+    templates = page.dashboard.templates
+    try:
+        yield "retry: 2000\n: connected\n\n"
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if event is None:
+                return
+            if event.kind == "alert":
+                text = (
+                    f"ALERT {event.data.get('job')} {event.data.get('kind')}: {str(event.data.get('detail', ''))[:300]}"
+                )
+                html = templates.from_string('<div class="banner alert" role="alert">{{ text }}</div>').render(
+                    text=text
+                )
+                yield sse("alert", html)
+                continue
+            if kind == "runs" and _matches(event, query):
+                block = await _run_row(page, event)
+                if block:
+                    yield block
+            elif kind == "run" and event.data.get("run_id") == query.get("run_id"):
+                yield sse("ended", str(event.data.get("status", "")))
+            elif kind == "overview":
+                yield sse("jobs", await _jobs_fragment(page))
+    finally:
+        hub.unsubscribe(queue)
+
+
+async def _run_row(page: Page, event: LiveEvent) -> str | None:
+    run_id = str(event.data.get("run_id", ""))
+    record = await page.read("the run", lambda: runs.find_run(page.sources.store(), run_id))
+    if record is None:
+        return None
+    macro = page.dashboard.templates.get_template("macros.html").module.run_row  # type: ignore[attr-defined]
+    return sse("row", str(macro(record, datetime.now(UTC))))
+
+
+async def _jobs_fragment(page: Page) -> str:
+    page.problems.clear()
+    rows, letters = await overview_rows(page)
+    return page.dashboard.templates.get_template("overview_jobs.html").render(
+        jobs=rows, dead_letters=letters, any_override=False, now=datetime.now(UTC)
+    )
+
+
+async def events(page: Page) -> EventStream:
+    return EventStream(_updates(page))

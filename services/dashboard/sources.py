@@ -1,0 +1,185 @@
+"""The dashboard's connections: NATS and MongoDB that may come and go, and the live event hub.
+
+The dashboard must answer while either server is down (a banner, never a 500), so it
+never waits on a dead server: NATS is connected in the background (and nats-py
+reconnects by itself afterwards), MongoDB is pinged every few seconds, and pages skip
+what is known to be down. Run events and alerts arrive through one core-NATS
+subscription on the EVENTS stream's subjects (the messages the stream captures; no
+consumer state is left on the server) and are fanned out to every open
+Server-Sent-Events connection through bounded queues: a slow browser loses events, it
+never slows the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+from shared.bus import connect_nats
+from shared.errors import PulseError
+from shared.settings import Settings
+from shared.store import Database, Document, ensure_indexes, make_client
+
+log = logging.getLogger("services.dashboard")
+
+#: How often MongoDB is pinged and a lost first NATS connect retried.
+CHECK_INTERVAL_S = 2.0
+#: Events buffered per open page before the oldest are dropped.
+QUEUE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """A run event or an alert, as received from EVENTS."""
+
+    kind: str  # "run" or "alert"
+    subject: str
+    data: dict[str, Any]
+
+
+class EventHub:
+    """Fans live events out to subscribers (one bounded queue per open page)."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[LiveEvent | None]] = set()
+
+    def subscribe(self) -> asyncio.Queue[LiveEvent | None]:
+        queue: asyncio.Queue[LiveEvent | None] = asyncio.Queue(QUEUE_SIZE)
+        self._queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[LiveEvent | None]) -> None:
+        self._queues.discard(queue)
+
+    def publish(self, event: LiveEvent | None) -> None:
+        """Deliver to every subscriber; a full queue drops its oldest event. None ends every stream."""
+        for queue in list(self._queues):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(event)
+
+    @property
+    def listeners(self) -> int:
+        return len(self._queues)
+
+
+class Sources:
+    """NATS, MongoDB and the event hub, with what is up right now."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub = EventHub()
+        self.nats: NatsClient | None = None
+        self.mongo: AsyncMongoClient[Document] = make_client(settings)
+        self.db: Database = self.mongo[settings.mongo_db]
+        self.mongo_up = False
+        self._subs: list[Subscription] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._indexes_ready = False
+
+    @property
+    def nats_up(self) -> bool:
+        return self.nats is not None and self.nats.is_connected
+
+    @property
+    def js(self) -> JetStreamContext:
+        """JetStream, or `Unavailable` when NATS is not connected."""
+        if self.nats is None or not self.nats.is_connected:
+            raise Unavailable("NATS")
+        return self.nats.jetstream(timeout=self.settings.nats_connect_timeout_s)
+
+    def store(self) -> Database:
+        """The database, or `Unavailable` when MongoDB did not answer the last ping."""
+        if not self.mongo_up:
+            raise Unavailable("MongoDB")
+        return self.db
+
+    async def start(self) -> None:
+        """Try each server once (bounded), then keep trying in the background; servers may be down."""
+        await self._ping_mongo()
+        await self._connect_nats()
+        self._tasks = [
+            asyncio.create_task(self._nats_loop(), name="dashboard-nats"),
+            asyncio.create_task(self._mongo_loop(), name="dashboard-mongo"),
+        ]
+
+    async def stop(self) -> None:
+        """End every live stream, stop the loops, close both clients."""
+        self.hub.publish(None)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.nats is not None:
+            with contextlib.suppress(Exception):
+                await self.nats.close()
+        await self.mongo.close()
+
+    async def _nats_loop(self) -> None:
+        while self.nats is None:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            await self._connect_nats()
+
+    async def _connect_nats(self) -> None:
+        """One bounded first connect; afterwards nats-py reconnects by itself (subscriptions included)."""
+        if self.nats is not None:
+            return
+        try:
+            client = await connect_nats(self.settings, name="dashboard")
+        except PulseError as exc:
+            log.warning("dashboard.nats_unreachable: %s", exc, extra={"event": "dashboard.nats_unreachable"})
+            return
+        names = self.settings.names
+        self._subs = [
+            await client.subscribe(names.run_events_wildcard(), cb=self._on_run_event),
+            await client.subscribe(names.alerts_wildcard(), cb=self._on_alert),
+        ]
+        self.nats = client
+
+    async def _on_run_event(self, msg: Msg) -> None:
+        self._relay("run", msg)
+
+    async def _on_alert(self, msg: Msg) -> None:
+        self._relay("alert", msg)
+
+    def _relay(self, kind: str, msg: Msg) -> None:
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            return
+        if isinstance(data, dict):
+            self.hub.publish(LiveEvent(kind, msg.subject, data))
+
+    async def _mongo_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            await self._ping_mongo()
+
+    async def _ping_mongo(self) -> None:
+        try:
+            await asyncio.wait_for(self.mongo.admin.command("ping"), timeout=self.settings.mongo_timeout_s)
+            if not self._indexes_ready:
+                await ensure_indexes(self.db)
+                self._indexes_ready = True
+            self.mongo_up = True
+        except (PyMongoError, TimeoutError, PulseError):
+            self.mongo_up = False
+
+
+class Unavailable(Exception):
+    """A server the page needs is down; the page shows a banner instead of that part."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__(f"{server} is unreachable")
+        self.server = server

@@ -1,0 +1,290 @@
+"""Schedules as the ticker obeys them: defaults, runtime overrides, slots, delayed runs.
+
+Overrides live in the `schedules` KV bucket (JSON `ScheduleOverride` per job). Every
+write here is a compare-and-set, so two operators (CLI or dashboard) editing at once
+never lose a change. Upcoming slots are computed from the effective schedule; recent
+slots are matched with their run records by the deterministic scheduled run id, so a
+slot with no record shows as missed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from shared.delayed import list_delayed
+from shared.errors import PulseError
+from shared.names import JOBS, Collections
+from shared.schedules import EffectiveSchedule, ScheduleOverride, effective_schedule
+from shared.schemas import scheduled_run_id, utcnow
+from shared.settings import Settings
+from shared.store import Database
+
+_EPSILON = timedelta(microseconds=1)
+#: Compare-and-set attempts before giving up on a bucket that keeps changing under us.
+CAS_TRIES = 5
+
+
+class ConcurrentChange(PulseError):
+    """The override kept changing under a compare-and-set; the operator should try again."""
+
+
+@dataclass(frozen=True)
+class OverrideEntry:
+    """A job's stored override, its revision, and why it was unreadable (if it was)."""
+
+    override: ScheduleOverride | None
+    revision: int | None
+    problem: str | None = None
+
+
+async def read_override_entry(kv: KeyValue, job: str) -> OverrideEntry:
+    """The job's override and its revision (None, revision-of-tombstone-or-None when absent)."""
+    try:
+        entry = await kv.get(job)
+    except nats.js.errors.KeyDeletedError as exc:
+        # A delete leaves a tombstone; the next write must name its revision.
+        return OverrideEntry(None, exc.entry.revision if exc.entry is not None else None)
+    except nats.js.errors.KeyNotFoundError:
+        return OverrideEntry(None, None)
+    if not entry.value:
+        return OverrideEntry(None, entry.revision)
+    try:
+        return OverrideEntry(ScheduleOverride.from_bytes(entry.value), entry.revision)
+    except ValueError as exc:
+        return OverrideEntry(None, entry.revision, str(exc))
+
+
+async def read_override(js: JetStreamContext, settings: Settings, job: str) -> OverrideEntry:
+    """The job's override; absent when the bucket does not exist yet.
+
+    A corrupt override is reported in `problem` and otherwise ignored, as the ticker
+    ignores it (it keeps the default).
+    """
+    try:
+        kv = await js.key_value(settings.names.schedules_bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return OverrideEntry(None, None)
+    return await read_override_entry(kv, job)
+
+
+async def _write(kv: KeyValue, job: str, value: ScheduleOverride | None, last: int | None) -> bool:
+    """Compare-and-set the job's override (None deletes it); False on a concurrent change."""
+    try:
+        if value is None:
+            await kv.delete(job, last=last)
+        elif last is None:
+            await kv.create(job, value.to_bytes())
+        else:
+            await kv.update(job, value.to_bytes(), last=last)
+    except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+        return False
+    return True
+
+
+#: Turns the stored override (None: absent) into the one to store (None: delete it).
+Change = Callable[[ScheduleOverride | None], ScheduleOverride | None]
+
+
+async def change_override(
+    js: JetStreamContext,
+    settings: Settings,
+    job: str,
+    change: Change,
+    on_unreadable: Callable[[str], None] | None = None,
+) -> tuple[ScheduleOverride | None, EffectiveSchedule]:
+    """Apply `change` to the job's override with compare-and-set retries; return the result.
+
+    Raises:
+        ConcurrentChange: the override changed under every one of `CAS_TRIES` attempts.
+    """
+    kv = await js.key_value(settings.names.schedules_bucket)
+    for _ in range(CAS_TRIES):
+        entry = await read_override_entry(kv, job)
+        if entry.problem is not None and on_unreadable is not None:
+            on_unreadable(entry.problem)
+        new = change(entry.override)
+        if new is None and entry.override is None and entry.problem is None:
+            break  # nothing stored, nothing to delete
+        if await _write(kv, job, new, entry.revision):
+            break
+    else:
+        raise ConcurrentChange(f"the schedule of {job} kept changing under this command; try again")
+    policy = settings.jobs.for_job(job)
+    return new, effective_schedule(job, policy.schedule, enabled=policy.enabled, override=new)
+
+
+# -- the changes operators make (CLI and dashboard alike) --------------------------------
+
+
+def set_schedule(text: str, who: str) -> Change:
+    """Override the schedule with `text` (already parsed by the caller); a paused job stays paused."""
+
+    def change(current: ScheduleOverride | None) -> ScheduleOverride:
+        base = current or ScheduleOverride()
+        return base.model_copy(update={"schedule": text, "updated_at": utcnow(), "updated_by": who})
+
+    return change
+
+
+def pause(who: str) -> Change:
+    """Stop the ticker from requesting the job."""
+
+    def change(current: ScheduleOverride | None) -> ScheduleOverride:
+        base = current or ScheduleOverride()
+        return base.model_copy(update={"paused": True, "updated_at": utcnow(), "updated_by": who})
+
+    return change
+
+
+def resume(who: str) -> Change:
+    """Fire again from the next slot; slots missed while paused never fire (the `resumed_at` fence)."""
+
+    def change(current: ScheduleOverride | None) -> ScheduleOverride | None:
+        if current is None or not current.paused:
+            return current  # not paused: nothing to change
+        now = utcnow()
+        return current.model_copy(update={"paused": False, "resumed_at": now, "updated_at": now, "updated_by": who})
+
+    return change
+
+
+def reset(who: str) -> Change:
+    """Back to the default schedule from settings, not paused."""
+
+    def change(current: ScheduleOverride | None) -> ScheduleOverride | None:
+        if current is None:
+            return None
+        if current.paused:
+            # Keep a fence so that un-pausing through reset does not fire the skipped slots.
+            now = utcnow()
+            return ScheduleOverride(resumed_at=now, updated_at=now, updated_by=who)
+        return None
+
+    return change
+
+
+# -- listing -------------------------------------------------------------------------
+
+
+def iso_seconds(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+async def last_slot(kv: KeyValue, job: str) -> str | None:
+    """The last slot the ticker fired for `job` (its `ticker` bucket entry), as ISO text."""
+    try:
+        entry = await kv.get(job)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    try:
+        slot = json.loads(entry.value or b"{}").get("slot")
+    except ValueError:
+        return None
+    return str(slot).replace("+00:00", "Z") if slot else None
+
+
+async def list_schedules(
+    js: JetStreamContext, settings: Settings, on_unreadable: Callable[[str, str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Every job's schedule: text, kind, source, default, paused, enabled, next fire, last slot."""
+    schedules = await js.key_value(settings.names.schedules_bucket)
+    ticker = await js.key_value(settings.names.ticker_bucket)
+    rows = []
+    now = utcnow()
+    for job in JOBS:
+        entry = await read_override_entry(schedules, job)
+        if entry.problem is not None and on_unreadable is not None:
+            on_unreadable(job, entry.problem)
+        eff = effective_for(settings, job, entry.override)
+        policy = settings.jobs.for_job(job)
+        rows.append(
+            {
+                "job": job,
+                "schedule": eff.schedule.text,
+                "kind": eff.schedule.kind,
+                "source": eff.source,
+                "default": policy.schedule,
+                "paused": eff.paused,
+                "enabled": eff.enabled,
+                "next_fire": iso_seconds(eff.next_fire(now)),
+                "last_slot": await last_slot(ticker, job),
+            }
+        )
+    return rows
+
+
+def effective_for(settings: Settings, job: str, override: ScheduleOverride | None) -> EffectiveSchedule:
+    """The schedule the ticker obeys for `job` given its override."""
+    policy = settings.jobs.for_job(job)
+    return effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
+
+
+async def pending_runs(js: JetStreamContext, settings: Settings, job: str | None) -> list[dict[str, Any]]:
+    """Delayed one-off runs not yet fired (of `job`, or all), earliest first."""
+    entries = await list_delayed(js, settings.names, job)
+    return [
+        {
+            "run_id": request.run_id,
+            "job": request.job,
+            "at": iso_seconds(at),
+            "requested_by": request.requested_by,
+            "requested_at": iso_seconds(request.requested_at),
+            "args": request.args,
+        }
+        for request, at in entries
+    ]
+
+
+# -- slots ---------------------------------------------------------------------------
+
+
+def upcoming_slots(eff: EffectiveSchedule, now: datetime, count: int) -> list[datetime]:
+    """The next `count` slots that will fire (none while paused or disabled)."""
+    slots: list[datetime] = []
+    moment = eff.next_fire(now)
+    while moment is not None and len(slots) < count:
+        slots.append(moment)
+        moment = eff.schedule.next_slot(moment)
+    return slots
+
+
+@dataclass(frozen=True)
+class RecentSlot:
+    """A past slot and what became of it: a run's status, or `missed` when no run exists."""
+
+    slot: datetime
+    run_id: str
+    outcome: str
+    reason: str | None
+
+
+async def recent_slots(db: Database, eff: EffectiveSchedule, now: datetime, count: int) -> list[RecentSlot]:
+    """The last `count` slots of the schedule, newest first, with their runs' outcomes.
+
+    A slot without a run record is `missed` (the ticker was down, the job paused, or the
+    request never reached a worker); a skipped run carries its reason (e.g. overlap).
+    One `_id $in` read for all slots.
+    """
+    slots: list[datetime] = []
+    moment = eff.schedule.previous_slot(now)
+    while len(slots) < count:
+        slots.append(moment)
+        moment = eff.schedule.previous_slot(moment - _EPSILON)
+    ids = [scheduled_run_id(eff.job, slot) for slot in slots]
+    found = {
+        doc["_id"]: doc async for doc in db[Collections.RUNS].find({"_id": {"$in": ids}}, {"status": 1, "reason": 1})
+    }
+    out = []
+    for slot, run_id in zip(slots, ids, strict=True):
+        doc = found.get(run_id)
+        outcome = str(doc.get("status")) if doc else ("paused" if eff.paused else "missed")
+        out.append(RecentSlot(slot, run_id, outcome, doc.get("reason") if doc else None))
+    return out

@@ -1,0 +1,202 @@
+"""How each job is doing: the rows of `pulse status` / `pulse watch` and the dashboard's overview.
+
+`collect_status` reads (never writes) the three places that together say how a job is
+doing: its schedule (settings, overridden by the `schedules` KV bucket), its queue (the
+job's JetStream consumer) and its history (`runs`). `job_window` adds what only the
+dashboard shows: the success rate and p50/p95 durations of the last 24 h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from shared.names import JOBS, Collections
+from shared.readmodel.schedules import read_override
+from shared.readmodel.timetext import as_utc, iso
+from shared.runtime import monitor
+from shared.schedules import effective_schedule
+from shared.schemas import RunStatus
+from shared.settings import Settings
+from shared.store import Database
+
+#: How many recent finished runs are read to count consecutive failures.
+_FAILURE_WINDOW = 50
+_ACTIVE = (RunStatus.RUNNING.value, RunStatus.RETRYING.value)
+#: Most finished runs read for the 24 h window (a job every 30 s ends 2,880 runs a day).
+WINDOW_RUN_LIMIT = 5000
+
+
+@dataclass
+class JobStatus:
+    """Everything `pulse status` shows about one job."""
+
+    job: str
+    schedule: str
+    schedule_source: str  # "settings" or "kv" (a runtime override)
+    enabled: bool
+    paused: bool
+    next_fire: datetime | None
+    last_run_id: str | None = None
+    last_status: str | None = None
+    last_ended_at: datetime | None = None
+    last_started_at: datetime | None = None
+    last_success_at: datetime | None = None
+    stale_after_s: float = 0.0
+    fresh: bool | None = None  # None: never succeeded
+    consecutive_failures: int = 0
+    alert_after_failures: int = 0
+    waiting: int | None = None  # None: the job's consumer does not exist yet
+    in_flight: int | None = None
+    running_records: int = 0
+    alerts: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """The job's durable consumer: requests waiting, delivered but unacked, redelivered."""
+
+    waiting: int
+    in_flight: int
+    redelivered: int
+
+
+async def queue_info(js: JetStreamContext, settings: Settings, job: str) -> QueueInfo | None:
+    """The job's consumer figures, or None when the consumer does not exist yet."""
+    names = settings.names
+    try:
+        info = await js.consumer_info(names.jobs_stream, names.consumer_name(job))
+    except nats.js.errors.NotFoundError:
+        return None
+    return QueueInfo(info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)
+
+
+async def collect_job_status(
+    js: JetStreamContext, db: Database, settings: Settings, job: str, queue: QueueInfo | None = None
+) -> JobStatus:
+    """Read the schedule, queue and history of `job` (`queue` when already read)."""
+    now = datetime.now(UTC)
+    policy = settings.jobs.for_job(job)
+    override = (await read_override(js, settings, job)).override
+    try:
+        effective = effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
+        schedule_text = effective.schedule.text
+        source = "settings" if effective.source == "default" else "kv"
+        paused = effective.paused
+        next_fire: datetime | None = effective.schedule.next_slot(now) if effective.active else None
+    except ValueError:  # an override the ticker would refuse: it keeps the default
+        schedule_text, source, paused, next_fire = policy.schedule, "settings", False, None
+
+    runs = db[Collections.RUNS]
+    last = await runs.find_one({"job": job}, sort=[("requested_at", -1), ("started_at", -1)])
+    success = await runs.find_one({"job": job, "status": RunStatus.COMPLETED.value}, sort=[("ended_at", -1)])
+    if queue is None:
+        queue = await queue_info(js, settings, job)
+    status = JobStatus(
+        job=job,
+        schedule=schedule_text,
+        schedule_source=source,
+        enabled=policy.enabled,
+        paused=paused,
+        next_fire=next_fire,
+        stale_after_s=policy.stale_after_s,
+        alert_after_failures=policy.alert_after_failures,
+        waiting=queue.waiting if queue else None,
+        in_flight=queue.in_flight if queue else None,
+        running_records=await runs.count_documents({"job": job, "status": {"$in": list(_ACTIVE)}}),
+        consecutive_failures=len(await monitor.failure_streak(db, job, _FAILURE_WINDOW)),
+    )
+    if last is not None:
+        status.last_run_id = str(last["_id"])
+        status.last_status = last.get("status")
+        status.last_started_at = as_utc(last.get("started_at"))
+        status.last_ended_at = as_utc(last.get("ended_at"))
+    if success is not None:
+        status.last_success_at = as_utc(success.get("ended_at"))
+        if status.last_success_at is not None:
+            status.fresh = (now - status.last_success_at).total_seconds() <= policy.stale_after_s
+    if status.fresh is False or (status.fresh is None and status.last_run_id is not None):
+        status.alerts.append("stale")
+    if status.consecutive_failures >= policy.alert_after_failures:
+        status.alerts.append(f"{status.consecutive_failures} failures in a row")
+    return status
+
+
+async def collect_status(
+    js: JetStreamContext, db: Database, settings: Settings, jobs: tuple[str, ...] = JOBS
+) -> list[JobStatus]:
+    """The status of every job in `jobs`, in that order."""
+    return [await collect_job_status(js, db, settings, job) for job in jobs]
+
+
+def status_json(rows: list[JobStatus]) -> list[dict[str, Any]]:
+    """`--json` form of the status rows; times as ISO-8601 UTC strings."""
+    out = []
+    for row in rows:
+        data = asdict(row)
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = iso(value)
+        out.append(data)
+    return out
+
+
+# -- the last 24 hours ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobWindow:
+    """Finished runs of one job in a time window: outcomes and durations (oldest first)."""
+
+    job: str
+    since: datetime
+    finished: int
+    completed: int
+    failed: int
+    durations_s: list[float]  # of completed runs, oldest first
+    truncated: bool  # more runs ended in the window than were read
+
+    @property
+    def success_rate(self) -> float | None:
+        """Completed over completed + failed (skipped and canceled runs count for neither)."""
+        counted = self.completed + self.failed
+        return self.completed / counted if counted else None
+
+    def percentile_s(self, fraction: float) -> float | None:
+        """Nearest-rank percentile of the completed runs' durations (None without any)."""
+        if not self.durations_s:
+            return None
+        ordered = sorted(self.durations_s)
+        rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+        return ordered[rank]
+
+
+async def job_window(db: Database, job: str, period: timedelta = timedelta(hours=24)) -> JobWindow:
+    """Outcomes and durations of `job`'s runs that ended in the last `period`.
+
+    One indexed range read (`job_ended`), newest first and bounded by `WINDOW_RUN_LIMIT`.
+    """
+    since = datetime.now(UTC) - period
+    cursor = (
+        db[Collections.RUNS]
+        .find({"job": job, "ended_at": {"$gte": since}}, {"status": 1, "started_at": 1, "ended_at": 1})
+        .sort("ended_at", -1)
+        .limit(WINDOW_RUN_LIMIT)
+    )
+    docs = await cursor.to_list(None)
+    completed = failed = 0
+    durations: list[float] = []
+    for doc in reversed(docs):
+        status = doc.get("status")
+        if status == RunStatus.COMPLETED.value:
+            completed += 1
+            start, end = as_utc(doc.get("started_at")), as_utc(doc.get("ended_at"))
+            if start is not None and end is not None:
+                durations.append(max(0.0, (end - start).total_seconds()))
+        elif status in (RunStatus.FAILED.value, RunStatus.TIMED_OUT.value):
+            failed += 1
+    return JobWindow(job, since, len(docs), completed, failed, durations, len(docs) >= WINDOW_RUN_LIMIT)

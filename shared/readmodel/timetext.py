@@ -1,0 +1,95 @@
+"""Durations and times as operators type them ('90s', '1h30m', '2026-12-01T09:00:00Z').
+
+Each parser raises ValueError with a message that names the option and says what to
+type instead; the CLI turns it into exit 2, the dashboard into a 400 with that line.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, *, option: str) -> timedelta:
+    """Parse '90s', '5m', '1h30m', '2d' or a bare number of seconds.
+
+    Raises:
+        ValueError: `text` is not a duration.
+    """
+    cleaned = text.strip().lower().replace(" ", "")
+    try:
+        return timedelta(seconds=float(cleaned))
+    except ValueError:
+        pass
+    matches = list(_DURATION_RE.finditer(cleaned))
+    if not matches or "".join(m.group(0) for m in matches) != cleaned:
+        raise ValueError(f"{option} {text!r} is not a duration: use e.g. 90s, 5m, 1h30m or 2d")
+    return timedelta(seconds=sum(float(m.group(1)) * _DURATION_UNITS_S[m.group(2)] for m in matches))
+
+
+def parse_time(text: str, *, option: str) -> datetime:
+    """Parse an ISO-8601 time with a timezone ('2026-12-01T09:00:00Z'), as UTC.
+
+    Raises:
+        ValueError: not a time, or a time without a timezone.
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{option} {text!r} is not a time: use ISO 8601 with a timezone, e.g. 2026-12-01T09:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{option} {text!r} has no timezone: add one, e.g. {text}Z for UTC")
+    return moment.astimezone(UTC)
+
+
+def parse_since(text: str, *, option: str = "--since") -> datetime:
+    """A start time given as a duration back from now ('2h') or an ISO-8601 time.
+
+    Raises:
+        ValueError: neither a duration nor a time.
+    """
+    if _DURATION_RE.search(text) and not any(c in text for c in "T-:"):
+        return datetime.now(UTC) - parse_duration(text, option=option)
+    return parse_time(text, option=option)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Stored datetimes come back aware (tz_aware client); normalize defensively anyway."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO-8601 UTC with a `Z` (None stays None)."""
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    """'3m ago' / 'in 5s' / '-' for a datetime relative to now."""
+    moment = as_utc(moment)
+    if moment is None:
+        return "-"
+    delta = ((now or datetime.now(UTC)) - moment).total_seconds()
+    text = human_seconds(abs(delta))
+    return f"{text} ago" if delta >= 0 else f"in {text}"
+
+
+def human_seconds(seconds: float) -> str:
+    """12s, 4m05s, 3h20m, 2d04h."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
