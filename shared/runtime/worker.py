@@ -35,6 +35,7 @@ from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsMessage, PullSub
 from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from pymongo import AsyncMongoClient
 
 from shared.bus import connect_broker, ensure_topology, inbox_prefix
@@ -46,7 +47,8 @@ from shared.runtime._broker import ServiceBroker
 from shared.runtime.job import JobSpec
 from shared.runtime.metrics import RuntimeMetrics
 from shared.runtime.ratelimit import RateLimiter
-from shared.runtime.runner import Bound, Runtime, run_message
+from shared.runtime.retry import infrastructure_delay_s, is_infrastructure_failure
+from shared.runtime.runner import Bound, RecordedNotAnnounced, Runtime, run_message
 from shared.settings import JobPolicy, Settings
 from shared.store import Database, Document, connect_store, ensure_indexes
 
@@ -214,19 +216,54 @@ class Worker:
             self._in_flight += 1
             try:
                 await run_message(self.runtime, bound, msg.raw_message)
-            except Exception:
-                # Not settled: JetStream redelivers after the ack wait, and the runner's
-                # conditional writes make the repeat safe.
-                log.exception(
-                    "run of %s could not be recorded; it will be redelivered",
-                    bound.spec.name,
-                    extra={"event": "run.error", "job": bound.spec.name},
-                )
+            except Exception as exc:
+                await self._put_back(bound, msg.raw_message, exc)
             finally:
                 self._in_flight -= 1
 
         handle.__name__ = f"run_{bound.spec.name}"
         return handle
+
+    async def _put_back(self, bound: Bound, msg: Msg, exc: Exception) -> None:
+        """A delivery the runtime could not finish: nak it with a bounded backoff, or leave it.
+
+        Store or NATS unreachable (before or after the run): nak'ed, and no attempt is
+        counted (attempts are counted when a run is claimed). Anything else is a bug:
+        logged with its traceback and left unsettled, so it comes back after the ack wait.
+        Either way the runner's conditional writes make the repeat safe.
+        """
+        job = bound.spec.name
+        delivery = msg.metadata.num_delivered
+        delay = infrastructure_delay_s(delivery, self.settings.ack_wait_s)
+        extra = {"job": job, "worker": self.worker_id, "delivery": delivery}
+        if isinstance(exc, RecordedNotAnnounced):
+            log.warning(
+                "run %s is recorded %s, but its events could not be published (%s); "
+                "they are published when the request comes back in %.1fs",
+                exc.record.run_id,
+                exc.record.status.value,
+                type(exc.cause).__name__,
+                delay,
+                extra={**extra, "event": "run.publish_deferred", "run_id": exc.record.run_id},
+            )
+        elif is_infrastructure_failure(exc):
+            self.metrics.deferred.labels(job=job).inc()
+            log.warning(
+                "a request of %s was put back for %.1fs without counting an attempt: %s",
+                job,
+                delay,
+                self.runtime.scrub(f"{type(exc).__name__}: {exc}"[:300]),
+                extra={**extra, "event": "run.deferred"},
+            )
+        else:
+            log.exception(
+                "a request of %s could not be handled; it comes back after the ack wait",
+                job,
+                extra={**extra, "event": "run.error"},
+            )
+            return
+        with contextlib.suppress(Exception):  # NATS itself may be away: then the ack wait brings it back
+            await msg.nak(delay=delay)
 
     async def after_start(self) -> None:
         """Start the stale-run monitor and log that the worker is consuming."""

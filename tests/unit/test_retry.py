@@ -30,7 +30,7 @@ def test_last_attempt_fails_the_run_with_a_dead_letter() -> None:
     assert (decision.settle, decision.status, decision.dead_letter) == (Settle.TERM, RunStatus.FAILED, "exhausted")
 
 
-def test_spare_delivery_past_the_last_attempt_is_failed_too() -> None:
+def test_an_attempt_past_the_last_is_failed_too() -> None:
     assert decide(Outcome(OutcomeKind.FAILED), 5, POLICY).status is RunStatus.FAILED
 
 
