@@ -109,6 +109,8 @@ class Worker:
         self.metrics = RuntimeMetrics()
         self.worker_id = f"{service}@{socket.gethostname()}:{os.getpid()}"
         self.runs_started = 0
+        #: Messages this worker settled (acked, nak'ed with a decision, or termed).
+        self.settled = 0
         self.broker = ServiceBroker(
             settings, name=self.worker_id, decoder=_keep_raw, graceful_timeout=settings.ack_wait_s
         )
@@ -216,6 +218,7 @@ class Worker:
             self._in_flight += 1
             try:
                 await run_message(self.runtime, bound, msg.raw_message)
+                self.settled += 1
             except Exception as exc:
                 await self._put_back(bound, msg.raw_message, exc)
             finally:
@@ -371,24 +374,26 @@ class Worker:
         # Work-queue messages are deleted when acked or termed; a nak'ed one waits here.
         return not any(count for subject, count in (state.state.subjects or {}).items() if subject in subjects)
 
-    async def run_until_idle(self, timeout_s: float = 30.0, *, settle_s: float = 0.3) -> None:
+    async def run_until_idle(self, timeout_s: float = 30.0, *, settled: int = 0) -> None:
         """Return once every request has been settled (burst mode), or raise TimeoutError.
+
+        Idle is exact, not a quiet period: an unsettled request is still in the
+        work-queue stream (waiting, nak'ed with a delay, or awaiting redelivery) or
+        pending on the consumer, and one being run is in flight.
 
         Args:
             timeout_s: longest time to wait.
-            settle_s: how long the queue must stay idle, to cover a redelivery in flight.
+            settled: also wait until this worker has settled at least this many messages
+                in all (for callers that publish and drain before the first fetch).
         """
         deadline = time.monotonic() + timeout_s
-        idle_since: float | None = None
         while time.monotonic() < deadline:
-            if await self.is_idle():
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since >= settle_s:
-                    return
-            else:
-                idle_since = None
+            if self.settled >= settled and await self.is_idle():
+                return
             await asyncio.sleep(0.05)
-        raise TimeoutError(f"jobs {[b.spec.name for b in self.jobs]} still busy after {timeout_s:g}s")
+        raise TimeoutError(
+            f"jobs {[b.spec.name for b in self.jobs]} still busy after {timeout_s:g}s ({self.settled} settled)"
+        )
 
     async def readiness_nats(self) -> bool:
         """Readiness check: the broker's NATS connection is up."""
