@@ -10,7 +10,7 @@ from shared.runtime._broker import ServiceBroker
 from shared.runtime.context import JobContext
 from shared.runtime.events import publish_alert, publish_cancel_hint, publish_run_event
 from shared.runtime.health import HttpServer, build_http_app
-from shared.runtime.job import JobSpec, NoArgs, job
+from shared.runtime.job import Checkpoint, JobSpec, NoArgs, job, no_checkpoint
 from shared.runtime.ratelimit import RateLimited, RateLimiter
 from shared.runtime.records import finish_run, request_cancel
 from shared.runtime.service import run_app, run_service
@@ -18,6 +18,7 @@ from shared.runtime.worker import Worker
 from shared.settings import JobPolicy, RetryPolicy
 
 __all__ = [
+    "Checkpoint",
     "HttpServer",
     "InvalidRequest",
     "JobContext",
@@ -35,6 +36,7 @@ __all__ = [
     "build_http_app",
     "finish_run",
     "job",
+    "no_checkpoint",
     "publish_alert",
     "publish_cancel_hint",
     "publish_run_event",

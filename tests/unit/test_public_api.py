@@ -10,6 +10,7 @@ import shared.runtime
 ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
+    "Checkpoint",
     "HttpServer",
     "InvalidRequest",
     "JobContext",
@@ -27,6 +28,7 @@ EXPECTED = {
     "build_http_app",
     "finish_run",
     "job",
+    "no_checkpoint",
     "publish_alert",
     "publish_cancel_hint",
     "publish_run_event",
