@@ -47,14 +47,14 @@ from typing import Protocol
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from services.ticker.metrics import TickerMetrics
 from services.ticker.slots import Action, Decision, SlotState, decide
 from services.ticker.state import SlotStore, Stored
 from shared.names import JOBS
+from shared.overrides import OverrideChange, OverrideWatch, resolve
 from shared.requests import publish_request
-from shared.schedules import EffectiveSchedule, ScheduleOverride, effective_schedule
+from shared.schedules import EffectiveSchedule, ScheduleOverride
 from shared.schemas import JobRequest, Trigger, scheduled_run_id, utcnow
 from shared.settings import Settings
 
@@ -143,7 +143,7 @@ class Ticker:
         self._cache: dict[str, Stored] = {}
         self._store: SlotStore | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watcher: OverrideWatch | None = None
         self._watch_timeout_s = 10.0
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -229,23 +229,21 @@ class Ticker:
         return self._effective[job]
 
     def _resolve(self, job: str) -> EffectiveSchedule:
-        policy = self._settings.jobs.for_job(job)
-        return effective_schedule(job, policy.schedule, enabled=policy.enabled, override=self._overrides.get(job))
+        return resolve(job, self._settings.jobs.for_job(job), self._overrides.get(job))
 
-    def _apply_entry(self, entry: KeyValue.Entry) -> None:
-        job = entry.key
+    def _apply(self, change: OverrideChange) -> None:
+        job = change.job
         if job not in self._effective:
             log.warning("ticker.unknown_job_override", extra={"event": "ticker.unknown_job_override", "job": job})
             return
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
+        if change.unreadable is not None:
+            # Keep obeying what we had: a bad write must not stop or unleash a job.
+            log.error("ticker.bad_override %s", change.unreadable, extra={"event": "ticker.bad_override", "job": job})
+            return
+        if change.override is None:
             self._overrides.pop(job, None)
         else:
-            try:
-                self._overrides[job] = ScheduleOverride.from_bytes(entry.value)
-            except ValueError as exc:
-                # Keep obeying what we had: a bad write must not stop or unleash a job.
-                log.error("ticker.bad_override %s", exc, extra={"event": "ticker.bad_override", "job": job})
-                return
+            self._overrides[job] = change.override
         self._effective[job] = self._resolve(job)
         log.info(
             "ticker.schedule_changed %s", self._describe(job), extra={"event": "ticker.schedule_changed", "job": job}
@@ -260,19 +258,14 @@ class Ticker:
     async def _start_watch(self) -> None:
         """Watch `schedules`: load every current override (replacing what we had), then follow changes."""
         await self._stop_watch()
-        schedules = await self._js.key_value(self._names.schedules_bucket)
-        watcher = await schedules.watchall()
-        current: list[KeyValue.Entry] = []
-        # The watcher yields current values, then None, then live changes.
-        while (entry := await watcher.updates(timeout=self._watch_timeout_s)) is not None:  # type: ignore[no-untyped-call]
-            current.append(entry)
+        watch = await OverrideWatch.open(self._js, self._names, timeout_s=self._watch_timeout_s)
         # Rebuild from scratch: an override deleted while we were not watching must go too.
         self._overrides.clear()
         self._effective = {job: self._resolve(job) for job in JOBS}
-        for entry in current:
-            self._apply_entry(entry)
-        self._watcher = watcher
-        self._watch_task = asyncio.create_task(self._watch(watcher), name="ticker-watch")
+        for change in watch.initial.values():
+            self._apply(change)
+        self._watcher = watch
+        self._watch_task = asyncio.create_task(self._watch(watch), name="ticker-watch")
 
     async def _stop_watch(self) -> None:
         if self._watch_task is not None:
@@ -282,14 +275,13 @@ class Ticker:
             self._watch_task = None
         if self._watcher is not None:
             with contextlib.suppress(Exception):  # the subscription may already be gone with the connection
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
+                await self._watcher.stop()
             self._watcher = None
 
-    async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _watch(self, watch: OverrideWatch) -> None:
         try:
-            async for entry in watcher:
-                if entry is not None:
-                    self._apply_entry(entry)
+            async for change in watch.changes():
+                self._apply(change)
         except Exception:
             log.exception("ticker.watch_failed", extra={"event": "ticker.watch_failed"})
             raise

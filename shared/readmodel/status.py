@@ -16,10 +16,10 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from shared.names import JOBS, Collections
+from shared.overrides import resolve
 from shared.readmodel.schedules import read_override
 from shared.readmodel.timetext import as_utc, iso
 from shared.runtime import monitor
-from shared.schedules import effective_schedule
 from shared.schemas import RunStatus
 from shared.settings import Settings
 from shared.store import Database
@@ -83,7 +83,7 @@ async def collect_job_status(
     policy = settings.jobs.for_job(job)
     override = (await read_override(js, settings, job)).override
     try:
-        effective = effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
+        effective = resolve(job, policy, override)
         schedule_text = effective.schedule.text
         source = "settings" if effective.source == "default" else "kv"
         paused = effective.paused

@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 import httpx
-import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
 from shared.logs import bind
 from shared.names import Names
+from shared.overrides import current_schedule
 from shared.runtime import monitor, records
 from shared.runtime.context import JobContext, context_logger
 from shared.runtime.events import publish_alert, publish_dead_letter, publish_run_event
@@ -42,7 +42,7 @@ from shared.runtime.retry import (
     past_last_attempt,
     was_dead_lettered,
 )
-from shared.schedules import Schedule, ScheduleOverride, effective_schedule, parse_schedule
+from shared.schedules import Schedule, parse_schedule
 from shared.schemas import (
     SCHEMA_VERSION,
     Alert,
@@ -131,7 +131,7 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
         return await reject_invalid(rt, job, msg, parsed, delivery)
     request = parsed.request
     first = delivery == 1
-    schedule = await current_schedule(rt, job) if first and request.trigger is Trigger.SCHEDULE else None
+    schedule = await _schedule_now(rt, job) if first and request.trigger is Trigger.SCHEDULE else None
     skipped = guard(job.policy, request, first=first, schedule=schedule)
     if skipped is not None:  # decided without running
         decision = decide(skipped, 1, job.policy.retry)
@@ -212,20 +212,9 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
 # -- guard ------------------------------------------------------------------------------
 
 
-async def current_schedule(rt: Runtime, job: Bound) -> Schedule:
-    """The schedule the ticker follows for `job` now: a runtime override, else the policy's."""
-    override: ScheduleOverride | None = None
-    try:
-        bucket = await rt.js.key_value(rt.names.schedules_bucket)
-        entry = await bucket.get(job.spec.name)
-        if entry.value:
-            override = ScheduleOverride.from_bytes(entry.value)
-    except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
-        pass
-    except ValueError:
-        pass  # a bad override is ignored by the ticker too (it keeps the default)
-    effective = effective_schedule(job.spec.name, job.policy.schedule, enabled=job.policy.enabled, override=override)
-    return effective.schedule
+async def _schedule_now(rt: Runtime, job: Bound) -> Schedule:
+    """The schedule the ticker follows for `job` now (a runtime override included)."""
+    return (await current_schedule(rt.js, rt.names, job.spec.name, job.policy)).schedule
 
 
 def guard(policy: JobPolicy, request: JobRequest, *, first: bool, schedule: Schedule | None = None) -> Outcome | None:
