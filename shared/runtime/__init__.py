@@ -14,6 +14,7 @@ from shared.runtime.job import Checkpoint, JobSpec, NoArgs, job, no_checkpoint
 from shared.runtime.ratelimit import RateLimited, RateLimiter
 from shared.runtime.records import finish_run, request_cancel
 from shared.runtime.service import run_app, run_service
+from shared.runtime.watchdog import time_out_silent_runs
 from shared.runtime.worker import Worker
 from shared.settings import JobPolicy, RetryPolicy
 
@@ -43,4 +44,5 @@ __all__ = [
     "request_cancel",
     "run_app",
     "run_service",
+    "time_out_silent_runs",
 ]

@@ -35,6 +35,7 @@ EXPECTED = {
     "request_cancel",
     "run_app",
     "run_service",
+    "time_out_silent_runs",
 }
 
 
