@@ -8,6 +8,6 @@ __main__.py wiring of the process
 """
 
 from services.ticker.slots import SlotState, decide
-from services.ticker.ticker import Clock, Fired, SystemClock, Ticker
+from services.ticker.ticker import Clock, Fired, SystemClock, Ticker, TickerTiming
 
-__all__ = ["Clock", "Fired", "SlotState", "SystemClock", "Ticker", "decide"]
+__all__ = ["Clock", "Fired", "SlotState", "SystemClock", "Ticker", "TickerTiming", "decide"]

@@ -97,6 +97,18 @@ def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class TickerTiming:
+    """The ticker's time constants (defaults suit production; tests shorten them)."""
+
+    #: Age of an unconfirmed claim before it is published again.
+    claim_grace_s: float = 2.0
+    #: Longest sleep between evaluations (bounds the reaction to lost wake-ups).
+    max_idle_s: float = 1.0
+    #: How long before a slot `run()` claims it (`prepare`).
+    lead_s: float = 0.25
+
+
 class Ticker:
     """Publishes one request per schedule slot of every enabled, unpaused job.
 
@@ -109,10 +121,8 @@ class Ticker:
         clock: time source.
         metrics: where lateness and counts go; a private registry when None.
         replica: this replica's name in claims.
-        claim_grace_s: age of an unconfirmed claim before it is published again.
-        max_idle_s: longest sleep between evaluations (bounds reaction to lost wake-ups).
+        timing: grace, idle and lead times (`TickerTiming`).
         on_fired: called with each published slot (benchmarks, tests); must not block.
-        lead_s: how long before a slot `run()` claims it (`prepare`).
     """
 
     def __init__(
@@ -123,21 +133,20 @@ class Ticker:
         clock: Clock | None = None,
         metrics: TickerMetrics | None = None,
         replica: str | None = None,
-        claim_grace_s: float = 2.0,
-        max_idle_s: float = 1.0,
+        timing: TickerTiming | None = None,
         on_fired: Callable[[Fired], None] | None = None,
-        lead_s: float = 0.25,
     ) -> None:
+        timing = timing or TickerTiming()
         self._settings = settings
         self._names = settings.names
         self._js = js
         self._clock: Clock = clock or SystemClock()
         self.metrics = metrics or TickerMetrics()
         self.replica = replica or default_replica_id()
-        self._claim_grace_s = claim_grace_s
-        self._max_idle_s = max_idle_s
+        self._claim_grace_s = timing.claim_grace_s
+        self._max_idle_s = timing.max_idle_s
         self._on_fired = on_fired
-        self._lead_s = lead_s
+        self._lead_s = timing.lead_s
         self._overrides: dict[str, ScheduleOverride] = {}
         self._effective: dict[str, EffectiveSchedule] = {job: self._resolve(job) for job in JOBS}
         self._cache: dict[str, Stored] = {}
