@@ -20,7 +20,7 @@ How "exactly one" holds across replicas and restarts:
    first publish did get through. Beyond the duplicate window the repeat could enqueue a
    second copy; the runtime's run record, keyed by `run_id`, still runs it once.
 
-After downtime only the latest missed slot fires (`decide` never looks further back),
+After downtime only the latest missed slot fires (`plan_slot` never looks further back),
 once. A job without state (first deployment, new job) fires its latest slot at start-up.
 
 Runtime changes: the `schedules` bucket is watched; an override (new schedule, pause,
@@ -49,7 +49,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from services.ticker.metrics import TickerMetrics
-from services.ticker.slots import Action, Decision, SlotState, decide
+from services.ticker.slots import Action, SlotPlan, SlotState, plan_slot
 from services.ticker.state import SlotStore, Stored
 from shared.names import JOBS
 from shared.overrides import OverrideChange, OverrideWatch, resolve
@@ -304,7 +304,7 @@ class Ticker:
 
         Called `lead_s` before the slot, so that at the slot only the publish remains. A
         claim lost to another replica is fine: that replica publishes. A claim whose
-        claimer dies is published by the others after `claim_grace_s` (see `decide`).
+        claimer dies is published by the others after `claim_grace_s` (see `plan_slot`).
         """
         if self._store is None:
             raise RuntimeError("Ticker.start() must run before prepare()")
@@ -351,7 +351,7 @@ class Ticker:
         if due is None:
             return None
         try:
-            return await self._settle(job, eff, due, now)
+            return await self._fire_due(job, eff, due, now)
         except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
             self._cache.pop(job, None)  # re-read the truth next time
             self.errors += 1
@@ -359,23 +359,23 @@ class Ticker:
             log.warning("ticker.error %s: %s", type(exc).__name__, exc, extra={"event": "ticker.error", "job": job})
             return None
 
-    async def _settle(self, job: str, eff: EffectiveSchedule, due: datetime, now: datetime) -> Fired | None:
+    async def _fire_due(self, job: str, eff: EffectiveSchedule, due: datetime, now: datetime) -> Fired | None:
         assert self._store is not None
         stored = self._cache.get(job)
         if stored is None:
             stored = await self._store.read(job)
         for _ in range(_MAX_CLAIM_TRIES):
-            decision = decide(
+            plan = plan_slot(
                 eff.schedule, due, stored.state, now, claim_grace_s=self._claim_grace_s, replica=self.replica
             )
-            if decision.action is Action.IDLE:
+            if plan.action is Action.IDLE:
                 self._cache[job] = stored
                 return None
-            if decision.action is Action.REPUBLISH and stored is self._cache.get(job):
+            if plan.action is Action.REPUBLISH and stored is self._cache.get(job):
                 # Our cached view may be stale (the claimer may have confirmed since): re-read once.
                 stored = await self._store.read(job)
                 continue
-            fired = await self._claim_and_publish(job, decision, stored, now)
+            fired = await self._claim_and_publish(job, plan, stored, now)
             if fired is not None:
                 return fired
             stored = await self._store.read(job)  # lost the race or stale cache: look again
@@ -383,13 +383,13 @@ class Ticker:
         self._cache[job] = stored
         return None
 
-    async def _claim_and_publish(self, job: str, decision: Decision, stored: Stored, now: datetime) -> Fired | None:
+    async def _claim_and_publish(self, job: str, plan: SlotPlan, stored: Stored, now: datetime) -> Fired | None:
         assert self._store is not None
-        assert decision.slot is not None
-        slot = decision.slot
+        assert plan.slot is not None
+        slot = plan.slot
         run_id = scheduled_run_id(job, slot)
-        republish = decision.action is Action.REPUBLISH
-        if decision.action is Action.PUBLISH and stored.state is not None:
+        republish = plan.action is Action.REPUBLISH
+        if plan.action is Action.PUBLISH and stored.state is not None:
             claim, revision = stored.state, stored.revision  # claimed ahead by `prepare`
         else:
             claim = SlotState(slot=slot, run_id=run_id, published=False, claimed_at=now, claimed_by=self.replica)
@@ -412,7 +412,7 @@ class Ticker:
         confirmed = claim.model_copy(update={"published": True})
         new_revision = await self._store.write(job, confirmed, revision)
         self._cache[job] = Stored(confirmed, new_revision) if new_revision is not None else Stored(claim, revision)
-        kind = "catch_up" if decision.catch_up else "slot"
+        kind = "catch_up" if plan.catch_up else "slot"
         self.metrics.lateness.labels(job=job, kind=kind).observe(max(0.0, lateness_s))
         if not ack.duplicate:  # a repeat JetStream dropped is not a second request
             self.metrics.fired.labels(job=job, kind=kind).inc()
@@ -423,7 +423,7 @@ class Ticker:
             "ticker.fired %s late %.1f ms%s",
             run_id,
             lateness_s * 1000,
-            " (catch-up)" if decision.catch_up else "",
+            " (catch-up)" if plan.catch_up else "",
             extra={"event": "ticker.fired", "job": job, "run_id": run_id, "duration_ms": round(lateness_s * 1000)},
         )
         return Fired(
@@ -431,7 +431,7 @@ class Ticker:
             slot=slot,
             run_id=run_id,
             lateness_s=lateness_s,
-            catch_up=decision.catch_up,
+            catch_up=plan.catch_up,
             republished=republish,
             duplicate=bool(ack.duplicate),
         )

@@ -15,7 +15,7 @@ duplicates and races, never on the normal path.
 
 Measured on FerretDB 1.24 (SQLite): an update that makes a document larger costs time
 growing with the collection (about 14 ms at 6,000 runs), as does an upsert that inserts;
-inserts and same-size updates by `_id` stay near 1 ms. Hence insert-first claims; the
+inserts and same-size updates by `_id` stay near 1 ms. Hence insert-first starts; the
 terminal write grows the record (ended_at, attempt) and pays that cost once per run.
 
 All queries run on MongoDB 6+ and on FerretDB 1.24 (which also ignores `$slice` in
@@ -129,7 +129,7 @@ def _push_attempt(attempt: AttemptRecord) -> dict[str, Any]:
     return {"attempts": {"$each": [_attempt_doc(attempt)], "$slice": -MAX_ATTEMPT_HISTORY}}
 
 
-async def claim_run(
+async def start_attempt(
     db: Database,
     request: JobRequest,
     worker: str,
@@ -142,7 +142,7 @@ async def claim_run(
 
     `attempt_count` is incremented atomically in the record, not taken from the
     message's delivery count: a delivery that never got this far (the store or NATS was
-    unreachable) spends nothing of the run's retry budget. A claim past `max_attempts`
+    unreachable) spends nothing of the run's retry budget. A start past `max_attempts`
     (the last attempt's worker died) leaves the count at `max_attempts`; the caller
     then fails the run.
 

@@ -12,7 +12,7 @@ carry a dead letter (`DEAD_LETTER_REASONS`, `was_dead_lettered`).
 Infrastructure failures are not attempts: when the store or NATS cannot be reached
 while a delivery is handled (`is_infrastructure_failure`), the message is nak'ed with a
 bounded backoff (`infrastructure_delay_s`) and no attempt is counted, since attempts
-are counted in the run record when a run is claimed.
+are counted in the run record when an attempt starts.
 """
 
 from __future__ import annotations

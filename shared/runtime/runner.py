@@ -1,4 +1,4 @@
-"""The life of one job request, top to bottom: parse, guard, claim, attempt, decide, record, settle.
+"""The life of one job request, top to bottom: parse, guard, start, attempt, decide, record, settle.
 
 `run_message` is the whole lifecycle; each step is a helper below it, in order. The
 message is settled (ack, nak with delay, or term) only after the outcome is recorded,
@@ -122,8 +122,8 @@ class Invalid:
 async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     """Run one delivery of a request of `job` and settle the message; return the decision.
 
-    The attempt number comes from the run record (`claim`), not from the delivery count:
-    deliveries that failed before the claim (store or NATS unreachable) cost no attempt.
+    The attempt number comes from the run record (`start`), not from the delivery count:
+    deliveries that failed before the start (store or NATS unreachable) cost no attempt.
     """
     delivery = msg.metadata.num_delivered
     parsed = parse_request(msg.data, job.spec)
@@ -138,22 +138,22 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
         await record_terminal(rt, job, request, skipped, decision, attempt=0, attempt_doc=None)
         await settle(msg, decision)
         return decision
-    claimed = await claim(rt, job, request, first=first)
-    if claimed is None:
+    started = await start(rt, job, request, first=first)
+    if started is None:
         return await settle_already_finished(rt, msg, request)
-    attempt = claimed.record.attempt_count
-    outcome = past_last_attempt(attempt + 1, job.policy.retry) if claimed.lost_last else None
+    attempt = started.record.attempt_count
+    outcome = past_last_attempt(attempt + 1, job.policy.retry) if started.lost_last else None
     if outcome is not None:  # the last attempt's worker died: fail the run, do not run it again
         decision = decide(outcome, attempt + 1, job.policy.retry)
         await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=None)
         await settle(msg, decision)
         return decision
-    if claimed.record.cancel_requested:
+    if started.record.cancel_requested:
         outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
     else:
         outcome = await run_attempt(rt, job, msg, parsed, attempt)
     decision = decide(outcome, attempt, job.policy.retry)
-    await record_attempt(rt, job, request, attempt, outcome, decision, claimed)
+    await record_attempt(rt, job, request, attempt, outcome, decision, started)
     await settle(msg, decision)
     return decision
 
@@ -238,31 +238,31 @@ def guard(policy: JobPolicy, request: JobRequest, *, first: bool, schedule: Sche
     return None
 
 
-# -- claim ------------------------------------------------------------------------------
+# -- start ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Claimed:
-    """A run claimed for its next attempt."""
+class Started:
+    """A run marked running for its next attempt."""
 
     record: RunRecord
-    #: The previous claim was the last attempt and its worker died: fail, do not run.
+    #: The previous start was the last attempt and its worker died: fail, do not run.
     lost_last: bool
 
 
-async def claim(rt: Runtime, job: Bound, request: JobRequest, *, first: bool) -> Claimed | None:
+async def start(rt: Runtime, job: Bound, request: JobRequest, *, first: bool) -> Started | None:
     """Record the run `running` as its next attempt; None when it is already terminal."""
     max_attempts = job.policy.retry.max_attempts
-    previous, claimed = await records.claim_run(
+    previous, started = await records.start_attempt(
         rt.db, request, rt.worker_id, max_attempts=max_attempts, likely_new=first
     )
-    if claimed is None:
+    if started is None:
         return None
     if previous is not None and previous.status is RunStatus.RUNNING:
         # The previous attempt's worker died without a word: keep that attempt in the history.
         await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
     lost_last = previous is not None and previous.attempt_count >= max_attempts
-    return Claimed(claimed, lost_last=lost_last)
+    return Started(started, lost_last=lost_last)
 
 
 # -- attempt ----------------------------------------------------------------------------
@@ -350,13 +350,13 @@ async def record_attempt(
     attempt: int,
     outcome: Outcome,
     decision: Decision,
-    claimed: Claimed,
+    started: Started,
 ) -> None:
     """Write the outcome of an attempt that ran: retrying, or the run's terminal status."""
     rt.metrics.attempts.labels(job=job.spec.name, outcome=outcome.kind.value).inc()
     attempt_doc = AttemptRecord(
         number=attempt,
-        started_at=claimed.record.heartbeat_at or utcnow(),
+        started_at=started.record.heartbeat_at or utcnow(),
         ended_at=utcnow(),
         outcome=outcome.kind.value,
         error=outcome.error,

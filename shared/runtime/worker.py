@@ -231,7 +231,7 @@ class Worker:
         """A delivery the runtime could not finish: nak it with a bounded backoff, or leave it.
 
         Store or NATS unreachable (before or after the run): nak'ed, and no attempt is
-        counted (attempts are counted when a run is claimed). Anything else is a bug:
+        counted (attempts are counted when an attempt starts). Anything else is a bug:
         logged with its traceback and left unsettled, so it comes back after the ack wait.
         Either way the runner's conditional writes make the repeat safe.
         """
