@@ -20,9 +20,9 @@ from shared.providers.sanitize import check_storable
 from shared.providers.simprocess import simulator_process
 from shared.providers.simulator import INVALID_MARKET_KINDS, MESSY_MARKET_KINDS, record_kind
 from shared.requests import publish_request
-from shared.runtime import RetryPolicy, Worker
+from shared.runtime import Worker
 from shared.schemas import DeadLetter
-from shared.settings import Settings
+from shared.settings import RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import collect, policy, request_for, terminal_run

@@ -11,11 +11,11 @@ from nats.js import JetStreamContext
 
 from shared.names import Collections
 from shared.requests import publish_request
-from shared.runtime import JobContext, RetryPolicy, job, request_cancel
-from shared.runtime.records import finish_run
+from shared.runtime import JobContext, job, request_cancel
+from shared.runtime._records import finish_run
 from shared.schedules import ScheduleOverride
 from shared.schemas import Alert, RunStatus, Trigger, scheduled_run_id, utcnow
-from shared.settings import Settings
+from shared.settings import RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import (

@@ -20,10 +20,10 @@ from shared.errors import MAX_ERROR_CHARS
 from shared.names import Collections
 from shared.providers.http import get_json
 from shared.requests import publish_request
-from shared.runtime import JobContext, RetryPolicy, job
-from shared.runtime.monitor import failure_streak
+from shared.runtime import JobContext, job
+from shared.runtime._monitor import failure_streak
 from shared.schemas import DeadLetter
-from shared.settings import Settings
+from shared.settings import RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import (

@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from shared.names import Collections
 from shared.requests import publish_request
-from shared.runtime import JobContext, RetryPolicy, job
+from shared.runtime import JobContext, job
 from shared.schemas import DeadLetter, RunEvent
-from shared.settings import Settings
+from shared.settings import RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import (
@@ -198,7 +198,7 @@ async def test_redelivery_after_a_crash_past_the_record_repairs_event_and_dead_l
     settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
 ) -> None:
     """A worker that recorded `failed` and died before publishing: the redelivery publishes both, once."""
-    from shared.runtime import finish_run
+    from shared.runtime._records import finish_run
     from shared.schemas import RunStatus
 
     calls: list[int] = []

@@ -13,9 +13,10 @@ import pytest
 from nats.js import JetStreamContext
 
 from shared.names import Collections
-from shared.runtime import JobPolicy, JobSpec, RetryPolicy, Worker
+from shared.runtime import Worker
+from shared.runtime._job import JobSpec
 from shared.schemas import TERMINAL_STATUSES, JobRequest, Trigger, new_run_id, utcnow
-from shared.settings import Settings
+from shared.settings import JobPolicy, RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 

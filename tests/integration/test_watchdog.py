@@ -19,8 +19,9 @@ from nats.js import JetStreamContext
 
 from shared.names import Collections
 from shared.requests import publish_request
-from shared.runtime import finish_run, publish_run_event
-from shared.runtime.watchdog import TIMEOUT_REASON, WatchdogResult, time_out_dead_runs
+from shared.runtime._events import publish_run_event
+from shared.runtime._records import finish_run
+from shared.runtime._watchdog import TIMEOUT_REASON, WatchdogResult, time_out_dead_runs
 from shared.schemas import JobRequest, RunRecord, RunStatus, Trigger, new_run_id, utcnow
 from shared.settings import Settings
 from shared.store import Database

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shared.runtime.retry import Outcome, OutcomeKind, Settle, decide
+from shared.runtime._retry import Outcome, OutcomeKind, Settle, decide
 from shared.schemas import RunStatus
 from shared.settings import RetryPolicy
 
@@ -70,7 +70,7 @@ def test_jitter_spreads_delays_within_its_fraction() -> None:
 
 
 def test_out_of_attempts_is_one_rule() -> None:
-    from shared.runtime.retry import is_last_attempt, past_last_attempt
+    from shared.runtime._retry import is_last_attempt, past_last_attempt
 
     assert [is_last_attempt(n, POLICY) for n in (3, 4, 5)] == [False, True, True]
     assert past_last_attempt(4, POLICY) is None

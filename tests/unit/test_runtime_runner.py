@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from pydantic import BaseModel
 
-from shared.runtime import JobPolicy, RetryPolicy, job
-from shared.runtime.retry import OutcomeKind
-from shared.runtime.runner import Invalid, Parsed, guard, parse_request
+from shared.runtime import job
+from shared.runtime._retry import OutcomeKind
+from shared.runtime._runner import Invalid, Parsed, guard, parse_request
 from shared.schemas import JobRequest, Trigger, new_run_id, scheduled_run_id, utcnow
+from shared.settings import JobPolicy, RetryPolicy
 
 
 class Pages(BaseModel):

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from shared.names import Collections
-from shared.runtime.context import JobContext
-from shared.runtime.events import publish_run_event
-from shared.runtime.records import finish_run
+from shared.runtime._context import JobContext
+from shared.runtime._events import publish_run_event
+from shared.runtime._records import finish_run
 from shared.schemas import RunRecord, RunStatus, utcnow
 from shared.store import Database, Document
 
@@ -33,7 +33,7 @@ STALE_HEARTBEATS = 3
 MAX_RUNS_PER_PASS = 500
 TIMEOUT_REASON = "no_heartbeat"
 
-#: `finish_run(db, run_id, status, *, error=..., reason=...)` of shared.runtime.records.
+#: `finish_run(db, run_id, status, *, error=..., reason=...)` of shared.runtime._records.
 Finish = Callable[..., Awaitable[RunRecord | None]]
 #: Publishes the RunEvent of a record just ended.
 Publish = Callable[[RunRecord], Awaitable[None]]
@@ -107,7 +107,7 @@ async def time_out_dead_runs(
         now: the reference time.
         heartbeat_interval_s: the configured heartbeat interval; runs silent for more
             than `STALE_HEARTBEATS` intervals are ended (see `silence_limit_s`).
-        finish: `shared.runtime.records.finish_run`: the only writer of run outcomes;
+        finish: `shared.runtime._records.finish_run`: the only writer of run outcomes;
             it returns None when the run was already terminal (someone else ended it).
         publish: publishes the RunEvent of a record `finish` just ended.
         redelivery_after_s: the consumers' ack wait: runs are left to JetStream's

@@ -25,14 +25,15 @@ from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCan
 from shared.logs import bind
 from shared.names import Names
 from shared.overrides import current_schedule
-from shared.runtime import monitor, records
-from shared.runtime.context import JobContext, context_logger
-from shared.runtime.events import publish_alert, publish_dead_letter, publish_run_event
-from shared.runtime.heartbeat import Heartbeat, RunControl
-from shared.runtime.job import JobSpec
-from shared.runtime.metrics import RuntimeMetrics
-from shared.runtime.ratelimit import RateLimited, RateLimiter
-from shared.runtime.retry import (
+from shared.runtime import _monitor as monitor
+from shared.runtime import _records as records
+from shared.runtime._context import JobContext, context_logger
+from shared.runtime._events import publish_alert, publish_dead_letter, publish_run_event
+from shared.runtime._heartbeat import Heartbeat, RunControl
+from shared.runtime._job import JobSpec
+from shared.runtime._metrics import RuntimeMetrics
+from shared.runtime._ratelimit import RateLimited, RateLimiter
+from shared.runtime._retry import (
     DeadLetterReason,
     Decision,
     Outcome,

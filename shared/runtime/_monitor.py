@@ -16,7 +16,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from shared.names import Collections, Names
-from shared.runtime.events import publish_alert
+from shared.runtime._events import publish_alert
 from shared.schemas import Alert, AlertKind, RunStatus, utcnow
 from shared.store import Database
 

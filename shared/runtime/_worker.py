@@ -5,7 +5,7 @@ nats-py `add_consumer`, since FastStream binds an existing durable as it is and 
 updates it), pulls one message at a time and runs up to the job's `max_running`
 attempts at once (`max_workers`), so the consumer's `max_ack_pending` bounds runs across
 every replica and a busy worker never holds messages it is not running. The subscriber
-uses `AckPolicy.MANUAL`: the runner (`runtime/runner.py` and `retry.py`) settles the raw
+uses `AckPolicy.MANUAL`: the runner (`runtime/_runner.py` and `retry.py`) settles the raw
 nats-py message itself (ack, nak with delay, term, in_progress heartbeats).
 
 The cancel hint is a core-NATS FastStream subscriber. Left on nats-py (no FastStream
@@ -42,13 +42,13 @@ from shared.bus import connect_broker, ensure_topology, inbox_prefix
 from shared.errors import ConfigError
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
-from shared.runtime import monitor
+from shared.runtime import _monitor as monitor
 from shared.runtime._broker import ServiceBroker
-from shared.runtime.job import JobSpec
-from shared.runtime.metrics import RuntimeMetrics
-from shared.runtime.ratelimit import RateLimiter
-from shared.runtime.retry import infrastructure_delay_s, is_infrastructure_failure
-from shared.runtime.runner import Bound, RecordedNotAnnounced, Runtime, run_message
+from shared.runtime._job import JobSpec
+from shared.runtime._metrics import RuntimeMetrics
+from shared.runtime._ratelimit import RateLimiter
+from shared.runtime._retry import infrastructure_delay_s, is_infrastructure_failure
+from shared.runtime._runner import Bound, RecordedNotAnnounced, Runtime, run_message
 from shared.settings import JobPolicy, Settings
 from shared.store import Database, Document, connect_store, ensure_indexes
 
@@ -95,7 +95,7 @@ class Worker:
         await worker.stop()
 
     A service runs the same steps as FastStream app hooks instead of `start`/`stop`
-    (`shared.runtime.service.worker_app`): `setup` before the broker starts, `after_start`
+    (`shared.runtime._service.worker_app`): `setup` before the broker starts, `after_start`
     after it, `before_stop` before it stops, `close` after.
     """
 

@@ -17,7 +17,7 @@ from shared.names import check_job_name
 from shared.settings import JobPolicy
 
 if TYPE_CHECKING:
-    from shared.runtime.context import JobContext
+    from shared.runtime._context import JobContext
 
 Summary = dict[str, Any]
 Handler = Callable[["JobContext"], Awaitable[Summary | None]]
