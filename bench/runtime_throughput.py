@@ -112,7 +112,8 @@ async def _two_writes(db: Any, run_id: str, sent_at: float) -> None:
 
 
 def role_runtime() -> None:
-    from shared.runtime import JobContext, JobPolicy, RetryPolicy, job, run_service
+    from shared.runtime import JobContext, job, run_service
+    from shared.settings import JobPolicy, RetryPolicy
 
     policy = JobPolicy(
         schedule="every 1m",

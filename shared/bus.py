@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 
 _DAY_S = 86_400.0
 _SUBJECT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-#: The redelivery that follows a worker dying in its last attempt must still reach a
-#: worker, so the runtime can record `failed` and dead-letter the request: one spare.
-SPARE_DELIVERIES = 1
+#: Deliveries are not attempts: the runtime counts attempts in the run record, so a
+#: request is redelivered for as long as it takes (an outage of the store or of NATS
+#: costs no attempt) and the run record's count decides when the run has failed.
+UNLIMITED_DELIVERIES = -1
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -310,7 +311,7 @@ def consumer_config(settings: Settings, job: str, policy: JobPolicy | None = Non
         filter_subject=names.job_subject(job),
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
-        max_deliver=policy.retry.max_attempts + SPARE_DELIVERIES,
+        max_deliver=UNLIMITED_DELIVERIES,
         max_ack_pending=policy.max_running,
         num_replicas=settings.stream_replicas,
         description=f"requests of job {job}",

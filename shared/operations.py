@@ -1,8 +1,8 @@
 """Operator actions on runs, shared by the `pulse` CLI and the dashboard: trigger, cancel, re-run.
 
 Both front ends call these, so an action means the same thing wherever it is taken.
-Run records are never written here except through `shared.runtime.records`
-(`request_cancel`); requests enter JOBS only through `shared.requests.publish_request`
+Run records are never written here except through the runtime's `request_cancel`;
+requests enter JOBS only through `shared.requests.publish_request`
 or, for later runs, `shared.delayed.schedule_delayed`.
 """
 
@@ -24,8 +24,7 @@ from shared.delayed import cancel_delayed, list_delayed, schedule_delayed
 from shared.errors import InvalidRequest
 from shared.names import Names
 from shared.requests import MSG_ID_HEADER, publish_request
-from shared.runtime.events import publish_cancel_hint
-from shared.runtime.records import get_run, request_cancel
+from shared.runtime import get_run, publish_cancel_hint, request_cancel
 from shared.schemas import JobRequest, RunRecord, Trigger, new_run_id, utcnow
 from shared.store import Database
 

@@ -174,7 +174,7 @@ class AttemptRecord(BaseModel):
 
 
 class RunRecord(BaseModel):
-    """A document of `runs` (`_id` = run_id). Only `shared/runtime/records.py` writes these."""
+    """A document of `runs` (`_id` = run_id). Only `shared/runtime/_records.py` writes these."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 # Imported early on purpose: hypothesis's pytest plugin importing it late trips a CPython
 # 3.11.7 bug (gh-106905, "AST constructor recursion depth mismatch") at session end.
-import hypothesis  # noqa: F401
+import hypothesis
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -29,6 +29,13 @@ from pymongo import AsyncMongoClient
 from shared.bus import connect_nats, ensure_topology
 from shared.settings import Settings, load_settings
 from shared.store import Database, Document, ensure_indexes, make_client
+from tests.helpers import FULL_PROPERTY_RUNS
+
+# Property tests: the full number of examples in CI (which sets CI=true), a light run
+# locally. Tests that name their own count scale it with `tests.helpers.examples`.
+hypothesis.settings.register_profile("ci", max_examples=100, deadline=None)
+hypothesis.settings.register_profile("dev", max_examples=15, deadline=None)
+hypothesis.settings.load_profile("ci" if FULL_PROPERTY_RUNS else "dev")
 
 NATS_IMAGE = "nats:2.12-alpine"
 MONGO_IMAGE = "mongo:7"

@@ -1,4 +1,4 @@
-"""Test helpers: bounded waiting on a condition, and whether a process is still alive."""
+"""Test helpers: bounded waiting on a condition, whether a process is still alive, property-test sizes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+
+#: Property tests run their full number of examples in CI (CI=true), a tenth locally.
+FULL_PROPERTY_RUNS = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def examples(full: int) -> int:
+    """The number of property-test examples: `full` in CI, a tenth (at least 10) locally."""
+    return full if FULL_PROPERTY_RUNS else max(10, full // 10)
 
 
 async def wait_for(

@@ -1,13 +1,12 @@
-"""The janitor service: the `cleanup` and `watchdog` jobs (thin adapters over the domain code)."""
+"""The janitor service: the `cleanup` and `watchdog` jobs (thin adapters over the domain code and the runtime)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from services.janitor.cleanup import Retention, clean_up
-from services.janitor.watchdog import time_out_dead_runs
-from shared.runtime import JobContext, finish_run, job, publish_run_event, run_service
-from shared.schemas import RunRecord, utcnow
+from shared.runtime import JobContext, job, run_service, time_out_silent_runs
+from shared.schemas import utcnow
 
 
 @job("cleanup")
@@ -25,20 +24,8 @@ async def cleanup_job(ctx: JobContext) -> dict[str, Any]:
 
 @job("watchdog")
 async def watchdog_job(ctx: JobContext) -> dict[str, Any]:
-    """End `timed_out` the runs whose heartbeat stopped."""
-
-    async def publish(record: RunRecord) -> None:
-        await publish_run_event(ctx.js, ctx.settings.names, record)
-
-    result = await time_out_dead_runs(
-        ctx.db,
-        now=utcnow(),
-        heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
-        redelivery_after_s=ctx.settings.ack_wait_s,
-        finish=finish_run,
-        publish=publish,
-    )
-    return result.summary()
+    """End `timed_out` the runs whose heartbeat stopped (the runtime's watchdog)."""
+    return (await time_out_silent_runs(ctx)).summary()
 
 
 def main() -> None:

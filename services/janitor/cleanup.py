@@ -18,17 +18,15 @@ And why batches at all, beyond memory: FerretDB 1.24 fails a delete of more than
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from shared.names import Collections
+from shared.runtime import Checkpoint, no_checkpoint
 from shared.schemas import RunStatus
 from shared.settings import Settings
 from shared.store import Database, Document
-
-Checkpoint = Callable[[dict[str, Any] | None], Awaitable[None]]
 
 #: Terminal statuses kept for `runs_retention_days`; failures are kept longer, for diagnosis.
 ORDINARY_END_STATUSES = (RunStatus.COMPLETED, RunStatus.SKIPPED, RunStatus.CANCELED)
@@ -93,12 +91,8 @@ def sweeps(retention: Retention, now: datetime) -> list[Sweep]:
     ]
 
 
-async def _no_checkpoint(progress: dict[str, Any] | None = None) -> None:
-    return None
-
-
 async def expired_ranges(
-    db: Database, sweep: Sweep, *, batch_size: int, checkpoint: Checkpoint = _no_checkpoint
+    db: Database, sweep: Sweep, *, batch_size: int, checkpoint: Checkpoint = no_checkpoint
 ) -> list[tuple[Any, Any]]:
     """The `_id` ranges (first, last) that each hold `batch_size` expired documents (the last fewer).
 
@@ -125,7 +119,7 @@ async def expired_ranges(
 
 
 async def delete_in_batches(
-    db: Database, sweep: Sweep, *, batch_size: int, checkpoint: Checkpoint = _no_checkpoint
+    db: Database, sweep: Sweep, *, batch_size: int, checkpoint: Checkpoint = no_checkpoint
 ) -> int:
     """Delete every document matching `sweep.expired`, `batch_size` at a time.
 
@@ -157,7 +151,7 @@ async def clean_up(
     retention: Retention,
     now: datetime,
     batch_size: int,
-    checkpoint: Checkpoint = _no_checkpoint,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> dict[str, int]:
     """Delete everything past its retention.
 

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -36,13 +36,13 @@ from pymongo.errors import BulkWriteError
 from shared.names import Collections
 from shared.providers.base import MarketParse, Provider, RecordError
 from shared.providers.sanitize import check_storable
+from shared.runtime import Checkpoint
 from shared.schemas import MarketDoc, utcnow
 from shared.store import Database, Document
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Checkpoint = Callable[[dict[str, Any]], Awaitable[object]]
 #: Invalid records logged one by one per run; the rest are only counted (a bad upstream
 #: deploy can make every record invalid, and 200,000 log lines help nobody).
 MAX_LOGGED_INVALID = 20

@@ -19,13 +19,14 @@ snapshot instead of adding a second one.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.names import Collections
+from shared.runtime import Checkpoint, no_checkpoint
 from shared.store import Database, Document
 
 #: Markets listed in `top_markets`.
@@ -34,8 +35,6 @@ TOP_MARKETS = 10
 WHALE_WINDOW = timedelta(hours=1)
 #: BSON type names (as `$type` reports them) that count as a number.
 NUMERIC_TYPES = frozenset({"double", "int", "long", "decimal"})
-
-Checkpoint = Callable[[dict[str, Any] | None], Awaitable[None]]
 
 
 class TopMarket(BaseModel):
@@ -201,10 +200,6 @@ async def compute_stats(db: Database, *, window_end: datetime) -> MarketStats:
     )
 
 
-async def _no_checkpoint(progress: dict[str, Any] | None = None) -> None:
-    return None
-
-
 async def take_snapshot(
     db: Database,
     *,
@@ -212,7 +207,7 @@ async def take_snapshot(
     now: datetime,
     retention_days: float,
     run_id: str | None = None,
-    checkpoint: Checkpoint = _no_checkpoint,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> dict[str, Any]:
     """Compute and store the snapshot of `slot`, then delete snapshots past retention.
 

@@ -7,7 +7,7 @@ metrics.py  tick lateness and slots fired
 __main__.py wiring of the process
 """
 
-from services.ticker.slots import SlotState, decide
-from services.ticker.ticker import Clock, Fired, SystemClock, Ticker
+from services.ticker.slots import SlotState, plan_slot
+from services.ticker.ticker import Clock, Fired, SystemClock, Ticker, TickerTiming
 
-__all__ = ["Clock", "Fired", "SlotState", "SystemClock", "Ticker", "decide"]
+__all__ = ["Clock", "Fired", "SlotState", "SystemClock", "Ticker", "TickerTiming", "plan_slot"]

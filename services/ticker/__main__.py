@@ -3,7 +3,7 @@
 Wiring only. The service is a FastStream app (`TickerService.app`), run by the runtime's
 `run_app` like every other service: a `NatsBroker` whose
 connection the ticker uses, `/healthz`, `/readyz` and `/metrics` as its ASGI routes
-(`shared.runtime.health`), and the loop (`ticker.py`) started after start-up and stopped
+(`shared.runtime._health`), and the loop (`ticker.py`) started after start-up and stopped
 before the broker stops. The ticker subscribes to nothing: its KV compare-and-set claims
 and the `schedules` watch stay on nats-py (`broker.connection.jetstream()`), since
 FastStream has no compare-and-set API. SIGTERM/SIGINT stop it cleanly (exit 0); a crash

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the ticker, in a registry of its own (see shared/runtime/metrics.py for why)."""
+"""Prometheus metrics of the ticker, in a registry of its own (see shared/runtime/_metrics.py for why)."""
 
 from __future__ import annotations
 

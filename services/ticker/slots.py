@@ -49,7 +49,7 @@ class Action(StrEnum):
 
 
 @dataclass(frozen=True)
-class Decision:
+class SlotPlan:
     """The action for one job, and the slot it concerns (None when idle)."""
 
     action: Action
@@ -57,10 +57,10 @@ class Decision:
     catch_up: bool = False
 
 
-IDLE = Decision(Action.IDLE)
+IDLE = SlotPlan(Action.IDLE)
 
 
-def decide(
+def plan_slot(
     schedule: Schedule,
     due: datetime | None,
     state: SlotState | None,
@@ -68,7 +68,7 @@ def decide(
     *,
     claim_grace_s: float,
     replica: str | None = None,
-) -> Decision:
+) -> SlotPlan:
     """Decide what to do for one job.
 
     Args:
@@ -83,15 +83,15 @@ def decide(
     if due is None:
         return IDLE
     if state is None or state.slot < due:
-        return Decision(Action.FIRE, due, catch_up=is_catch_up(schedule, due, state))
+        return SlotPlan(Action.FIRE, due, catch_up=is_catch_up(schedule, due, state))
     if state.slot != due or state.published:
         return IDLE
     if replica is not None and state.claimed_by == replica:
         # Claimed before the slot: on time. Claimed after it: an earlier run of this
         # replica died between claim and publish.
-        return Decision(Action.PUBLISH, due, catch_up=state.claimed_at > due)
+        return SlotPlan(Action.PUBLISH, due, catch_up=state.claimed_at > due)
     if now - state.claimed_at >= timedelta(seconds=claim_grace_s):
-        return Decision(Action.REPUBLISH, due, catch_up=True)
+        return SlotPlan(Action.REPUBLISH, due, catch_up=True)
     return IDLE
 
 

@@ -20,7 +20,7 @@ How "exactly one" holds across replicas and restarts:
    first publish did get through. Beyond the duplicate window the repeat could enqueue a
    second copy; the runtime's run record, keyed by `run_id`, still runs it once.
 
-After downtime only the latest missed slot fires (`decide` never looks further back),
+After downtime only the latest missed slot fires (`plan_slot` never looks further back),
 once. A job without state (first deployment, new job) fires its latest slot at start-up.
 
 Runtime changes: the `schedules` bucket is watched; an override (new schedule, pause,
@@ -47,14 +47,14 @@ from typing import Protocol
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from services.ticker.metrics import TickerMetrics
-from services.ticker.slots import Action, Decision, SlotState, decide
+from services.ticker.slots import Action, SlotPlan, SlotState, plan_slot
 from services.ticker.state import SlotStore, Stored
 from shared.names import JOBS
+from shared.overrides import OverrideChange, OverrideWatch, resolve
 from shared.requests import publish_request
-from shared.schedules import EffectiveSchedule, ScheduleOverride, effective_schedule
+from shared.schedules import EffectiveSchedule, ScheduleOverride
 from shared.schemas import JobRequest, Trigger, scheduled_run_id, utcnow
 from shared.settings import Settings
 
@@ -97,6 +97,18 @@ def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class TickerTiming:
+    """The ticker's time constants (defaults suit production; tests shorten them)."""
+
+    #: Age of an unconfirmed claim before it is published again.
+    claim_grace_s: float = 2.0
+    #: Longest sleep between evaluations (bounds the reaction to lost wake-ups).
+    max_idle_s: float = 1.0
+    #: How long before a slot `run()` claims it (`prepare`).
+    lead_s: float = 0.25
+
+
 class Ticker:
     """Publishes one request per schedule slot of every enabled, unpaused job.
 
@@ -109,10 +121,8 @@ class Ticker:
         clock: time source.
         metrics: where lateness and counts go; a private registry when None.
         replica: this replica's name in claims.
-        claim_grace_s: age of an unconfirmed claim before it is published again.
-        max_idle_s: longest sleep between evaluations (bounds reaction to lost wake-ups).
+        timing: grace, idle and lead times (`TickerTiming`).
         on_fired: called with each published slot (benchmarks, tests); must not block.
-        lead_s: how long before a slot `run()` claims it (`prepare`).
     """
 
     def __init__(
@@ -123,27 +133,26 @@ class Ticker:
         clock: Clock | None = None,
         metrics: TickerMetrics | None = None,
         replica: str | None = None,
-        claim_grace_s: float = 2.0,
-        max_idle_s: float = 1.0,
+        timing: TickerTiming | None = None,
         on_fired: Callable[[Fired], None] | None = None,
-        lead_s: float = 0.25,
     ) -> None:
+        timing = timing or TickerTiming()
         self._settings = settings
         self._names = settings.names
         self._js = js
         self._clock: Clock = clock or SystemClock()
         self.metrics = metrics or TickerMetrics()
         self.replica = replica or default_replica_id()
-        self._claim_grace_s = claim_grace_s
-        self._max_idle_s = max_idle_s
+        self._claim_grace_s = timing.claim_grace_s
+        self._max_idle_s = timing.max_idle_s
         self._on_fired = on_fired
-        self._lead_s = lead_s
+        self._lead_s = timing.lead_s
         self._overrides: dict[str, ScheduleOverride] = {}
         self._effective: dict[str, EffectiveSchedule] = {job: self._resolve(job) for job in JOBS}
         self._cache: dict[str, Stored] = {}
         self._store: SlotStore | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watcher: OverrideWatch | None = None
         self._watch_timeout_s = 10.0
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -229,23 +238,21 @@ class Ticker:
         return self._effective[job]
 
     def _resolve(self, job: str) -> EffectiveSchedule:
-        policy = self._settings.jobs.for_job(job)
-        return effective_schedule(job, policy.schedule, enabled=policy.enabled, override=self._overrides.get(job))
+        return resolve(job, self._settings.jobs.for_job(job), self._overrides.get(job))
 
-    def _apply_entry(self, entry: KeyValue.Entry) -> None:
-        job = entry.key
+    def _apply(self, change: OverrideChange) -> None:
+        job = change.job
         if job not in self._effective:
             log.warning("ticker.unknown_job_override", extra={"event": "ticker.unknown_job_override", "job": job})
             return
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
+        if change.unreadable is not None:
+            # Keep obeying what we had: a bad write must not stop or unleash a job.
+            log.error("ticker.bad_override %s", change.unreadable, extra={"event": "ticker.bad_override", "job": job})
+            return
+        if change.override is None:
             self._overrides.pop(job, None)
         else:
-            try:
-                self._overrides[job] = ScheduleOverride.from_bytes(entry.value)
-            except ValueError as exc:
-                # Keep obeying what we had: a bad write must not stop or unleash a job.
-                log.error("ticker.bad_override %s", exc, extra={"event": "ticker.bad_override", "job": job})
-                return
+            self._overrides[job] = change.override
         self._effective[job] = self._resolve(job)
         log.info(
             "ticker.schedule_changed %s", self._describe(job), extra={"event": "ticker.schedule_changed", "job": job}
@@ -260,19 +267,14 @@ class Ticker:
     async def _start_watch(self) -> None:
         """Watch `schedules`: load every current override (replacing what we had), then follow changes."""
         await self._stop_watch()
-        schedules = await self._js.key_value(self._names.schedules_bucket)
-        watcher = await schedules.watchall()
-        current: list[KeyValue.Entry] = []
-        # The watcher yields current values, then None, then live changes.
-        while (entry := await watcher.updates(timeout=self._watch_timeout_s)) is not None:  # type: ignore[no-untyped-call]
-            current.append(entry)
+        watch = await OverrideWatch.open(self._js, self._names, timeout_s=self._watch_timeout_s)
         # Rebuild from scratch: an override deleted while we were not watching must go too.
         self._overrides.clear()
         self._effective = {job: self._resolve(job) for job in JOBS}
-        for entry in current:
-            self._apply_entry(entry)
-        self._watcher = watcher
-        self._watch_task = asyncio.create_task(self._watch(watcher), name="ticker-watch")
+        for change in watch.initial.values():
+            self._apply(change)
+        self._watcher = watch
+        self._watch_task = asyncio.create_task(self._watch(watch), name="ticker-watch")
 
     async def _stop_watch(self) -> None:
         if self._watch_task is not None:
@@ -282,14 +284,13 @@ class Ticker:
             self._watch_task = None
         if self._watcher is not None:
             with contextlib.suppress(Exception):  # the subscription may already be gone with the connection
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
+                await self._watcher.stop()
             self._watcher = None
 
-    async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _watch(self, watch: OverrideWatch) -> None:
         try:
-            async for entry in watcher:
-                if entry is not None:
-                    self._apply_entry(entry)
+            async for change in watch.changes():
+                self._apply(change)
         except Exception:
             log.exception("ticker.watch_failed", extra={"event": "ticker.watch_failed"})
             raise
@@ -303,7 +304,7 @@ class Ticker:
 
         Called `lead_s` before the slot, so that at the slot only the publish remains. A
         claim lost to another replica is fine: that replica publishes. A claim whose
-        claimer dies is published by the others after `claim_grace_s` (see `decide`).
+        claimer dies is published by the others after `claim_grace_s` (see `plan_slot`).
         """
         if self._store is None:
             raise RuntimeError("Ticker.start() must run before prepare()")
@@ -350,7 +351,7 @@ class Ticker:
         if due is None:
             return None
         try:
-            return await self._settle(job, eff, due, now)
+            return await self._fire_due(job, eff, due, now)
         except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
             self._cache.pop(job, None)  # re-read the truth next time
             self.errors += 1
@@ -358,23 +359,23 @@ class Ticker:
             log.warning("ticker.error %s: %s", type(exc).__name__, exc, extra={"event": "ticker.error", "job": job})
             return None
 
-    async def _settle(self, job: str, eff: EffectiveSchedule, due: datetime, now: datetime) -> Fired | None:
+    async def _fire_due(self, job: str, eff: EffectiveSchedule, due: datetime, now: datetime) -> Fired | None:
         assert self._store is not None
         stored = self._cache.get(job)
         if stored is None:
             stored = await self._store.read(job)
         for _ in range(_MAX_CLAIM_TRIES):
-            decision = decide(
+            plan = plan_slot(
                 eff.schedule, due, stored.state, now, claim_grace_s=self._claim_grace_s, replica=self.replica
             )
-            if decision.action is Action.IDLE:
+            if plan.action is Action.IDLE:
                 self._cache[job] = stored
                 return None
-            if decision.action is Action.REPUBLISH and stored is self._cache.get(job):
+            if plan.action is Action.REPUBLISH and stored is self._cache.get(job):
                 # Our cached view may be stale (the claimer may have confirmed since): re-read once.
                 stored = await self._store.read(job)
                 continue
-            fired = await self._claim_and_publish(job, decision, stored, now)
+            fired = await self._claim_and_publish(job, plan, stored, now)
             if fired is not None:
                 return fired
             stored = await self._store.read(job)  # lost the race or stale cache: look again
@@ -382,13 +383,13 @@ class Ticker:
         self._cache[job] = stored
         return None
 
-    async def _claim_and_publish(self, job: str, decision: Decision, stored: Stored, now: datetime) -> Fired | None:
+    async def _claim_and_publish(self, job: str, plan: SlotPlan, stored: Stored, now: datetime) -> Fired | None:
         assert self._store is not None
-        assert decision.slot is not None
-        slot = decision.slot
+        assert plan.slot is not None
+        slot = plan.slot
         run_id = scheduled_run_id(job, slot)
-        republish = decision.action is Action.REPUBLISH
-        if decision.action is Action.PUBLISH and stored.state is not None:
+        republish = plan.action is Action.REPUBLISH
+        if plan.action is Action.PUBLISH and stored.state is not None:
             claim, revision = stored.state, stored.revision  # claimed ahead by `prepare`
         else:
             claim = SlotState(slot=slot, run_id=run_id, published=False, claimed_at=now, claimed_by=self.replica)
@@ -411,7 +412,7 @@ class Ticker:
         confirmed = claim.model_copy(update={"published": True})
         new_revision = await self._store.write(job, confirmed, revision)
         self._cache[job] = Stored(confirmed, new_revision) if new_revision is not None else Stored(claim, revision)
-        kind = "catch_up" if decision.catch_up else "slot"
+        kind = "catch_up" if plan.catch_up else "slot"
         self.metrics.lateness.labels(job=job, kind=kind).observe(max(0.0, lateness_s))
         if not ack.duplicate:  # a repeat JetStream dropped is not a second request
             self.metrics.fired.labels(job=job, kind=kind).inc()
@@ -422,7 +423,7 @@ class Ticker:
             "ticker.fired %s late %.1f ms%s",
             run_id,
             lateness_s * 1000,
-            " (catch-up)" if decision.catch_up else "",
+            " (catch-up)" if plan.catch_up else "",
             extra={"event": "ticker.fired", "job": job, "run_id": run_id, "duration_ms": round(lateness_s * 1000)},
         )
         return Fired(
@@ -430,7 +431,7 @@ class Ticker:
             slot=slot,
             run_id=run_id,
             lateness_s=lateness_s,
-            catch_up=decision.catch_up,
+            catch_up=plan.catch_up,
             republished=republish,
             duplicate=bool(ack.duplicate),
         )

@@ -9,7 +9,7 @@ stored: a crash in between re-reads the window, which is harmless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,12 +19,12 @@ from pymongo import UpdateOne
 from shared.names import Collections
 from shared.providers.base import Provider, RecordError, TradeParse
 from shared.providers.sanitize import check_storable
+from shared.runtime import Checkpoint
 from shared.schemas import WhaleTradeDoc, utcnow
 from shared.store import Database, Document
 
 log = logging.getLogger(__name__)
 
-Checkpoint = Callable[[dict[str, Any]], Awaitable[object]]
 #: `_id` of whale_sync's document in `job_state`.
 STATE_ID = "whale_sync"
 #: How far back the very first run looks (there is no watermark yet).

@@ -2,7 +2,7 @@
 
 The CLI reads `runs` through the shared read model (`shared.readmodel`) and never writes
 it: trigger and cancel are `shared.operations`, whose cancel goes through
-`shared.runtime.records.request_cancel`, the one writer of run records. The dashboard
+`shared.runtime.request_cancel`, the one writer of run records. The dashboard
 calls the same functions.
 """
 

@@ -195,7 +195,7 @@ async def get_json(
                 "the provider may be misbehaving or the base URL points elsewhere."
             ) from exc
         raise ProviderUnavailable(
-            f"{where} failed after {attempts} tries: {exc.detail}. The run will be retried later.",
+            f"{where} failed after {attempts} tries: {exc.detail}",
             delay_s=exc.retry_after_s,
         ) from exc
     raise AssertionError("stamina.retry_context ended without an outcome")  # pragma: no cover

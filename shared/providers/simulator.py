@@ -419,40 +419,40 @@ class Simulator:
         }
 
 
-def spoil_market(record: dict[str, Any], kind: str) -> dict[str, Any]:
-    """Return `record` damaged in the way `kind` names."""
-    bad = dict(record)
-    if kind == "missing_question":
-        del bad["question"]
-    elif kind == "null_id":
-        bad["id"] = None
-    elif kind == "nan_price":
-        bad["outcomePrices"] = '["NaN", "0.5"]'
-    elif kind == "nan_volume":
-        bad["volumeNum"] = math.nan
-    elif kind == "infinite_volume":
-        bad["volume24hr"] = math.inf
-    elif kind == "huge_text":
-        bad["question"] = "Will it? " * 10_000
-    elif kind == "bad_encoded_list":
-        bad["outcomes"] = "[Yes, No"
-    elif kind == "nested_arrays":
-        bad["outcomes"] = '[["Yes"], ["No"]]'
-    elif kind == "wrong_type":
-        bad["closed"] = "sometimes"
-    elif kind == "negative_volume":
-        bad["volumeNum"] = -5.0
-    elif kind == "price_count_mismatch":
-        bad["outcomePrices"] = '["0.5"]'
-    elif kind == "control_chars":
-        bad["question"] = "\x00" + record["question"].replace(" ", " \x07", 1) + "\x1b"
-    elif kind == "unsafe_keys":
-        bad.update({"a.b": 1, "$where": "1", "nested": {"x.y": math.nan, "$gt": [[1, 2]]}})
-    elif kind == "extra_fields":
-        bad.update({"umaResolutionStatuses": "[]", "rewards": [[1, 2], [3]], "spread": math.nan})
-    elif kind == "string_numbers" and "volumeNum" in bad:
+def _string_numbers(bad: dict[str, Any]) -> None:
+    if "volumeNum" in bad:
         bad["volumeNum"] = str(bad["volumeNum"])
         bad["volume24hr"] = str(bad["volume24hr"])
+
+
+#: How each kind of damage changes a market record (in place).
+_MARKET_DAMAGE: dict[str, Callable[[dict[str, Any]], None]] = {
+    "missing_question": lambda bad: bad.pop("question"),
+    "null_id": lambda bad: bad.update(id=None),
+    "nan_price": lambda bad: bad.update(outcomePrices='["NaN", "0.5"]'),
+    "nan_volume": lambda bad: bad.update(volumeNum=math.nan),
+    "infinite_volume": lambda bad: bad.update(volume24hr=math.inf),
+    "huge_text": lambda bad: bad.update(question="Will it? " * 10_000),
+    "bad_encoded_list": lambda bad: bad.update(outcomes="[Yes, No"),
+    "nested_arrays": lambda bad: bad.update(outcomes='[["Yes"], ["No"]]'),
+    "wrong_type": lambda bad: bad.update(closed="sometimes"),
+    "negative_volume": lambda bad: bad.update(volumeNum=-5.0),
+    "price_count_mismatch": lambda bad: bad.update(outcomePrices='["0.5"]'),
+    "control_chars": lambda bad: bad.update(question="\x00" + bad["question"].replace(" ", " \x07", 1) + "\x1b"),
+    "unsafe_keys": lambda bad: bad.update({"a.b": 1, "$where": "1", "nested": {"x.y": math.nan, "$gt": [[1, 2]]}}),
+    "extra_fields": lambda bad: bad.update(
+        {"umaResolutionStatuses": "[]", "rewards": [[1, 2], [3]], "spread": math.nan}
+    ),
+    "string_numbers": _string_numbers,
+}
+
+
+def spoil_market(record: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Return `record` damaged in the way `kind` names (unchanged for an unknown kind)."""
+    bad = dict(record)
+    damage = _MARKET_DAMAGE.get(kind)
+    if damage is not None:
+        damage(bad)
     return bad
 
 

@@ -11,5 +11,5 @@
 
 Reads never write; the few writes here (schedule overrides, dead-letter replay and
 removal) are the operator actions both front ends share. Run records are only ever
-written through `shared.runtime.records`.
+written through `shared.runtime` (`shared/runtime/_records.py`).
 """

@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.names import JOBS, Collections
 from shared.readmodel.timetext import as_utc, iso, parse_time
-from shared.runtime.records import get_run
+from shared.runtime import get_run
 from shared.schemas import RunRecord, RunStatus, Trigger
 from shared.store import Database
 

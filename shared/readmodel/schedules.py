@@ -1,10 +1,10 @@
 """Schedules as the ticker obeys them: defaults, runtime overrides, slots, delayed runs.
 
-Overrides live in the `schedules` KV bucket (JSON `ScheduleOverride` per job). Every
-write here is a compare-and-set, so two operators (CLI or dashboard) editing at once
-never lose a change. Upcoming slots are computed from the effective schedule; recent
-slots are matched with their run records by the deterministic scheduled run id, so a
-slot with no record shows as missed.
+Overrides live in the `schedules` KV bucket (JSON `ScheduleOverride` per job), read and
+written through `shared/overrides.py`. Every write here is a compare-and-set, so two
+operators (CLI or dashboard) editing at once never lose a change. Upcoming slots are
+computed from the effective schedule; recent slots are matched with their run records by
+the deterministic scheduled run id, so a slot with no record shows as missed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from nats.js.kv import KeyValue
 from shared.delayed import list_delayed
 from shared.errors import PulseError
 from shared.names import JOBS, Collections
-from shared.schedules import EffectiveSchedule, ScheduleOverride, effective_schedule
+from shared.overrides import StoredOverride, resolve, write_override
+from shared.overrides import read_override as read_stored_override
+from shared.schedules import EffectiveSchedule, ScheduleOverride
 from shared.schemas import scheduled_run_id, utcnow
 from shared.settings import Settings
 from shared.store import Database
@@ -36,57 +38,21 @@ class ConcurrentChange(PulseError):
     """The override kept changing under a compare-and-set; the operator should try again."""
 
 
-@dataclass(frozen=True)
-class OverrideEntry:
-    """A job's stored override, its revision, and why it was unreadable (if it was)."""
-
-    override: ScheduleOverride | None
-    revision: int | None
-    problem: str | None = None
-
-
-async def read_override_entry(kv: KeyValue, job: str) -> OverrideEntry:
-    """The job's override and its revision (None, revision-of-tombstone-or-None when absent)."""
-    try:
-        entry = await kv.get(job)
-    except nats.js.errors.KeyDeletedError as exc:
-        # A delete leaves a tombstone; the next write must name its revision.
-        return OverrideEntry(None, exc.entry.revision if exc.entry is not None else None)
-    except nats.js.errors.KeyNotFoundError:
-        return OverrideEntry(None, None)
-    if not entry.value:
-        return OverrideEntry(None, entry.revision)
-    try:
-        return OverrideEntry(ScheduleOverride.from_bytes(entry.value), entry.revision)
-    except ValueError as exc:
-        return OverrideEntry(None, entry.revision, str(exc))
+#: A job's stored override, its revision, and why it was unreadable (if it was).
+OverrideEntry = StoredOverride
 
 
 async def read_override(js: JetStreamContext, settings: Settings, job: str) -> OverrideEntry:
     """The job's override; absent when the bucket does not exist yet.
 
-    A corrupt override is reported in `problem` and otherwise ignored, as the ticker
+    A corrupt override is reported in `unreadable` and otherwise ignored, as the ticker
     ignores it (it keeps the default).
     """
     try:
         kv = await js.key_value(settings.names.schedules_bucket)
     except nats.js.errors.BucketNotFoundError:
         return OverrideEntry(None, None)
-    return await read_override_entry(kv, job)
-
-
-async def _write(kv: KeyValue, job: str, value: ScheduleOverride | None, last: int | None) -> bool:
-    """Compare-and-set the job's override (None deletes it); False on a concurrent change."""
-    try:
-        if value is None:
-            await kv.delete(job, last=last)
-        elif last is None:
-            await kv.create(job, value.to_bytes())
-        else:
-            await kv.update(job, value.to_bytes(), last=last)
-    except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-        return False
-    return True
+    return await read_stored_override(kv, job)
 
 
 #: Turns the stored override (None: absent) into the one to store (None: delete it).
@@ -107,18 +73,17 @@ async def change_override(
     """
     kv = await js.key_value(settings.names.schedules_bucket)
     for _ in range(CAS_TRIES):
-        entry = await read_override_entry(kv, job)
-        if entry.problem is not None and on_unreadable is not None:
-            on_unreadable(entry.problem)
+        entry = await read_stored_override(kv, job)
+        if entry.unreadable is not None and on_unreadable is not None:
+            on_unreadable(entry.unreadable)
         new = change(entry.override)
-        if new is None and entry.override is None and entry.problem is None:
+        if new is None and entry.override is None and entry.unreadable is None:
             break  # nothing stored, nothing to delete
-        if await _write(kv, job, new, entry.revision):
+        if await write_override(kv, job, new, entry.revision):
             break
     else:
         raise ConcurrentChange(f"the schedule of {job} kept changing under this command; try again")
-    policy = settings.jobs.for_job(job)
-    return new, effective_schedule(job, policy.schedule, enabled=policy.enabled, override=new)
+    return new, resolve(job, settings.jobs.for_job(job), new)
 
 
 # -- the changes operators make (CLI and dashboard alike) --------------------------------
@@ -200,9 +165,9 @@ async def list_schedules(
     rows = []
     now = utcnow()
     for job in JOBS:
-        entry = await read_override_entry(schedules, job)
-        if entry.problem is not None and on_unreadable is not None:
-            on_unreadable(job, entry.problem)
+        entry = await read_stored_override(schedules, job)
+        if entry.unreadable is not None and on_unreadable is not None:
+            on_unreadable(job, entry.unreadable)
         eff = effective_for(settings, job, entry.override)
         policy = settings.jobs.for_job(job)
         rows.append(
@@ -223,8 +188,7 @@ async def list_schedules(
 
 def effective_for(settings: Settings, job: str, override: ScheduleOverride | None) -> EffectiveSchedule:
     """The schedule the ticker obeys for `job` given its override."""
-    policy = settings.jobs.for_job(job)
-    return effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
+    return resolve(job, settings.jobs.for_job(job), override)
 
 
 async def pending_runs(js: JetStreamContext, settings: Settings, job: str | None) -> list[dict[str, Any]]:

@@ -16,10 +16,10 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from shared.names import JOBS, Collections
+from shared.overrides import resolve
 from shared.readmodel.schedules import read_override
 from shared.readmodel.timetext import as_utc, iso
-from shared.runtime import monitor
-from shared.schedules import effective_schedule
+from shared.runtime import failure_streak
 from shared.schemas import RunStatus
 from shared.settings import Settings
 from shared.store import Database
@@ -83,7 +83,7 @@ async def collect_job_status(
     policy = settings.jobs.for_job(job)
     override = (await read_override(js, settings, job)).override
     try:
-        effective = effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
+        effective = resolve(job, policy, override)
         schedule_text = effective.schedule.text
         source = "settings" if effective.source == "default" else "kv"
         paused = effective.paused
@@ -108,7 +108,7 @@ async def collect_job_status(
         waiting=queue.waiting if queue else None,
         in_flight=queue.in_flight if queue else None,
         running_records=await runs.count_documents({"job": job, "status": {"$in": list(_ACTIVE)}}),
-        consecutive_failures=len(await monitor.failure_streak(db, job, _FAILURE_WINDOW)),
+        consecutive_failures=len(await failure_streak(db, job, _FAILURE_WINDOW)),
     )
     if last is not None:
         status.last_run_id = str(last["_id"])

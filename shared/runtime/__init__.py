@@ -1,44 +1,39 @@
-"""The job runtime every consumer service is built on.
+"""The job runtime every service is built on.
 
 Declare a job with `@job(...)`, write its handler against `JobContext`, and start the
-service with `run_service(...)`. Retries, run records, heartbeats, timeouts, overlap,
-cancel, rate limits, events, alerts, metrics and health are the runtime's business.
+service with `run_service(...)` (`run_app(...)` for a service that consumes nothing, such
+as the ticker). Retries, run records, heartbeats, timeouts, overlap, cancel, rate limits,
+events, alerts, metrics, health and the watchdog are the runtime's business.
+
+Exported here is what services (and the `pulse` CLI and dashboard) use; the modules behind it are
+private (`_*.py`). Tests and benchmarks drive jobs in-process with `Worker`.
 """
 
-from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled
 from shared.runtime._broker import ServiceBroker
-from shared.runtime.context import JobContext
-from shared.runtime.events import publish_alert, publish_cancel_hint, publish_run_event
-from shared.runtime.health import HttpServer, build_http_app
-from shared.runtime.job import JobSpec, NoArgs, job
-from shared.runtime.ratelimit import RateLimited, RateLimiter
-from shared.runtime.records import finish_run, request_cancel
-from shared.runtime.service import run_app, run_service
-from shared.runtime.worker import Worker
-from shared.settings import JobPolicy, RetryPolicy
+from shared.runtime._context import JobContext
+from shared.runtime._events import publish_cancel_hint
+from shared.runtime._health import HttpServer, build_http_app
+from shared.runtime._job import Checkpoint, job, no_checkpoint
+from shared.runtime._monitor import failure_streak
+from shared.runtime._records import get_run, request_cancel
+from shared.runtime._service import run_app, run_service
+from shared.runtime._watchdog import time_out_silent_runs
+from shared.runtime._worker import Worker
 
 __all__ = [
+    "Checkpoint",
     "HttpServer",
-    "InvalidRequest",
     "JobContext",
-    "JobPolicy",
-    "JobSpec",
-    "NoArgs",
-    "PermanentError",
-    "RateLimited",
-    "RateLimiter",
-    "RetryPolicy",
-    "RetryableError",
-    "RunCanceled",
     "ServiceBroker",
     "Worker",
     "build_http_app",
-    "finish_run",
+    "failure_streak",
+    "get_run",
     "job",
-    "publish_alert",
+    "no_checkpoint",
     "publish_cancel_hint",
-    "publish_run_event",
     "request_cancel",
     "run_app",
     "run_service",
+    "time_out_silent_runs",
 ]

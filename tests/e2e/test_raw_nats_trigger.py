@@ -15,8 +15,8 @@ import nats
 import pytest
 
 from shared.names import Collections
-from shared.runtime import JobContext, JobPolicy, RetryPolicy, Worker, job
-from shared.settings import Settings
+from shared.runtime import JobContext, Worker, job
+from shared.settings import JobPolicy, RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 

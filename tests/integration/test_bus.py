@@ -41,7 +41,7 @@ async def test_setup_twice_leaves_one_of_each_with_configured_limits(
     consumers = await js.consumers_info(names.jobs_stream)
     assert sorted(c.name for c in consumers) == sorted(JOBS)
     stats = await js.consumer_info(names.jobs_stream, "stats")
-    assert stats.config.max_deliver == settings.jobs.stats.retry.max_attempts + 1
+    assert stats.config.max_deliver == -1, "attempts are counted in the run record, not in deliveries"
     assert stats.config.max_ack_pending == 1
     assert stats.config.filter_subject == names.job_subject("stats")
 
@@ -50,11 +50,13 @@ async def test_changed_setting_updates_the_consumer(nats_client: NatsClient, mak
     js = nats_client.jetstream()
     first: Settings = make_settings()
     await ensure_topology(js, first)
-    changed: Settings = make_settings(jobs={"market_sync": {"retry": {"max_attempts": 9}}}, events_max_age_days=3)
+    changed: Settings = make_settings(
+        jobs={"market_sync": {"overlap": "parallel", "concurrency": 3}}, events_max_age_days=3
+    )
     await ensure_topology(js, changed)
 
     info = await js.consumer_info(changed.names.jobs_stream, "market_sync")
-    assert info.config.max_deliver == 10
+    assert info.config.max_ack_pending == 3
     events = await js.stream_info(changed.names.events_stream)
     assert events.config.max_age == 3 * 86400
     assert len(await js.consumers_info(changed.names.jobs_stream)) == len(JOBS)

@@ -12,9 +12,9 @@ from nats.js import JetStreamContext
 
 from shared.errors import PermanentError
 from shared.names import Collections
-from shared.runtime import JobContext, JobPolicy, RetryPolicy, Worker, job
+from shared.runtime import JobContext, Worker, job
 from shared.schemas import DeadLetter, JobRequest, Trigger, utcnow
-from shared.settings import Settings
+from shared.settings import JobPolicy, RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration.test_cli_common import invoke

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import nats.js.errors
 from nats.js import JetStreamContext
 from typer.testing import Result
 
@@ -88,6 +89,10 @@ def run_doc(run_id: str, status: str, ended_ago_s: float | None, **extra: Any) -
     return doc
 
 
+#: JetStream's error code for "no message found" (a missing stream is 10059).
+_NO_MESSAGE_FOUND = 10037
+
+
 def queued_requests(settings: Settings, job: str) -> list[tuple[JobRequest, str | None]]:
     """Every request held on `jobs.<job>`, with its Nats-Msg-Id."""
 
@@ -99,8 +104,10 @@ def queued_requests(settings: Settings, job: str) -> list[tuple[JobRequest, str 
                 msg = await js.get_msg(
                     settings.names.jobs_stream, seq=seq, subject=settings.names.job_subject(job), next=True
                 )
-            except Exception:
-                return found
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code != _NO_MESSAGE_FOUND:  # e.g. the stream is missing: a failure
+                    raise
+                return found  # no message at or after `seq`: all read
             found.append((JobRequest.model_validate_json(msg.data or b""), (msg.headers or {}).get(MSG_ID_HEADER)))
             assert msg.seq is not None
             seq = msg.seq + 1

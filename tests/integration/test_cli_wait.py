@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 from shared.errors import PermanentError
-from shared.runtime import JobContext, JobPolicy, RetryPolicy, Worker, job
-from shared.settings import Settings
+from shared.runtime import JobContext, Worker, job
+from shared.settings import JobPolicy, RetryPolicy, Settings
 from tests.integration.test_cli_common import invoke
 
 

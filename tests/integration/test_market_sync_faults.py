@@ -20,9 +20,9 @@ from shared.providers.sanitize import check_storable
 from shared.providers.simprocess import simulator_process
 from shared.providers.simulator import INVALID_MARKET_KINDS, MESSY_MARKET_KINDS, record_kind
 from shared.requests import publish_request
-from shared.runtime import RetryPolicy, Worker
+from shared.runtime import Worker
 from shared.schemas import DeadLetter
-from shared.settings import Settings
+from shared.settings import RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import collect, policy, request_for, terminal_run
@@ -168,7 +168,7 @@ async def test_a_permanent_outage_through_the_worker_ends_failed_with_a_dead_let
     assert doc["attempt_count"] == 2
     assert "HTTP 503" in doc["error"]
     assert requests_seen == 4  # 2 attempts × 2 quick tries
-    letters = await collect(js, settings.names.dlq_subject("market_sync"), settings.names.dlq_stream)
+    letters = await collect(js, settings.names.dlq_subject("market_sync"), settings.names.dlq_stream, 1)
     assert len(letters) == 1
     letter = DeadLetter.model_validate_json(letters[0])
     assert (letter.run_id, letter.reason, letter.attempts) == (request.run_id, "exhausted", 2)

@@ -11,11 +11,11 @@ from nats.js import JetStreamContext
 
 from shared.names import Collections
 from shared.requests import publish_request
-from shared.runtime import JobContext, RetryPolicy, job, request_cancel
-from shared.runtime.records import finish_run
+from shared.runtime import JobContext, job, request_cancel
+from shared.runtime._records import finish_run
 from shared.schedules import ScheduleOverride
 from shared.schemas import Alert, RunStatus, Trigger, scheduled_run_id, utcnow
-from shared.settings import Settings
+from shared.settings import RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import (
@@ -68,7 +68,7 @@ async def test_cancel_of_a_queued_run_ends_it_canceled_without_running(
     assert doc["status"] == "canceled"
     await worker.run_until_idle(timeout_s=10)
     assert calls == []
-    events = await collect(js, settings.names.run_events_wildcard("queued"), settings.names.events_stream)
+    events = await collect(js, settings.names.run_events_wildcard("queued"), settings.names.events_stream, 1)
     assert [json.loads(e)["status"] for e in events] == ["canceled"]
 
 
@@ -186,7 +186,7 @@ async def test_three_failed_runs_in_a_row_publish_exactly_one_alert(
     assert await db[Collections.RUNS].count_documents({"job": "broken", "status": "failed"}) == 5
     alerts = [
         Alert.model_validate_json(a)
-        for a in await collect(js, settings.names.alert_subject("broken"), settings.names.events_stream)
+        for a in await collect(js, settings.names.alert_subject("broken"), settings.names.events_stream, 1)
     ]
     assert [a.kind for a in alerts] == ["consecutive_failures"]
     assert "3 runs of broken failed in a row" in alerts[0].detail
@@ -205,7 +205,7 @@ async def test_no_success_within_stale_after_raises_one_stale_alert(
     await worker.check_stale()  # a second check of the same period must not alert again
     alerts = [
         Alert.model_validate_json(a)
-        for a in await collect(js, settings.names.alert_subject("idle"), settings.names.events_stream)
+        for a in await collect(js, settings.names.alert_subject("idle"), settings.names.events_stream, 1)
     ]
     assert [a.kind for a in alerts] == ["stale"]
 
@@ -237,10 +237,10 @@ async def test_a_success_ends_the_failure_streak(
         await publish_request(js, settings.names, request_for("wobbly"))
         await worker.run_until_idle(timeout_s=15)  # one at a time: the streak order is the publish order
     subject = settings.names.alert_subject("wobbly")
-    assert await collect(js, subject, settings.names.events_stream) == []
+    assert await collect(js, subject, settings.names.events_stream, 0) == []
     await publish_request(js, settings.names, request_for("wobbly"))
     await worker.run_until_idle(timeout_s=15)
-    alerts = [Alert.model_validate_json(a) for a in await collect(js, subject, settings.names.events_stream)]
+    alerts = [Alert.model_validate_json(a) for a in await collect(js, subject, settings.names.events_stream, 1)]
     assert [a.kind for a in alerts] == ["consecutive_failures"]
 
 
@@ -307,10 +307,8 @@ async def test_the_subscriber_binds_the_durable_as_the_policy_configures_it(
     settings: Settings, js: JetStreamContext, start_worker: WorkerFactory
 ) -> None:
     """A durable left by an older deployment is updated by the worker, and FastStream's
-    subscriber binds it as it is (its own defaults would say ack_wait 30 s, unlimited deliveries)."""
+    subscriber binds it as it is (its own defaults would say ack_wait 30 s, max_ack_pending 1000)."""
     from nats.js.api import ConsumerConfig
-
-    from shared.bus import SPARE_DELIVERIES
 
     names = settings.names
     await js.add_consumer(
@@ -336,6 +334,6 @@ async def test_the_subscriber_binds_the_durable_as_the_policy_configures_it(
     doc = await wait_value(lambda: terminal_run(worker.db, request.run_id), timeout_s=10, what="bound run")
     assert doc["status"] == "completed"
     config = (await js.consumer_info(names.jobs_stream, names.consumer_name("bound"))).config
-    assert (config.max_deliver, config.max_ack_pending) == (4 + SPARE_DELIVERIES, 2)
+    assert (config.max_deliver, config.max_ack_pending) == (-1, 2)
     assert config.ack_wait == settings.ack_wait_s
     assert await worker.readiness_consumers()

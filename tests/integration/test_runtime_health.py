@@ -9,8 +9,9 @@ import httpx
 
 from shared.localstack import free_port, start_nats
 from shared.requests import publish_request
-from shared.runtime import HttpServer, JobContext, Worker, job
-from shared.runtime.service import worker_app
+from shared.runtime import JobContext, Worker, job
+from shared.runtime._health import HttpServer
+from shared.runtime._service import worker_app
 from shared.settings import Settings
 from tests.conftest import Servers
 from tests.helpers import wait_for

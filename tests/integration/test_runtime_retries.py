@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from shared.names import Collections
 from shared.requests import publish_request
-from shared.runtime import JobContext, RetryPolicy, job
+from shared.runtime import JobContext, job
 from shared.schemas import DeadLetter, RunEvent
-from shared.settings import Settings
+from shared.settings import RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import (
@@ -56,7 +56,7 @@ async def test_handler_failing_twice_then_succeeding_completes_with_three_attemp
     assert 0.35 <= gaps[0] <= 0.4 + 1.5, gaps
     assert 0.75 <= gaps[1] <= 0.8 + 1.5, gaps
     await worker.run_until_idle(timeout_s=10)
-    events = await collect(js, settings.names.run_events_wildcard("flaky"), settings.names.events_stream)
+    events = await collect(js, settings.names.run_events_wildcard("flaky"), settings.names.events_stream, 1)
     assert len(events) == 1
     event = RunEvent.model_validate_json(events[0])
     assert (event.status, event.attempts, event.summary) == ("completed", 3, {"ok": 1})
@@ -77,7 +77,7 @@ async def test_always_failing_handler_is_dead_lettered_after_max_attempts(
     assert doc["attempt_count"] == 3
     assert "always broken" in doc["error"]
     await worker.run_until_idle(timeout_s=10)
-    letters = await collect(js, settings.names.dlq_subject("doomed"), settings.names.dlq_stream)
+    letters = await collect(js, settings.names.dlq_subject("doomed"), settings.names.dlq_stream, 1)
     assert len(letters) == 1
     letter = DeadLetter.model_validate_json(letters[0])
     assert letter.request == request
@@ -130,7 +130,7 @@ async def test_invalid_requests_fail_at_once_with_a_dead_letter(
         data = payload
     await js.publish(subject, data, stream=settings.names.jobs_stream)
     await worker.run_until_idle(timeout_s=15)
-    letters = await collect(js, settings.names.dlq_subject("strict"), settings.names.dlq_stream)
+    letters = await collect(js, settings.names.dlq_subject("strict"), settings.names.dlq_stream, 1)
     assert len(letters) == 1
     letter = DeadLetter.model_validate_json(letters[0])
     assert letter.reason == "invalid"
@@ -139,7 +139,9 @@ async def test_invalid_requests_fail_at_once_with_a_dead_letter(
     if letter.request is None:
         assert letter.raw == data.decode()
     assert calls == []
-    if run_id is not None:
+    if payload == "unknown":  # a run of another job: nothing is recorded under its id
+        assert await db[Collections.RUNS].find_one({"_id": run_id}) is None
+    elif run_id is not None:
         doc = await db[Collections.RUNS].find_one({"_id": run_id})
         assert doc is not None
         assert doc["status"] == "failed"
@@ -166,7 +168,7 @@ async def test_request_with_a_terminal_record_is_acked_without_running(
     await js.publish(settings.names.job_subject("once"), request.to_bytes(), stream=settings.names.jobs_stream)
     await worker.run_until_idle(timeout_s=10)
     assert calls == [1]
-    events = await collect(js, settings.names.run_events_wildcard("once"), settings.names.events_stream)
+    events = await collect(js, settings.names.run_events_wildcard("once"), settings.names.events_stream, 1)
     assert len(events) == 1
 
 
@@ -185,10 +187,10 @@ async def test_permanent_error_fails_at_once_and_alerts(
     doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=10, what="permanent failure")
     assert (doc["status"], doc["attempt_count"]) == ("failed", 1)
     await worker.run_until_idle(timeout_s=10)
-    alerts = await collect(js, settings.names.alert_subject("rejected"), settings.names.events_stream)
+    alerts = await collect(js, settings.names.alert_subject("rejected"), settings.names.events_stream, 1)
     kinds = [json.loads(a)["kind"] for a in alerts]
     assert kinds == ["permanent_error"]
-    letters = await collect(js, settings.names.dlq_subject("rejected"), settings.names.dlq_stream)
+    letters = await collect(js, settings.names.dlq_subject("rejected"), settings.names.dlq_stream, 1)
     assert [DeadLetter.model_validate_json(x).reason for x in letters] == ["permanent"]
 
 
@@ -196,7 +198,7 @@ async def test_redelivery_after_a_crash_past_the_record_repairs_event_and_dead_l
     settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
 ) -> None:
     """A worker that recorded `failed` and died before publishing: the redelivery publishes both, once."""
-    from shared.runtime import finish_run
+    from shared.runtime._records import finish_run
     from shared.schemas import RunStatus
 
     calls: list[int] = []
@@ -212,9 +214,9 @@ async def test_redelivery_after_a_crash_past_the_record_repairs_event_and_dead_l
         await js.publish(settings.names.job_subject("repaired"), request.to_bytes(), stream=settings.names.jobs_stream)
         await worker.run_until_idle(timeout_s=10)
     assert calls == []
-    letters = await collect(js, settings.names.dlq_subject("repaired"), settings.names.dlq_stream)
+    letters = await collect(js, settings.names.dlq_subject("repaired"), settings.names.dlq_stream, 1)
     assert [DeadLetter.model_validate_json(x).reason for x in letters] == ["exhausted"]
-    events = await collect(js, settings.names.run_events_wildcard("repaired"), settings.names.events_stream)
+    events = await collect(js, settings.names.run_events_wildcard("repaired"), settings.names.events_stream, 1)
     assert [RunEvent.model_validate_json(e).status for e in events] == ["failed"]
 
 
@@ -237,7 +239,7 @@ async def test_invalid_json_declared_as_json_still_reaches_the_runner_and_is_dea
         headers={"content-type": "application/json"},
     )
     await worker.run_until_idle(timeout_s=15)
-    letters = await collect(js, settings.names.dlq_subject("typed"), settings.names.dlq_stream)
+    letters = await collect(js, settings.names.dlq_subject("typed"), settings.names.dlq_stream, 1)
     assert len(letters) == 1
     letter = DeadLetter.model_validate_json(letters[0])
     assert (letter.reason, letter.raw) == ("invalid", data.decode())

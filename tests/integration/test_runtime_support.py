@@ -13,9 +13,10 @@ import pytest
 from nats.js import JetStreamContext
 
 from shared.names import Collections
-from shared.runtime import JobPolicy, JobSpec, RetryPolicy, Worker
+from shared.runtime import Worker
+from shared.runtime._job import JobSpec
 from shared.schemas import TERMINAL_STATUSES, JobRequest, Trigger, new_run_id, utcnow
-from shared.settings import Settings
+from shared.settings import JobPolicy, RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
 
@@ -48,17 +49,29 @@ def request_for(name: str, **overrides: Any) -> JobRequest:
     return JobRequest(**values)
 
 
-async def collect(js: JetStreamContext, subject: str, stream: str) -> list[bytes]:
-    """Every message stored on `subject` so far (reads until 0.5 s pass with nothing new)."""
+async def stored_count(js: JetStreamContext, subject: str, stream: str) -> int:
+    """How many messages `stream` holds on `subject` (a wildcard sums its subjects)."""
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
+async def collect(
+    js: JetStreamContext, subject: str, stream: str, expected: int, *, timeout_s: float = 10.0
+) -> list[bytes]:
+    """Every message stored on `subject`, once at least `expected` are there.
+
+    Waits for the count, not for a quiet period: the caller asserts on what comes back,
+    so a message too many shows up as a failed assertion.
+    """
+
+    async def enough() -> bool:
+        return await stored_count(js, subject, stream) >= expected
+
+    await wait_for(enough, timeout_s=timeout_s, what=f"{expected} messages on {subject}")
+    count = await stored_count(js, subject, stream)
     sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
-    out: list[bytes] = []
     try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except TimeoutError:
-                return out
-            out.append(msg.data)
+        return [(await sub.next_msg(timeout=timeout_s)).data for _ in range(count)]
     finally:
         await sub.unsubscribe()
 

@@ -16,7 +16,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
-from services.ticker import SlotState, Ticker
+from services.ticker import SlotState, Ticker, TickerTiming
 from shared.names import JOBS
 from shared.requests import publish_request
 from shared.schedules import ScheduleOverride
@@ -183,7 +183,7 @@ async def test_claim_left_unpublished_by_a_crash_is_published_again(
     )
     await kv.put("whale_sync", claim.to_bytes())
 
-    ticker = await make_ticker(settings, claim_grace_s=2.0)
+    ticker = await make_ticker(settings, timing=TickerTiming(claim_grace_s=2.0))
     assert await ticker.tick() == []  # the claimer may still be publishing
     clock.advance(seconds=3)
     fired = await ticker.tick()
@@ -319,7 +319,7 @@ async def test_claim_ahead_by_a_replica_that_dies_is_published_by_another(
 ) -> None:
     settings = settings_with(make_settings, {"whale_sync": "every 10s"})
     doomed = await make_ticker(settings, replica="doomed")
-    survivor = await make_ticker(settings, replica="survivor", claim_grace_s=2.0)
+    survivor = await make_ticker(settings, replica="survivor", timing=TickerTiming(claim_grace_s=2.0))
     await doomed.tick()
     next_slot = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
     clock.advance(seconds=9.3)

@@ -13,7 +13,7 @@ import pytest
 from nats.js import JetStreamContext
 from typer.testing import CliRunner, Result
 
-from services.ticker import Ticker
+from services.ticker import Ticker, TickerTiming
 from shared.cli.app import app
 from shared.delayed import schedule_delayed
 from shared.schedules import ScheduleOverride
@@ -37,7 +37,7 @@ def ticker_settings(make_settings: Any) -> Settings:
 
 @pytest.fixture
 async def running_ticker(js: JetStreamContext, ticker_settings: Settings) -> AsyncIterator[Ticker]:
-    ticker = Ticker(ticker_settings, js, max_idle_s=0.5)
+    ticker = Ticker(ticker_settings, js, timing=TickerTiming(max_idle_s=0.5))
     await ticker.start()
     task = asyncio.create_task(ticker.run())
     yield ticker

@@ -17,10 +17,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.janitor.watchdog import TIMEOUT_REASON, WatchdogResult, time_out_dead_runs
 from shared.names import Collections
 from shared.requests import publish_request
-from shared.runtime import finish_run, publish_run_event
+from shared.runtime._events import publish_run_event
+from shared.runtime._records import finish_run
+from shared.runtime._watchdog import TIMEOUT_REASON, WatchdogResult, time_out_dead_runs
 from shared.schemas import JobRequest, RunRecord, RunStatus, Trigger, new_run_id, utcnow
 from shared.settings import Settings
 from shared.store import Database

@@ -12,6 +12,7 @@ from shared.providers.base import RecordError
 from shared.providers.polymarket import parse_market, parse_trade
 from shared.providers.sanitize import check_storable
 from shared.schemas import MarketDoc, WhaleTradeDoc
+from tests.helpers import examples
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
 json_values = st.recursive(
@@ -79,19 +80,19 @@ def assert_valid_or_record_error(result: Any, doc_type: type) -> None:
         check_storable(result.model_dump(by_alias=True))
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=examples(400), suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(json_values | market_records)
 def test_market_parser_returns_a_market_or_a_record_error(raw: Any) -> None:
     assert_valid_or_record_error(parse_market(raw), MarketDoc)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=examples(400), suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(json_values | trade_records)
 def test_trade_parser_returns_a_trade_or_a_record_error(raw: Any) -> None:
     assert_valid_or_record_error(parse_trade(raw), WhaleTradeDoc)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.builds(
         lambda q, p: {"id": "1", "question": q, "outcomes": '["Yes","No"]', "outcomePrices": json.dumps([p, 1 - p])},

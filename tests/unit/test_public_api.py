@@ -10,29 +10,21 @@ import shared.runtime
 ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
+    "Checkpoint",
     "HttpServer",
-    "InvalidRequest",
     "JobContext",
-    "JobPolicy",
-    "JobSpec",
-    "NoArgs",
-    "PermanentError",
-    "RateLimited",
-    "RateLimiter",
-    "RetryPolicy",
-    "RetryableError",
-    "RunCanceled",
     "ServiceBroker",
     "Worker",
     "build_http_app",
-    "finish_run",
+    "failure_streak",
+    "get_run",
     "job",
-    "publish_alert",
+    "no_checkpoint",
     "publish_cancel_hint",
-    "publish_run_event",
     "request_cancel",
     "run_app",
     "run_service",
+    "time_out_silent_runs",
 }
 
 
@@ -76,3 +68,8 @@ def test_services_use_the_runtime_only_through_its_public_names() -> None:
                     f"{path.relative_to(ROOT)}: {a.name}" for a in node.names if a.name not in shared.runtime.__all__
                 ]
     assert problems == []
+
+
+def test_runtime_modules_are_private() -> None:
+    modules = sorted(p.name for p in (ROOT / "shared" / "runtime").glob("*.py") if p.name != "__init__.py")
+    assert [m for m in modules if not m.startswith("_")] == []

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shared.runtime.retry import Outcome, OutcomeKind, Settle, decide
+from shared.runtime._retry import Outcome, OutcomeKind, Settle, decide
 from shared.schemas import RunStatus
 from shared.settings import RetryPolicy
 
@@ -30,7 +30,7 @@ def test_last_attempt_fails_the_run_with_a_dead_letter() -> None:
     assert (decision.settle, decision.status, decision.dead_letter) == (Settle.TERM, RunStatus.FAILED, "exhausted")
 
 
-def test_spare_delivery_past_the_last_attempt_is_failed_too() -> None:
+def test_an_attempt_past_the_last_is_failed_too() -> None:
     assert decide(Outcome(OutcomeKind.FAILED), 5, POLICY).status is RunStatus.FAILED
 
 
@@ -70,7 +70,7 @@ def test_jitter_spreads_delays_within_its_fraction() -> None:
 
 
 def test_out_of_attempts_is_one_rule() -> None:
-    from shared.runtime.retry import is_last_attempt, past_last_attempt
+    from shared.runtime._retry import is_last_attempt, past_last_attempt
 
     assert [is_last_attempt(n, POLICY) for n in (3, 4, 5)] == [False, True, True]
     assert past_last_attempt(4, POLICY) is None

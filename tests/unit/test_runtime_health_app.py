@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from shared.runtime.health import build_http_app
+from shared.runtime._health import build_http_app
 
 
 async def ok() -> bool:

@@ -1,4 +1,4 @@
-"""Slot arithmetic of every schedule kind, the grammar's error messages, and the ticker's decision rules."""
+"""Slot arithmetic of every schedule kind, the grammar's error messages, and the ticker's plan rules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ticker.slots import Action, SlotState, decide
+from services.ticker.slots import Action, SlotState, plan_slot
 from shared.errors import ConfigError
 from shared.schedules import (
     CronSchedule,
@@ -262,7 +262,7 @@ def test_override_document_round_trips_and_bad_ones_say_why() -> None:
         ScheduleOverride.from_bytes(b"not json")
 
 
-# -- the ticker's decision -----------------------------------------------------------
+# -- the ticker's plan -----------------------------------------------------------
 
 
 def state(slot: datetime, *, published: bool = True, claimed_at: datetime | None = None) -> SlotState:
@@ -279,45 +279,43 @@ EVERY_MIN = parse_schedule("every 1m")
 
 
 def test_decide_fires_the_first_slot_ever_as_a_catch_up() -> None:
-    decision = decide(EVERY_MIN, utc(2026, 3, 1, 12), None, utc(2026, 3, 1, 12, 0, 30), claim_grace_s=2)
-    assert (decision.action, decision.slot, decision.catch_up) == (Action.FIRE, utc(2026, 3, 1, 12), True)
+    plan = plan_slot(EVERY_MIN, utc(2026, 3, 1, 12), None, utc(2026, 3, 1, 12, 0, 30), claim_grace_s=2)
+    assert (plan.action, plan.slot, plan.catch_up) == (Action.FIRE, utc(2026, 3, 1, 12), True)
 
 
 def test_decide_fires_the_next_slot_on_time() -> None:
-    decision = decide(
+    plan = plan_slot(
         EVERY_MIN, utc(2026, 3, 1, 12, 1), state(utc(2026, 3, 1, 12)), utc(2026, 3, 1, 12, 1), claim_grace_s=2
     )
-    assert (decision.action, decision.catch_up) == (Action.FIRE, False)
+    assert (plan.action, plan.catch_up) == (Action.FIRE, False)
 
 
 def test_decide_after_downtime_fires_only_the_latest_slot() -> None:
-    decision = decide(
+    plan = plan_slot(
         EVERY_MIN, utc(2026, 3, 1, 13), state(utc(2026, 3, 1, 12)), utc(2026, 3, 1, 13, 0, 5), claim_grace_s=2
     )
-    assert (decision.action, decision.slot, decision.catch_up) == (Action.FIRE, utc(2026, 3, 1, 13), True)
+    assert (plan.action, plan.slot, plan.catch_up) == (Action.FIRE, utc(2026, 3, 1, 13), True)
 
 
 def test_decide_idles_on_a_fired_or_newer_slot() -> None:
     now = utc(2026, 3, 1, 12, 0, 30)
-    assert (
-        decide(EVERY_MIN, utc(2026, 3, 1, 12), state(utc(2026, 3, 1, 12)), now, claim_grace_s=2).action is Action.IDLE
-    )
+    plan = plan_slot(EVERY_MIN, utc(2026, 3, 1, 12), state(utc(2026, 3, 1, 12)), now, claim_grace_s=2)
+    assert plan.action is Action.IDLE
     # A slower schedule whose latest slot is older than the last fired one waits for its next.
-    assert (
-        decide(EVERY_MIN, utc(2026, 3, 1, 11), state(utc(2026, 3, 1, 12)), now, claim_grace_s=2).action is Action.IDLE
-    )
-    assert decide(EVERY_MIN, None, None, now, claim_grace_s=2).action is Action.IDLE
+    plan = plan_slot(EVERY_MIN, utc(2026, 3, 1, 11), state(utc(2026, 3, 1, 12)), now, claim_grace_s=2)
+    assert plan.action is Action.IDLE
+    assert plan_slot(EVERY_MIN, None, None, now, claim_grace_s=2).action is Action.IDLE
 
 
 def test_decide_republishes_an_unconfirmed_claim_only_after_the_grace() -> None:
     slot = utc(2026, 3, 1, 12)
     claimed = state(slot, published=False, claimed_at=slot)
-    assert decide(EVERY_MIN, slot, claimed, slot + timedelta(seconds=1), claim_grace_s=2).action is Action.IDLE
-    decision = decide(EVERY_MIN, slot, claimed, slot + timedelta(seconds=2), claim_grace_s=2)
-    assert (decision.action, decision.slot) == (Action.REPUBLISH, slot)
+    assert plan_slot(EVERY_MIN, slot, claimed, slot + timedelta(seconds=1), claim_grace_s=2).action is Action.IDLE
+    plan = plan_slot(EVERY_MIN, slot, claimed, slot + timedelta(seconds=2), claim_grace_s=2)
+    assert (plan.action, plan.slot) == (Action.REPUBLISH, slot)
     # A newer slot supersedes the unconfirmed one: fire the new slot instead.
     assert (
-        decide(EVERY_MIN, slot + timedelta(minutes=1), claimed, slot + timedelta(minutes=1), claim_grace_s=2).action
+        plan_slot(EVERY_MIN, slot + timedelta(minutes=1), claimed, slot + timedelta(minutes=1), claim_grace_s=2).action
         is Action.FIRE
     )
 
@@ -331,11 +329,11 @@ def timezone_offset(hours: int) -> object:
 def test_decide_publishes_its_own_claim_made_ahead_of_the_slot_at_once() -> None:
     slot = utc(2026, 3, 1, 12)
     ahead = state(slot, published=False, claimed_at=slot - timedelta(milliseconds=250))
-    decision = decide(EVERY_MIN, slot, ahead, slot, claim_grace_s=2, replica="r1")
-    assert (decision.action, decision.catch_up) == (Action.PUBLISH, False)
+    plan = plan_slot(EVERY_MIN, slot, ahead, slot, claim_grace_s=2, replica="r1")
+    assert (plan.action, plan.catch_up) == (Action.PUBLISH, False)
     # Another replica leaves it to the claimer until the grace has passed.
-    assert decide(EVERY_MIN, slot, ahead, slot, claim_grace_s=2, replica="r2").action is Action.IDLE
+    assert plan_slot(EVERY_MIN, slot, ahead, slot, claim_grace_s=2, replica="r2").action is Action.IDLE
     # Before the slot is due nothing happens, even for the claimer.
-    before = decide(EVERY_MIN, slot - timedelta(minutes=1), ahead, slot - timedelta(milliseconds=100),
+    before = plan_slot(EVERY_MIN, slot - timedelta(minutes=1), ahead, slot - timedelta(milliseconds=100),
                     claim_grace_s=2, replica="r1")  # fmt: skip
     assert before.action is Action.IDLE

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.janitor.cleanup import Retention, sweeps
-from services.janitor.watchdog import STALE_HEARTBEATS, WatchdogResult, stale_cutoff
+from shared.runtime._watchdog import STALE_HEARTBEATS, WatchdogResult, stale_cutoff
 from shared.schemas import TERMINAL_STATUSES
 from shared.settings import Settings
 
@@ -52,7 +52,7 @@ def test_watchdog_summary_is_small() -> None:
 
 def test_watchdog_waits_for_redelivery_before_ending_a_run() -> None:
     """A dead worker's run is first redelivered (ack wait); the watchdog never pre-empts that."""
-    from services.janitor.watchdog import silence_limit_s
+    from shared.runtime._watchdog import silence_limit_s
 
     assert silence_limit_s(5.0, redelivery_after_s=12.0) == 17.0
     assert silence_limit_s(5.0, redelivery_after_s=30.0) == 35.0

@@ -15,7 +15,8 @@ import asyncio
 import os
 from typing import Any
 
-from shared.runtime import JobContext, JobPolicy, RetryPolicy, job, run_service
+from shared.runtime import JobContext, job, run_service
+from shared.settings import JobPolicy, RetryPolicy
 
 SLEEP_S = float(os.environ.get("PROBE_SLEEP_S", "0.2"))
 NAME = os.environ.get("PROBE_JOB", "probe")

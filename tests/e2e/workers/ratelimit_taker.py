@@ -13,7 +13,7 @@ import sys
 import time
 
 from shared.bus import connect_nats, ensure_kv, kv_configs
-from shared.runtime import RateLimiter
+from shared.runtime._ratelimit import RateLimiter
 from shared.settings import load_settings
 
 

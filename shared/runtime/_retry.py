@@ -8,6 +8,11 @@ settle the message. The delay math itself is `RetryPolicy.delay_s` (settings).
 The rule "out of attempts" lives here only: `is_last_attempt` (a failure then ends the
 run), `past_last_attempt` (the worker of the last attempt died), and which failed runs
 carry a dead letter (`DEAD_LETTER_REASONS`, `was_dead_lettered`).
+
+Infrastructure failures are not attempts: when the store or NATS cannot be reached
+while a delivery is handled (`is_infrastructure_failure`), the message is nak'ed with a
+bounded backoff (`infrastructure_delay_s`) and no attempt is counted, since attempts
+are counted in the run record when an attempt starts.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, get_args
 
+import nats.errors
+import nats.js.errors
+from pymongo.errors import AutoReconnect, ExecutionTimeout, PyMongoError, ServerSelectionTimeoutError
+
+from shared.errors import Unreachable
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import RetryPolicy
 
@@ -121,3 +131,38 @@ def past_last_attempt(attempt: int, policy: RetryPolicy) -> Outcome | None:
 def was_dead_lettered(record: RunRecord) -> bool:
     """True when `record` is a failed run whose request was sent to the DLQ."""
     return record.status is RunStatus.FAILED and record.reason in DEAD_LETTER_REASONS
+
+
+#: NATS errors that mean "the server is away or slow", not "the request is wrong".
+_BUS_FAILURES: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.ServiceUnavailableError,
+)
+#: PyMongo errors that mean the store is unreachable or too slow.
+_STORE_FAILURES: tuple[type[BaseException], ...] = (AutoReconnect, ServerSelectionTimeoutError, ExecutionTimeout)
+
+
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """True when `exc` says the store or NATS is unreachable or timed out (not the request's fault).
+
+    `AutoReconnect` covers `NetworkTimeout` and `ConnectionFailure`'s network cases; any
+    `PyMongoError` whose `timeout` is true (a client-side operation deadline) counts too.
+    """
+    if isinstance(exc, (Unreachable, *_BUS_FAILURES, *_STORE_FAILURES, TimeoutError)):
+        return True
+    return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
+
+
+def infrastructure_delay_s(delivery: int, cap_s: float) -> float:
+    """How long to wait before a delivery that met an infrastructure failure comes back.
+
+    Doubles from 0.5 s with each delivery, capped at `cap_s` (the ack wait), so an outage
+    of any length is retried at a bounded pace and recovery is noticed within `cap_s`.
+    """
+    return min(cap_s, 0.5 * 2.0 ** min(max(delivery - 1, 0), 16))

@@ -1,4 +1,4 @@
-"""The watchdog: end `timed_out` the runs whose worker stopped heartbeating.
+"""The watchdog: end `timed_out` the runs whose worker stopped heartbeating (runtime-owned).
 
 A running handler refreshes `heartbeat_at` every `heartbeat_interval_s` (the runtime
 does it, and at each `ctx.checkpoint`). A run still `running` whose last heartbeat is
@@ -7,8 +7,10 @@ in a blocking call): the watchdog ends it through the one run-recording path
 (`finish_run`) and publishes its RunEvent. A run that is slow but still heartbeating is
 never touched, however long it has been running: only the heartbeat counts.
 
-The domain function takes its two effects (`finish` and `publish`) as arguments, so it
-does not depend on a JobContext; the job handler passes the runtime's functions.
+How long a run may stay silent depends on the runtime's heartbeat and on JetStream's
+redelivery (the ack wait), so the rule and the run-ending live here: the janitor's
+`watchdog` job calls `time_out_silent_runs(ctx)`. `time_out_dead_runs` takes its two
+effects (`finish` and `publish`) as arguments, so tests can race it against a worker.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from shared.names import Collections
-from shared.schemas import RunRecord, RunStatus
+from shared.runtime._context import JobContext
+from shared.runtime._events import publish_run_event
+from shared.runtime._records import finish_run
+from shared.schemas import RunRecord, RunStatus, utcnow
 from shared.store import Database, Document
 
 #: A run is presumed dead after this many missed heartbeat intervals. Three leaves room
@@ -28,7 +33,7 @@ STALE_HEARTBEATS = 3
 MAX_RUNS_PER_PASS = 500
 TIMEOUT_REASON = "no_heartbeat"
 
-#: `finish_run(db, run_id, status, *, error=..., reason=...)` of shared.runtime.records.
+#: `finish_run(db, run_id, status, *, error=..., reason=...)` of shared.runtime._records.
 Finish = Callable[..., Awaitable[RunRecord | None]]
 #: Publishes the RunEvent of a record just ended.
 Publish = Callable[[RunRecord], Awaitable[None]]
@@ -102,7 +107,7 @@ async def time_out_dead_runs(
         now: the reference time.
         heartbeat_interval_s: the configured heartbeat interval; runs silent for more
             than `STALE_HEARTBEATS` intervals are ended (see `silence_limit_s`).
-        finish: `shared.runtime.records.finish_run`: the only writer of run outcomes;
+        finish: `shared.runtime._records.finish_run`: the only writer of run outcomes;
             it returns None when the run was already terminal (someone else ended it).
         publish: publishes the RunEvent of a record `finish` just ended.
         redelivery_after_s: the consumers' ack wait: runs are left to JetStream's
@@ -137,3 +142,24 @@ async def time_out_dead_runs(
         await publish(record)
         timed_out.append(run_id)
     return WatchdogResult(timed_out=timed_out, already_ended=already_ended)
+
+
+async def time_out_silent_runs(ctx: JobContext, *, limit: int = MAX_RUNS_PER_PASS) -> WatchdogResult:
+    """End `timed_out` every run whose heartbeat stopped, with its RunEvent (the `watchdog` job).
+
+    Runs are left to JetStream's redelivery first: only runs silent for longer than the
+    ack wait plus a heartbeat (and at least `STALE_HEARTBEATS` heartbeats) are ended.
+    """
+
+    async def publish(record: RunRecord) -> None:
+        await publish_run_event(ctx.js, ctx.settings.names, record)
+
+    return await time_out_dead_runs(
+        ctx.db,
+        now=utcnow(),
+        heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+        redelivery_after_s=ctx.settings.ack_wait_s,
+        finish=finish_run,
+        publish=publish,
+        limit=limit,
+    )

@@ -1,4 +1,4 @@
-"""The life of one job request, top to bottom: parse, guard, claim, attempt, decide, record, settle.
+"""The life of one job request, top to bottom: parse, guard, start, attempt, decide, record, settle.
 
 `run_message` is the whole lifecycle; each step is a helper below it, in order. The
 message is settled (ack, nak with delay, or term) only after the outcome is recorded,
@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 import httpx
-import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -25,14 +24,16 @@ from pydantic import BaseModel, ValidationError
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
 from shared.logs import bind
 from shared.names import Names
-from shared.runtime import monitor, records
-from shared.runtime.context import JobContext, context_logger
-from shared.runtime.events import publish_alert, publish_dead_letter, publish_run_event
-from shared.runtime.heartbeat import Heartbeat, RunControl
-from shared.runtime.job import JobSpec
-from shared.runtime.metrics import RuntimeMetrics
-from shared.runtime.ratelimit import RateLimited, RateLimiter
-from shared.runtime.retry import (
+from shared.overrides import current_schedule
+from shared.runtime import _monitor as monitor
+from shared.runtime import _records as records
+from shared.runtime._context import JobContext, context_logger
+from shared.runtime._events import publish_alert, publish_dead_letter, publish_run_event
+from shared.runtime._heartbeat import Heartbeat, RunControl
+from shared.runtime._job import JobSpec
+from shared.runtime._metrics import RuntimeMetrics
+from shared.runtime._ratelimit import RateLimited, RateLimiter
+from shared.runtime._retry import (
     DeadLetterReason,
     Decision,
     Outcome,
@@ -42,7 +43,7 @@ from shared.runtime.retry import (
     past_last_attempt,
     was_dead_lettered,
 )
-from shared.schedules import Schedule, ScheduleOverride, effective_schedule, parse_schedule
+from shared.schedules import Schedule, parse_schedule
 from shared.schemas import (
     SCHEMA_VERSION,
     Alert,
@@ -61,6 +62,19 @@ from shared.store import Database
 log = logging.getLogger("shared.runtime")
 
 _RAW_LIMIT = 65536
+
+
+class RecordedNotAnnounced(Exception):
+    """The run's terminal record is written, but its dead letter, event or alert was not.
+
+    The message is left for redelivery, which finds the run terminal and publishes them
+    again (deduplicated by `Nats-Msg-Id`): see `settle_already_finished`.
+    """
+
+    def __init__(self, record: RunRecord, cause: BaseException) -> None:
+        super().__init__(f"run {record.run_id} is {record.status.value}, but publishing failed: {type(cause).__name__}")
+        self.record = record
+        self.cause = cause
 
 
 @dataclass
@@ -100,31 +114,47 @@ class Invalid:
     error: str
     request: JobRequest | None
     run_id: str | None
+    #: The request names another job than its subject's: it is no run of this job, and
+    #: recording it as a failed run of the job it names would count toward that job's
+    #: failure streak, so it is only dead-lettered.
+    foreign: bool = False
 
 
 async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
-    """Run one delivery of a request of `job` and settle the message; return the decision."""
-    attempt = msg.metadata.num_delivered
+    """Run one delivery of a request of `job` and settle the message; return the decision.
+
+    The attempt number comes from the run record (`start`), not from the delivery count:
+    deliveries that failed before the start (store or NATS unreachable) cost no attempt.
+    """
+    delivery = msg.metadata.num_delivered
     parsed = parse_request(msg.data, job.spec)
     if isinstance(parsed, Invalid):
-        return await reject_invalid(rt, job, msg, parsed, attempt)
+        return await reject_invalid(rt, job, msg, parsed, delivery)
     request = parsed.request
-    schedule = await current_schedule(rt, job) if request.trigger is Trigger.SCHEDULE else None
-    outcome = guard(job.policy, request, attempt, schedule)
-    if outcome is not None:  # decided without running
-        decision = decide(outcome, attempt, job.policy.retry)
+    first = delivery == 1
+    schedule = await _schedule_now(rt, job) if first and request.trigger is Trigger.SCHEDULE else None
+    skipped = guard(job.policy, request, first=first, schedule=schedule)
+    if skipped is not None:  # decided without running
+        decision = decide(skipped, 1, job.policy.retry)
+        await record_terminal(rt, job, request, skipped, decision, attempt=0, attempt_doc=None)
+        await settle(msg, decision)
+        return decision
+    started = await start(rt, job, request, first=first)
+    if started is None:
+        return await settle_already_finished(rt, msg, request)
+    attempt = started.record.attempt_count
+    outcome = past_last_attempt(attempt + 1, job.policy.retry) if started.lost_last else None
+    if outcome is not None:  # the last attempt's worker died: fail the run, do not run it again
+        decision = decide(outcome, attempt + 1, job.policy.retry)
         await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=None)
         await settle(msg, decision)
         return decision
-    claimed = await claim(rt, request, attempt)
-    if claimed is None:
-        return await settle_already_finished(rt, msg, request)
-    if claimed.cancel_requested:
+    if started.record.cancel_requested:
         outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
     else:
         outcome = await run_attempt(rt, job, msg, parsed, attempt)
     decision = decide(outcome, attempt, job.policy.retry)
-    await record_attempt(rt, job, request, attempt, outcome, decision, claimed)
+    await record_attempt(rt, job, request, attempt, outcome, decision, started)
     await settle(msg, decision)
     return decision
 
@@ -166,6 +196,7 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
             f"publish requests of {request.job!r} on its own subject.",
             request,
             request.run_id,
+            foreign=True,
         )
     try:
         args = spec.args_model.model_validate(request.args)
@@ -182,35 +213,22 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
 # -- guard ------------------------------------------------------------------------------
 
 
-async def current_schedule(rt: Runtime, job: Bound) -> Schedule:
-    """The schedule the ticker follows for `job` now: a runtime override, else the policy's."""
-    override: ScheduleOverride | None = None
-    try:
-        bucket = await rt.js.key_value(rt.names.schedules_bucket)
-        entry = await bucket.get(job.spec.name)
-        if entry.value:
-            override = ScheduleOverride.from_bytes(entry.value)
-    except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
-        pass
-    except ValueError:
-        pass  # a bad override is ignored by the ticker too (it keeps the default)
-    effective = effective_schedule(job.spec.name, job.policy.schedule, enabled=job.policy.enabled, override=override)
-    return effective.schedule
+async def _schedule_now(rt: Runtime, job: Bound) -> Schedule:
+    """The schedule the ticker follows for `job` now (a runtime override included)."""
+    return (await current_schedule(rt.js, rt.names, job.spec.name, job.policy)).schedule
 
 
-def guard(policy: JobPolicy, request: JobRequest, attempt: int, schedule: Schedule | None = None) -> Outcome | None:
-    """Decide without running: a delivery past the last attempt, or a stale scheduled request.
+def guard(policy: JobPolicy, request: JobRequest, *, first: bool, schedule: Schedule | None = None) -> Outcome | None:
+    """Skip a stale scheduled request without running it, or None to go on.
 
-    `schedule` is the job's current schedule (with any runtime override); None means the
-    policy's default.
+    Overlap `skip` judges only a first delivery (a retry already under way is never
+    skipped). `schedule` is the job's current schedule (with any runtime override); None
+    means the policy's default.
     """
-    lost = past_last_attempt(attempt, policy.retry)
-    if lost is not None:
-        return lost
     if (
         policy.overlap == "skip"
         and request.trigger is Trigger.SCHEDULE
-        and attempt == 1
+        and first
         and (schedule or parse_schedule(policy.schedule)).next_slot(request.scheduled_for) <= utcnow()
     ):
         return Outcome(
@@ -221,21 +239,31 @@ def guard(policy: JobPolicy, request: JobRequest, attempt: int, schedule: Schedu
     return None
 
 
-# -- claim ------------------------------------------------------------------------------
+# -- start ------------------------------------------------------------------------------
 
 
-async def claim(rt: Runtime, request: JobRequest, attempt: int) -> RunRecord | None:
-    """Record the run `running`; None when it is already terminal (a duplicate delivery)."""
-    previous, claimed = await records.claim_run(rt.db, request, attempt, rt.worker_id)
-    if (
-        claimed is not None
-        and previous is not None
-        and previous.status is RunStatus.RUNNING
-        and previous.attempt_count < attempt
-    ):
+@dataclass(frozen=True)
+class Started:
+    """A run marked running for its next attempt."""
+
+    record: RunRecord
+    #: The previous start was the last attempt and its worker died: fail, do not run.
+    lost_last: bool
+
+
+async def start(rt: Runtime, job: Bound, request: JobRequest, *, first: bool) -> Started | None:
+    """Record the run `running` as its next attempt; None when it is already terminal."""
+    max_attempts = job.policy.retry.max_attempts
+    previous, started = await records.start_attempt(
+        rt.db, request, rt.worker_id, max_attempts=max_attempts, likely_new=first
+    )
+    if started is None:
+        return None
+    if previous is not None and previous.status is RunStatus.RUNNING:
         # The previous attempt's worker died without a word: keep that attempt in the history.
         await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
-    return claimed
+    lost_last = previous is not None and previous.attempt_count >= max_attempts
+    return Started(started, lost_last=lost_last)
 
 
 # -- attempt ----------------------------------------------------------------------------
@@ -323,13 +351,13 @@ async def record_attempt(
     attempt: int,
     outcome: Outcome,
     decision: Decision,
-    claimed: RunRecord,
+    started: Started,
 ) -> None:
     """Write the outcome of an attempt that ran: retrying, or the run's terminal status."""
     rt.metrics.attempts.labels(job=job.spec.name, outcome=outcome.kind.value).inc()
     attempt_doc = AttemptRecord(
         number=attempt,
-        started_at=claimed.heartbeat_at or utcnow(),
+        started_at=started.record.heartbeat_at or utcnow(),
         ended_at=utcnow(),
         outcome=outcome.kind.value,
         error=outcome.error,
@@ -383,11 +411,14 @@ async def record_terminal(
     )
     if record is None:
         return None
-    if decision.dead_letter is not None:
-        letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, attempt, decision.dead_letter)
-        await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
-    await publish_run_event(rt.js, rt.names, record)
-    await note_terminal(rt, job, record, decision)
+    try:
+        if decision.dead_letter is not None:
+            letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, attempt, decision.dead_letter)
+            await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
+        await publish_run_event(rt.js, rt.names, record)
+        await note_terminal(rt, job, record, decision)
+    except Exception as exc:
+        raise RecordedNotAnnounced(record, exc) from exc
     level = logging.INFO if decision.status in (RunStatus.COMPLETED, RunStatus.SKIPPED) else logging.ERROR
     _run_log(rt, job, request.run_id, attempt).log(
         level,
@@ -457,11 +488,15 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
     """A request that can never run: failed at once, dead letter with the raw payload, term."""
     outcome = Outcome(OutcomeKind.INVALID, error=invalid.error)
     decision = decide(outcome, attempt, job.policy.retry)
-    if invalid.request is not None:  # parsed, but not runnable: a failed run with its dead letter
+    if invalid.request is not None and not invalid.foreign:  # parsed, not runnable: a failed run, a dead letter
         await record_terminal(rt, job, invalid.request, outcome, decision, attempt=attempt, attempt_doc=None)
-    else:  # unparseable: there is no run to record, only the dead letter with the raw payload
-        letter = dead_letter(job.spec.name, invalid.run_id, None, invalid.error, attempt, "invalid", raw=msg.data)
-        msg_id = f"{invalid.run_id}:dlq" if invalid.run_id else f"dlq:seq:{msg.metadata.sequence.stream}"
+    else:  # no run of this job to record: only the dead letter, with the raw payload
+        letter = dead_letter(
+            job.spec.name, invalid.run_id, invalid.request, invalid.error, attempt, "invalid", raw=msg.data
+        )
+        # A foreign request's run id belongs to another job's run: key its letter by message.
+        keyed_by_run = invalid.run_id and not invalid.foreign
+        msg_id = f"{invalid.run_id}:dlq" if keyed_by_run else f"dlq:seq:{msg.metadata.sequence.stream}"
         await publish_dead_letter(rt.js, rt.names, letter, msg_id)
         _run_log(rt, job, invalid.run_id, attempt).error(
             "%s", invalid.error, extra={"event": "run.invalid", "status": decision.status.value}

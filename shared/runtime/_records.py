@@ -15,7 +15,7 @@ duplicates and races, never on the normal path.
 
 Measured on FerretDB 1.24 (SQLite): an update that makes a document larger costs time
 growing with the collection (about 14 ms at 6,000 runs), as does an upsert that inserts;
-inserts and same-size updates by `_id` stay near 1 ms. Hence insert-first claims; the
+inserts and same-size updates by `_id` stay near 1 ms. Hence insert-first starts; the
 terminal write grows the record (ended_at, attempt) and pays that cost once per run.
 
 All queries run on MongoDB 6+ and on FerretDB 1.24 (which also ignores `$slice` in
@@ -88,8 +88,13 @@ async def _update_unless_terminal(db: Database, run_id: str, update: dict[str, A
 
 
 def _as_new_document(run_id: str, update: dict[str, Any]) -> dict[str, Any]:
-    """The document an upsert of `update` would create (for $set, $setOnInsert and $push)."""
-    doc: dict[str, Any] = {"_id": run_id, **update.get("$setOnInsert", {}), **update.get("$set", {})}
+    """The document an upsert of `update` would create (for $set, $setOnInsert, $inc and $push)."""
+    doc: dict[str, Any] = {
+        "_id": run_id,
+        **update.get("$setOnInsert", {}),
+        **update.get("$set", {}),
+        **update.get("$inc", {}),
+    }
     for field, value in update.get("$push", {}).items():
         doc[field] = list(value["$each"]) if isinstance(value, dict) and "$each" in value else [value]
     return doc
@@ -124,10 +129,30 @@ def _push_attempt(attempt: AttemptRecord) -> dict[str, Any]:
     return {"attempts": {"$each": [_attempt_doc(attempt)], "$slice": -MAX_ATTEMPT_HISTORY}}
 
 
-async def claim_run(
-    db: Database, request: JobRequest, attempt: int, worker: str, now: datetime | None = None
+async def start_attempt(
+    db: Database,
+    request: JobRequest,
+    worker: str,
+    *,
+    max_attempts: int,
+    likely_new: bool = True,
+    now: datetime | None = None,
 ) -> tuple[RunRecord | None, RunRecord | None]:
-    """Mark the run `running` for attempt number `attempt`.
+    """Mark the run `running` as its next attempt; the attempt number is counted here.
+
+    `attempt_count` is incremented atomically in the record, not taken from the
+    message's delivery count: a delivery that never got this far (the store or NATS was
+    unreachable) spends nothing of the run's retry budget. A start past `max_attempts`
+    (the last attempt's worker died) leaves the count at `max_attempts`; the caller
+    then fails the run.
+
+    Args:
+        db: the database.
+        request: the request being run.
+        worker: this worker's id, recorded on the run.
+        max_attempts: the job's attempt limit.
+        likely_new: try the insert first (a first delivery): cheaper for a new run.
+        now: the reference time.
 
     Returns:
         (before, after): the record as it was (None if new) and as it is now; `after`
@@ -138,25 +163,30 @@ async def claim_run(
         "$set": {
             **_request_fields(request),
             "status": RunStatus.RUNNING.value,
-            "attempt_count": attempt,
             "attempt_started_at": now,
             "heartbeat_at": now,
             "worker": worker,
             "next_attempt_at": None,
             "updated_at": now,
         },
+        "$inc": {"attempt_count": 1},
         # `$setOnInsert`, not `$min`: FerretDB 1.24 took about twice as long with `$min`.
         # A record created earlier by a cancel request has no start, and never gets one.
         "$setOnInsert": {"started_at": now},
     }
-    applied, before = await _write_unless_terminal(db, request.run_id, update, upsert=True, likely_new=attempt == 1)
+    applied, before = await _write_unless_terminal(db, request.run_id, update, upsert=True, likely_new=likely_new)
     if not applied:
         return RunRecord.model_validate(before), None
     previous = RunRecord.model_validate(before) if before else None
+    count = (previous.attempt_count if previous else 0) + 1
+    if count > max_attempts:  # rare: keep the count at the limit; the run is failed next
+        count = max_attempts
+        await db[Collections.RUNS].update_one({"_id": request.run_id}, {"$inc": {"attempt_count": -1}})
     after = RunRecord.model_validate(
         {
             **(before or {}),
             **update["$set"],
+            "attempt_count": count,
             "_id": request.run_id,
             "started_at": previous.started_at if previous else now,
         }

@@ -12,9 +12,9 @@ from nats.js import JetStreamContext
 
 from shared.errors import bounded
 from shared.names import Names
+from shared.requests import MSG_ID_HEADER
 from shared.schemas import Alert, DeadLetter, RunEvent, RunRecord, utcnow
 
-MSG_ID_HEADER = "Nats-Msg-Id"
 _PUBLISH_TIMEOUT_S = 5.0
 
 

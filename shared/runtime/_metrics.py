@@ -32,6 +32,12 @@ class RuntimeMetrics:
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.deferred = Counter(
+            "pulse_deliveries_deferred_total",
+            "Deliveries put back without counting an attempt: the store or NATS was unreachable",
+            ["job"],
+            registry=self.registry,
+        )
         self.ratelimit_waits = Counter(
             "pulse_ratelimit_waits_total", "Token acquisitions that had to wait", ["bucket"], registry=self.registry
         )

@@ -29,9 +29,9 @@ from faststream.asgi import AsgiFastStream
 
 from shared.errors import ConfigError, PulseError
 from shared.logs import configure_logging
-from shared.runtime.health import HttpServer, build_http_app
-from shared.runtime.job import JobSpec
-from shared.runtime.worker import Worker
+from shared.runtime._health import HttpServer, build_http_app
+from shared.runtime._job import JobSpec
+from shared.runtime._worker import Worker
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger("shared.runtime")

@@ -16,7 +16,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from shared.names import Collections, Names
-from shared.runtime.events import publish_alert
+from shared.runtime._events import publish_alert
 from shared.schemas import Alert, AlertKind, RunStatus, utcnow
 from shared.store import Database
 
@@ -54,13 +54,13 @@ async def failure_streak(db: Database, job: str, limit: int) -> list[dict[str, A
     return streak
 
 
-async def _claim_alert(db: Database, job: str, field: str, key: Any) -> bool:
+async def _take_alert(db: Database, job: str, field: str, key: Any) -> bool:
     result = await db[Collections.JOB_STATE].update_one(
         {"_id": state_id(job), field: {"$ne": key}}, {"$set": {field: key, "job": job}}
     )
     if result.matched_count == 0 and await db[Collections.JOB_STATE].count_documents({"_id": state_id(job)}) == 0:
         await register_job(db, job)
-        return await _claim_alert(db, job, field, key)
+        return await _take_alert(db, job, field, key)
     return result.modified_count == 1
 
 
@@ -76,7 +76,7 @@ async def alert_on_failure(
     if len(streak) < threshold:
         return False
     first = streak[-1]
-    if not await _claim_alert(db, job, "alerted_streak", first["_id"]):
+    if not await _take_alert(db, job, "alerted_streak", first["_id"]):
         return False
     since = first.get("ended_at") or utcnow()
     alert = Alert(
@@ -113,7 +113,7 @@ async def check_stale(
         since = state.get("first_seen_at") if state else None
     if not isinstance(since, datetime) or now - since <= timedelta(seconds=stale_after_s):
         return False
-    if not await _claim_alert(db, job, "stale_alerted_for", since):
+    if not await _take_alert(db, job, "stale_alerted_for", since):
         return False
     detail = f"no run of {job} completed since {since.isoformat()} (stale after {stale_after_s:g}s)"
     await publish_alert(js, names, Alert(job=job, kind=AlertKind.STALE, since=since, detail=detail))

@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from shared.errors import RunCanceled
 from shared.logs import BoundLogger
-from shared.runtime.heartbeat import Heartbeat, RunControl
-from shared.runtime.metrics import RuntimeMetrics
-from shared.runtime.ratelimit import RateLimiter
+from shared.runtime._heartbeat import Heartbeat, RunControl
+from shared.runtime._metrics import RuntimeMetrics
+from shared.runtime._ratelimit import RateLimiter
 from shared.schemas import JobRequest
 from shared.settings import JobPolicy, Settings
 from shared.store import Database

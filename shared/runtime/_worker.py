@@ -5,7 +5,7 @@ nats-py `add_consumer`, since FastStream binds an existing durable as it is and 
 updates it), pulls one message at a time and runs up to the job's `max_running`
 attempts at once (`max_workers`), so the consumer's `max_ack_pending` bounds runs across
 every replica and a busy worker never holds messages it is not running. The subscriber
-uses `AckPolicy.MANUAL`: the runner (`runtime/runner.py` and `retry.py`) settles the raw
+uses `AckPolicy.MANUAL`: the runner (`runtime/_runner.py` and `retry.py`) settles the raw
 nats-py message itself (ack, nak with delay, term, in_progress heartbeats).
 
 The cancel hint is a core-NATS FastStream subscriber. Left on nats-py (no FastStream
@@ -35,18 +35,20 @@ from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsMessage, PullSub
 from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from pymongo import AsyncMongoClient
 
 from shared.bus import connect_broker, ensure_topology, inbox_prefix
 from shared.errors import ConfigError
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
-from shared.runtime import monitor
+from shared.runtime import _monitor as monitor
 from shared.runtime._broker import ServiceBroker
-from shared.runtime.job import JobSpec
-from shared.runtime.metrics import RuntimeMetrics
-from shared.runtime.ratelimit import RateLimiter
-from shared.runtime.runner import Bound, Runtime, run_message
+from shared.runtime._job import JobSpec
+from shared.runtime._metrics import RuntimeMetrics
+from shared.runtime._ratelimit import RateLimiter
+from shared.runtime._retry import infrastructure_delay_s, is_infrastructure_failure
+from shared.runtime._runner import Bound, RecordedNotAnnounced, Runtime, run_message
 from shared.settings import JobPolicy, Settings
 from shared.store import Database, Document, connect_store, ensure_indexes
 
@@ -93,7 +95,7 @@ class Worker:
         await worker.stop()
 
     A service runs the same steps as FastStream app hooks instead of `start`/`stop`
-    (`shared.runtime.service.worker_app`): `setup` before the broker starts, `after_start`
+    (`shared.runtime._service.worker_app`): `setup` before the broker starts, `after_start`
     after it, `before_stop` before it stops, `close` after.
     """
 
@@ -107,6 +109,8 @@ class Worker:
         self.metrics = RuntimeMetrics()
         self.worker_id = f"{service}@{socket.gethostname()}:{os.getpid()}"
         self.runs_started = 0
+        #: Messages this worker settled (acked, nak'ed with a decision, or termed).
+        self.settled = 0
         self.broker = ServiceBroker(
             settings, name=self.worker_id, decoder=_keep_raw, graceful_timeout=settings.ack_wait_s
         )
@@ -214,19 +218,55 @@ class Worker:
             self._in_flight += 1
             try:
                 await run_message(self.runtime, bound, msg.raw_message)
-            except Exception:
-                # Not settled: JetStream redelivers after the ack wait, and the runner's
-                # conditional writes make the repeat safe.
-                log.exception(
-                    "run of %s could not be recorded; it will be redelivered",
-                    bound.spec.name,
-                    extra={"event": "run.error", "job": bound.spec.name},
-                )
+                self.settled += 1
+            except Exception as exc:
+                await self._put_back(bound, msg.raw_message, exc)
             finally:
                 self._in_flight -= 1
 
         handle.__name__ = f"run_{bound.spec.name}"
         return handle
+
+    async def _put_back(self, bound: Bound, msg: Msg, exc: Exception) -> None:
+        """A delivery the runtime could not finish: nak it with a bounded backoff, or leave it.
+
+        Store or NATS unreachable (before or after the run): nak'ed, and no attempt is
+        counted (attempts are counted when an attempt starts). Anything else is a bug:
+        logged with its traceback and left unsettled, so it comes back after the ack wait.
+        Either way the runner's conditional writes make the repeat safe.
+        """
+        job = bound.spec.name
+        delivery = msg.metadata.num_delivered
+        delay = infrastructure_delay_s(delivery, self.settings.ack_wait_s)
+        extra = {"job": job, "worker": self.worker_id, "delivery": delivery}
+        if isinstance(exc, RecordedNotAnnounced):
+            log.warning(
+                "run %s is recorded %s, but its events could not be published (%s); "
+                "they are published when the request comes back in %.1fs",
+                exc.record.run_id,
+                exc.record.status.value,
+                type(exc.cause).__name__,
+                delay,
+                extra={**extra, "event": "run.publish_deferred", "run_id": exc.record.run_id},
+            )
+        elif is_infrastructure_failure(exc):
+            self.metrics.deferred.labels(job=job).inc()
+            log.warning(
+                "a request of %s was put back for %.1fs without counting an attempt: %s",
+                job,
+                delay,
+                self.runtime.scrub(f"{type(exc).__name__}: {exc}"[:300]),
+                extra={**extra, "event": "run.deferred"},
+            )
+        else:
+            log.exception(
+                "a request of %s could not be handled; it comes back after the ack wait",
+                job,
+                extra={**extra, "event": "run.error"},
+            )
+            return
+        with contextlib.suppress(Exception):  # NATS itself may be away: then the ack wait brings it back
+            await msg.nak(delay=delay)
 
     async def after_start(self) -> None:
         """Start the stale-run monitor and log that the worker is consuming."""
@@ -334,24 +374,26 @@ class Worker:
         # Work-queue messages are deleted when acked or termed; a nak'ed one waits here.
         return not any(count for subject, count in (state.state.subjects or {}).items() if subject in subjects)
 
-    async def run_until_idle(self, timeout_s: float = 30.0, *, settle_s: float = 0.3) -> None:
+    async def run_until_idle(self, timeout_s: float = 30.0, *, settled: int = 0) -> None:
         """Return once every request has been settled (burst mode), or raise TimeoutError.
+
+        Idle is exact, not a quiet period: an unsettled request is still in the
+        work-queue stream (waiting, nak'ed with a delay, or awaiting redelivery) or
+        pending on the consumer, and one being run is in flight.
 
         Args:
             timeout_s: longest time to wait.
-            settle_s: how long the queue must stay idle, to cover a redelivery in flight.
+            settled: also wait until this worker has settled at least this many messages
+                in all (for callers that publish and drain before the first fetch).
         """
         deadline = time.monotonic() + timeout_s
-        idle_since: float | None = None
         while time.monotonic() < deadline:
-            if await self.is_idle():
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since >= settle_s:
-                    return
-            else:
-                idle_since = None
+            if self.settled >= settled and await self.is_idle():
+                return
             await asyncio.sleep(0.05)
-        raise TimeoutError(f"jobs {[b.spec.name for b in self.jobs]} still busy after {timeout_s:g}s")
+        raise TimeoutError(
+            f"jobs {[b.spec.name for b in self.jobs]} still busy after {timeout_s:g}s ({self.settled} settled)"
+        )
 
     async def readiness_nats(self) -> bool:
         """Readiness check: the broker's NATS connection is up."""

@@ -15,7 +15,7 @@ import time
 from types import TracebackType
 from typing import Any, Protocol
 
-from shared.runtime import records
+from shared.runtime import _records as records
 from shared.store import Database
 
 log = logging.getLogger(__name__)

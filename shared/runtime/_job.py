@@ -17,10 +17,18 @@ from shared.names import check_job_name
 from shared.settings import JobPolicy
 
 if TYPE_CHECKING:
-    from shared.runtime.context import JobContext
+    from shared.runtime._context import JobContext
 
 Summary = dict[str, Any]
 Handler = Callable[["JobContext"], Awaitable[Summary | None]]
+#: `ctx.checkpoint` as domain code receives it: report progress (a heartbeat); it raises
+#: `RunCanceled` where the run should stop.
+Checkpoint = Callable[[dict[str, Any] | None], Awaitable[None]]
+
+
+async def no_checkpoint(progress: dict[str, Any] | None = None) -> None:
+    """A `Checkpoint` that does nothing: domain code called outside a run (tests, tools)."""
+    return
 
 
 class NoArgs(BaseModel):

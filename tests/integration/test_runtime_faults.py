@@ -1,0 +1,241 @@
+"""Requests are never lost or stuck under faults (issue 13), through a real worker.
+
+Real NATS and the real store; an outage is a TCP proxy in front of the store that drops
+its connections (`tests/proxy.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from nats.js import JetStreamContext
+from pydantic import BaseModel, ConfigDict
+
+from shared.errors import MAX_ERROR_CHARS
+from shared.names import Collections
+from shared.providers.http import get_json
+from shared.requests import publish_request
+from shared.runtime import JobContext, job
+from shared.runtime._monitor import failure_streak
+from shared.schemas import DeadLetter
+from shared.settings import RetryPolicy, Settings
+from shared.store import Database
+from tests.helpers import wait_for
+from tests.integration.test_runtime_support import (
+    WorkerFactory,
+    collect,
+    policy,
+    request_for,
+    terminal_run,
+    wait_value,
+)
+from tests.integration.test_runtime_support import start_worker as start_worker
+from tests.proxy import TcpProxy
+
+
+def _through(url: str, proxy: TcpProxy) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+async def test_a_store_outage_costs_no_attempt_and_loses_no_request(
+    settings: Settings, make_settings: Any, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """Before: each failed claim used a delivery, and past max_attempts + 1 the request sat in JOBS."""
+    target = urlsplit(settings.mongo_url.get_secret_value())
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 27017)
+    await proxy.start()
+    proxied = make_settings(
+        mongo_url=_through(settings.mongo_url.get_secret_value(), proxy),
+        mongo_db=settings.mongo_db,
+        namespace=settings.namespace,
+        mongo_timeout_s=1.0,
+    )
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0)
+
+    @job("outage", policy=policy(retry=retry, overlap="parallel", concurrency=3))
+    async def outage(ctx: JobContext) -> dict[str, int]:
+        return {"attempt": ctx.attempt}
+
+    worker = await start_worker([outage], proxied)
+    await proxy.cut()
+    requests = [request_for("outage") for _ in range(3)]
+    for request in requests:
+        await publish_request(js, settings.names, request)
+    # Every request is delivered past what the old consumer allowed (max_attempts + 1).
+    enough = len(requests) * (retry.max_attempts + 2)
+
+    async def deferred() -> float:
+        return worker.metrics.deferred.labels(job="outage")._value.get()  # type: ignore[no-any-return]
+
+    await wait_for(lambda: _at_least(deferred, enough), timeout_s=60, what=f"{enough} deferred deliveries")
+    await proxy.restore()
+    for request in requests:
+        doc = await wait_value(lambda r=request: terminal_run(db, r.run_id), timeout_s=30, what="run after outage")
+        assert (doc["status"], doc["attempt_count"]) == ("completed", 1), doc
+        assert [a["outcome"] for a in doc["attempts"]] == ["succeeded"]
+    await worker.run_until_idle(timeout_s=20)
+    await proxy.cut()
+
+
+async def _at_least(probe: Any, value: float) -> bool:
+    return bool(await probe() >= value)
+
+
+async def test_a_request_whose_worker_dies_in_every_attempt_ends_failed_with_a_dead_letter(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """Deliveries are unlimited now: the attempt count in the record still ends a poison request."""
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0)
+
+    @job("poison", policy=policy(retry=retry))
+    async def poison(ctx: JobContext) -> None:
+        await asyncio.Event().wait()  # hangs until its worker goes away
+
+    request = request_for("poison")
+    await publish_request(js, settings.names, request)
+    for number in (1, 2):
+        worker = await start_worker([poison])
+
+        async def running(n: int = number) -> bool:
+            doc = await db[Collections.RUNS].find_one({"_id": request.run_id})
+            return bool(doc and doc["status"] == "running" and doc["attempt_count"] == n)
+
+        await wait_for(running, timeout_s=30, what=f"attempt {number} to run")
+        await worker.stop(timeout_s=0)  # the attempt is interrupted, nothing is recorded or acked
+    worker = await start_worker([poison])
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=30, what="the poison run to fail")
+    assert (doc["status"], doc["reason"], doc["attempt_count"]) == ("failed", "exhausted", 2)
+    assert "attempt 2 (the last) stopped answering" in doc["error"]
+    letters = await collect(js, settings.names.dlq_subject("poison"), settings.names.dlq_stream, 1)
+    assert DeadLetter.model_validate_json(letters[0]).reason == "exhausted"
+    await worker.run_until_idle(timeout_s=10)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int = 1
+
+
+async def test_an_invalid_request_with_a_very_long_error_is_dead_lettered(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """Before: 150 unknown args made an error longer than DeadLetter.error allows; never dead-lettered."""
+
+    @job("strict", args=_Strict, policy=policy())
+    async def strict(ctx: JobContext) -> None:
+        raise AssertionError("an invalid request never runs")
+
+    worker = await start_worker([strict])
+    request = request_for("strict", args={f"k{i:03d}": 0 for i in range(150)})
+    await publish_request(js, settings.names, request)
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=20, what="the invalid run")
+    assert (doc["status"], doc["reason"]) == ("failed", "invalid")
+    letters = await collect(js, settings.names.dlq_subject("strict"), settings.names.dlq_stream, 1)
+    letter = DeadLetter.model_validate_json(letters[0])
+    assert letter.run_id == request.run_id
+    assert len(letter.error) <= MAX_ERROR_CHARS
+    assert "k000" in letter.error
+    await worker.run_until_idle(timeout_s=10)
+
+
+async def test_a_request_on_another_jobs_subject_records_nothing_for_its_job(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """Before: it created a failed record for job A that counted toward A's failure streak."""
+
+    @job("alpha", policy=policy())
+    async def alpha(ctx: JobContext) -> None:
+        return None
+
+    @job("beta", policy=policy())
+    async def beta(ctx: JobContext) -> None:
+        return None
+
+    worker = await start_worker([alpha, beta])
+    stray = request_for("alpha")
+    await js.publish(settings.names.job_subject("beta"), stray.model_dump_json().encode())
+    letters = await collect(js, settings.names.dlq_subject("beta"), settings.names.dlq_stream, 1)
+    letter = DeadLetter.model_validate_json(letters[0])
+    assert (letter.reason, letter.job) == ("invalid", "beta")
+    assert "on the subject of job 'beta'" in letter.error
+    await worker.run_until_idle(timeout_s=10)
+    assert await db[Collections.RUNS].find_one({"_id": stray.run_id}) is None
+    assert await failure_streak(db, "alpha", 10) == []
+
+
+async def test_the_last_attempts_error_does_not_promise_a_retry(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """Before: the provider error said 'The run will be retried later' in the failed record and dead letter."""
+    from shared.localstack import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/markets"  # nothing listens: a transport error
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0)
+
+    @job("unreachable_provider", policy=policy(retry=retry))
+    async def call(ctx: JobContext) -> None:
+        gamma = "polymarket_gamma"
+        await get_json(ctx.http, url, params={}, headers={}, limiter=ctx.limiter, bucket=gamma, attempts=1, timeout_s=1)
+
+    worker = await start_worker([call])
+    request = request_for("unreachable_provider")
+    await publish_request(js, settings.names, request)
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=30, what="the run to fail")
+    assert (doc["status"], doc["reason"], doc["attempt_count"]) == ("failed", "exhausted", 2)
+    assert "connection failed" in doc["error"]
+    assert "retried" not in doc["error"]
+    letters = await collect(js, settings.names.dlq_subject("unreachable_provider"), settings.names.dlq_stream, 1)
+    assert "retried" not in json.loads(letters[0])["error"]
+    await worker.run_until_idle(timeout_s=10)
+
+
+async def test_an_event_that_cannot_be_published_after_the_record_is_published_on_redelivery(
+    settings: Settings,
+    js: JetStreamContext,
+    db: Database,
+    start_worker: WorkerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: 'could not be recorded; it will be redelivered' with a traceback, though the record was written."""
+    from shared.bus import ensure_stream, stream_configs
+
+    @job("announced", policy=policy())
+    async def announced(ctx: JobContext) -> dict[str, int]:
+        return {"done": 1}
+
+    worker = await start_worker([announced])
+    await js.delete_stream(settings.names.events_stream)  # run events have nowhere to go
+    request = request_for("announced")
+    with caplog.at_level(logging.WARNING, logger="shared.runtime"):
+        await publish_request(js, settings.names, request)
+        doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=20, what="the run to complete")
+        assert doc["status"] == "completed"
+
+        def deferred() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if getattr(r, "event", None) == "run.publish_deferred"]
+
+        await wait_for(_sync(deferred), timeout_s=20, what="the deferred publish to be logged")
+    [line] = deferred()[:1]
+    assert line.exc_info is None
+    assert request.run_id in line.getMessage()
+    assert not [r for r in caplog.records if "could not be recorded" in r.getMessage() or r.exc_info]
+    await ensure_stream(js, next(c for c in stream_configs(settings) if c.name == settings.names.events_stream))
+    events = await collect(js, settings.names.run_events_wildcard("announced"), settings.names.events_stream, 1)
+    assert [json.loads(e)["status"] for e in events] == ["completed"]
+    await worker.run_until_idle(timeout_s=20)
+    assert await collect(js, settings.names.run_events_wildcard("announced"), settings.names.events_stream, 1) == events
+
+
+def _sync(probe: Any) -> Any:
+    async def wrapped() -> Any:
+        return probe()
+
+    return wrapped
