@@ -88,11 +88,16 @@ class Page:
     def render(self, template: str, *, status: int = 200, title: str, page: str = "", **values: Any) -> Response:
         flash = self.request.cookies.get(FLASH_COOKIE)
         text, flash_error = (flash[2:], flash.startswith("!")) if flash else ("", False)
+        problems = list(self.problems)
+        if not self.sources.nats_up:
+            problems.insert(0, self.dashboard.down_line("NATS"))
+        if not self.sources.mongo_up:
+            problems.insert(0, self.dashboard.down_line("MongoDB"))
         context = {
             "title": title,
             "page": page,
             "nav": NAV,
-            "problems": list(dict.fromkeys(self.problems)),
+            "problems": list(dict.fromkeys(problems)),
             "session": self.session,
             "guard_enabled": self.dashboard.guard.enabled,
             "can_act": self.can_act,
@@ -161,21 +166,30 @@ class Dashboard:
 
     def describe(self, exc: BaseException, what: str) -> str:
         """One banner line for a failed read: which server, and what to check (never a URL with a secret)."""
-        if (isinstance(exc, Unavailable) and exc.server == "NATS") or isinstance(
-            exc, nats.errors.Error | nats.js.errors.Error
+        if (
+            isinstance(exc, Unavailable)
+            and exc.server == "NATS"
+            or isinstance(exc, nats.errors.Error | nats.js.errors.Error)
         ):
-            return (
-                f"NATS is unreachable ({self.settings.nats_url_redacted}): {what} cannot be shown. "
-                "Check the server and PULSE_NATS_URL; this page recovers by itself."
-            )
+            return self.down_line("NATS")
         if isinstance(exc, Unavailable | PyMongoError):
-            return (
-                f"MongoDB is unreachable ({self.settings.mongo_url_redacted}): {what} cannot be shown. "
-                "Check the server and PULSE_MONGO_URL; this page recovers by itself."
-            )
+            return self.down_line("MongoDB")
         if isinstance(exc, TimeoutError):
             return f"{what}: no answer within {self.settings.mongo_timeout_s + 1:g}s (a server is slow or down)"
         return f"{what}: {type(exc).__name__}: {str(exc)[:200]}"
+
+    def down_line(self, server: str) -> str:
+        """The banner of a server that is down: what is missing, what to check."""
+        if server == "NATS":
+            return (
+                f"NATS is unreachable ({self.settings.nats_url_redacted}): schedules, queues, dead letters, "
+                "actions and live updates are unavailable. Check the server and PULSE_NATS_URL; "
+                "the dashboard reconnects by itself."
+            )
+        return (
+            f"MongoDB is unreachable ({self.settings.mongo_url_redacted}): runs, history, stats and the audit "
+            "trail are unavailable. Check the server and PULSE_MONGO_URL; the dashboard reconnects by itself."
+        )
 
     async def start(self) -> None:
         await self.sources.start()
