@@ -166,10 +166,8 @@ class Dashboard:
 
     def describe(self, exc: BaseException, what: str) -> str:
         """One banner line for a failed read: which server, and what to check (never a URL with a secret)."""
-        if (
-            isinstance(exc, Unavailable)
-            and exc.server == "NATS"
-            or isinstance(exc, nats.errors.Error | nats.js.errors.Error)
+        if (isinstance(exc, Unavailable) and exc.server == "NATS") or isinstance(
+            exc, nats.errors.Error | nats.js.errors.Error
         ):
             return self.down_line("NATS")
         if isinstance(exc, Unavailable | PyMongoError):
