@@ -140,6 +140,27 @@ def _unquote_flash(text: str) -> str:
 PageHandler = Callable[[Page], Awaitable[Response | EventStream]]
 
 
+class DashboardMetrics:
+    """The dashboard's own Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pulse_dashboard_requests_total",
+            "Requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.live_streams = Gauge(
+            "pulse_dashboard_live_streams", "Open Server-Sent-Events streams", registry=self.registry
+        )
+        self.up = Gauge(
+            "pulse_dashboard_server_up", "1 while the dashboard reaches the server", ["server"], registry=self.registry
+        )
+
+
 class Dashboard:
     """The ASGI application."""
 
@@ -150,6 +171,7 @@ class Dashboard:
         self.templates = environment()
         self.router = Router()
         self.closing = asyncio.Event()
+        self.metrics = DashboardMetrics()
         from services.dashboard import actions, pages
 
         pages.register(self)
@@ -204,12 +226,14 @@ class Dashboard:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
         request = Request(scope, receive)
+        route = "static" if path.startswith("/static/") else "unmatched"
         try:
             if path.startswith("/static/"):
                 response: Response | EventStream = self._static(path.removeprefix("/static/"))
             else:
                 handler, params = self.router.match(scope["method"], path)
                 request.params = params
+                route = self.router.pattern_of(handler)
                 response = await handler(request)
         except HttpError as exc:
             response = self.page(request).error(exc.status, exc.message)
@@ -220,6 +244,8 @@ class Dashboard:
                 "<p>The dashboard logged the error. <a href='/'>Back to the overview</a></p>",
                 500,
             )
+        status = response.status if isinstance(response, Response) else 200
+        self.metrics.requests.labels(route=route, status=str(status)).inc()
         with contextlib.suppress(OSError):
             await response.send(send)
 

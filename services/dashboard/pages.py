@@ -56,6 +56,7 @@ def register(dash: Dashboard) -> None:
     dash.route("GET", "/events", events)
     dash.route("GET", "/healthz", healthz)
     dash.route("GET", "/readyz", readyz)
+    dash.route("GET", "/metrics", metrics)
 
 
 # -- overview ------------------------------------------------------------------------
@@ -377,6 +378,17 @@ async def readyz(page: Page) -> Response:
     """Ready while it serves: pages work (with a banner) even when a server is down; the body says which."""
     src = page.sources
     return json_body({"ready": True, "nats": src.nats_up, "mongo": src.mongo_up, "live_pages": src.hub.listeners})
+
+
+async def metrics(page: Page) -> Response:
+    """Prometheus text format: requests by route and status, open live streams, servers up."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    dash = page.dashboard
+    dash.metrics.live_streams.set(page.sources.hub.listeners)
+    dash.metrics.up.labels(server="nats").set(1 if page.sources.nats_up else 0)
+    dash.metrics.up.labels(server="mongo").set(1 if page.sources.mongo_up else 0)
+    return Response(generate_latest(dash.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
 
 # -- live updates ------------------------------------------------------------------------------
