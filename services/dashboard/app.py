@@ -159,6 +159,23 @@ class DashboardMetrics:
         self.up = Gauge(
             "pulse_dashboard_server_up", "1 while the dashboard reaches the server", ["server"], registry=self.registry
         )
+        # The system's state as the read model sees it, for the alert rules (deploy/prometheus).
+        self.pending = Gauge(
+            "pulse_consumer_pending", "Requests waiting in the job's consumer", ["job"], registry=self.registry
+        )
+        self.ack_pending = Gauge(
+            "pulse_consumer_ack_pending", "Requests delivered and not yet acked", ["job"], registry=self.registry
+        )
+        self.redelivered = Gauge(
+            "pulse_consumer_redelivered", "Requests being redelivered", ["job"], registry=self.registry
+        )
+        self.dead_letters = Gauge("pulse_dlq_messages", "Dead letters held in DLQ", ["job"], registry=self.registry)
+        self.stale_after = Gauge(
+            "pulse_job_stale_after_seconds",
+            "The job's freshness target (stale_after_s)",
+            ["job"],
+            registry=self.registry,
+        )
 
 
 class Dashboard:
