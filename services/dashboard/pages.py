@@ -56,6 +56,7 @@ def register(dash: Dashboard) -> None:
     dash.route("GET", "/events", events)
     dash.route("GET", "/healthz", healthz)
     dash.route("GET", "/readyz", readyz)
+    dash.route("GET", "/metrics", metrics)
 
 
 # -- overview ------------------------------------------------------------------------
@@ -377,6 +378,33 @@ async def readyz(page: Page) -> Response:
     """Ready while it serves: pages work (with a banner) even when a server is down; the body says which."""
     src = page.sources
     return json_body({"ready": True, "nats": src.nats_up, "mongo": src.mongo_up, "live_pages": src.hub.listeners})
+
+
+async def observe_system(page: Page) -> None:
+    """Refresh the system gauges (queues, dead letters, freshness targets) from the read model."""
+    gauges, src, settings = page.dashboard.metrics, page.sources, page.settings
+    for job in JOBS:
+        gauges.stale_after.labels(job=job).set(settings.jobs.for_job(job).stale_after_s)
+    counts = await deadletters.count_by_job(src.js, settings.names)
+    for job in JOBS:
+        gauges.dead_letters.labels(job=job).set(counts.get(job, 0))
+        queue = await job_status.queue_info(src.js, settings, job)
+        if queue is not None:
+            gauges.pending.labels(job=job).set(queue.waiting)
+            gauges.ack_pending.labels(job=job).set(queue.in_flight)
+            gauges.redelivered.labels(job=job).set(queue.redelivered)
+
+
+async def metrics(page: Page) -> Response:
+    """Prometheus text format: requests by route and status, open live streams, servers up."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    dash = page.dashboard
+    await page.read("metrics", lambda: observe_system(page))
+    dash.metrics.live_streams.set(page.sources.hub.listeners)
+    dash.metrics.up.labels(server="nats").set(1 if page.sources.nats_up else 0)
+    dash.metrics.up.labels(server="mongo").set(1 if page.sources.mongo_up else 0)
+    return Response(generate_latest(dash.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
 
 # -- live updates ------------------------------------------------------------------------------

@@ -186,10 +186,16 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._patterns: dict[int, str] = {}
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$"
         self._routes.append((method, re.compile(regex), handler))
+        self._patterns[id(handler)] = f"{method} {pattern}"
+
+    def pattern_of(self, handler: Handler) -> str:
+        """The route pattern of `handler` (a bounded metric label, never the raw path)."""
+        return self._patterns.get(id(handler), "unknown")
 
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """The handler and path parameters (URL-decoded), or HttpError 404/405."""

@@ -1,9 +1,10 @@
 """`pulse up`: the whole system on this machine, with a live status view.
 
 Order of start: servers (nats-server + the embedded store, unless PULSE_NATS_URL / PULSE_MONGO_URL
-name running ones), the provider simulator, then the ticker and every service, each a
-child process with its own HTTP port and log file under the data folder. `pulse up`
-waits until every service answers `/readyz`, then shows the status view.
+name running ones), the provider simulator, then the ticker, every service and the
+operators' dashboard, each a child process with its own HTTP port and log file under the
+data folder. `pulse up` waits until every child answers `/readyz`, prints the dashboard's
+URL, then shows the status view.
 
 Order of stop (Ctrl-C, SIGTERM, or the end of `--for`): services first (so none sees
 its servers vanish mid-run), then the simulator, then the servers. Each child gets
@@ -37,6 +38,8 @@ from shared.settings import Settings
 from .common import EXIT_FAILED, EXIT_OK, cli_settings, connect, console, err_console, fail, run_async
 from .render import live_status
 
+#: The child that serves the operators' dashboard.
+DASHBOARD = "dashboard"
 #: Seconds a child gets to stop after SIGTERM before it is killed.
 _STOP_GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -128,8 +131,9 @@ def plan_children(
     *,
     simulator: bool,
     services: tuple[str, ...] = SERVICES,
+    dashboard_port: int | None = None,
 ) -> list[Child]:
-    """The simulator (optional) and the services, each on its own free port."""
+    """The simulator (optional), the services and the dashboard (with a port), each on its own port."""
     base = _base_env(settings, nats_url, mongo_url)
     children: list[Child] = []
     if simulator:
@@ -148,6 +152,18 @@ def plan_children(
                 f"http://127.0.0.1:{port}/readyz",
                 port,
                 logs / f"{service}.log",
+                env,
+            )
+        )
+    if dashboard_port is not None:
+        env = {**base, "PULSE_DASHBOARD_HOST": "127.0.0.1", "PULSE_DASHBOARD_PORT": str(dashboard_port)}
+        children.append(
+            Child(
+                DASHBOARD,
+                [sys.executable, "-m", "services.dashboard"],
+                f"http://127.0.0.1:{dashboard_port}/readyz",
+                dashboard_port,
+                logs / "dashboard.log",
                 env,
             )
         )
@@ -242,6 +258,10 @@ async def _run_up(
         f"{time.monotonic() - started:.1f}s. Ctrl-C stops everything.",
         highlight=False,
     )
+    for child in stack.children:
+        if child.name == DASHBOARD:
+            mode = "actions enabled" if settings.dashboard_token is not None else "read-only: set PULSE_DASHBOARD_TOKEN"
+            err_console.print(f"dashboard: http://127.0.0.1:{child.port}/ ({mode})", highlight=False, markup=False)
     if for_s is not None:
         asyncio.get_running_loop().call_later(for_s, stop.set)
     if not show_status:
@@ -286,10 +306,14 @@ def up(
         list[str] | None,
         typer.Option("--service", "-s", help=f"Start only this service (repeatable): {', '.join(SERVICES)}."),
     ] = None,
+    no_dashboard: Annotated[
+        bool, typer.Option("--no-dashboard", help="Do not start the operators' dashboard.")
+    ] = False,
 ) -> None:
-    """Start the whole system locally (servers, simulator, ticker, services) and watch it.
+    """Start the whole system locally (servers, simulator, ticker, services, dashboard) and watch it.
 
-    Servers are started unless PULSE_NATS_URL / PULSE_MONGO_URL name running ones.
+    Servers are started unless PULSE_NATS_URL / PULSE_MONGO_URL name running ones. The
+    dashboard listens on 127.0.0.1 (PULSE_DASHBOARD_PORT, else a free port); its URL is printed.
     Ctrl-C (or SIGTERM) stops everything.
 
     Example: pulse up ;  pulse up --for 60 --no-status
@@ -320,9 +344,19 @@ def up(
     nats_url = settings.nats_url if given_nats or servers is None else servers.nats_url
     mongo_url = settings.mongo_url.get_secret_value() if given_mongo or servers is None else servers.mongo_url
     run_settings = settings.model_copy(update={"nats_url": nats_url, "mongo_url": SecretStr(mongo_url)})
-    stack = Stack(
-        servers, plan_children(settings, nats_url, mongo_url, logs, simulator=not no_simulator, services=services)
+    dashboard_port = None
+    if not no_dashboard:
+        dashboard_port = settings.dashboard_port if "PULSE_DASHBOARD_PORT" in os.environ else free_port()
+    children = plan_children(
+        settings,
+        nats_url,
+        mongo_url,
+        logs,
+        simulator=not no_simulator,
+        services=services,
+        dashboard_port=dashboard_port,
     )
+    stack = Stack(servers, children)
     code = EXIT_FAILED
     try:
         code = run_async(lambda: _run_up(stack, run_settings, for_, not no_status, ready_timeout))

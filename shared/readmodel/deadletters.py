@@ -76,6 +76,15 @@ async def count_letters(js: JetStreamContext, names: Names) -> int:
     return int(info.state.messages)
 
 
+async def count_by_job(js: JetStreamContext, names: Names) -> dict[str, int]:
+    """Dead letters held per job (from the stream's per-subject counts; no message is read)."""
+    info = await js.stream_info(names.dlq_stream, subjects_filter=names.dlq_wildcard())
+    counts: dict[str, int] = {}
+    for subject, count in (info.state.subjects or {}).items():
+        counts[subject.rsplit(".", 1)[-1]] = int(count)
+    return counts
+
+
 async def read_letter(js: JetStreamContext, names: Names, seq: int) -> StoredLetter:
     """The dead letter at `seq`.
 

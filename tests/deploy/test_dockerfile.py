@@ -132,7 +132,7 @@ def test_compose_runs_jetstream_on_disk_mongo_7_and_the_simulator() -> None:
     assert services["simulator"]["command"][:1] == ["shared.cli.simulate"]  # type: ignore[index]
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", [*SERVICES, "dashboard"])
 def test_compose_service_has_its_command_user_and_valid_settings(service: str) -> None:
     services = compose()
     spec = services[service]

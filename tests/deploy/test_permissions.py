@@ -195,3 +195,43 @@ async def test_a_wrong_password_is_refused(server: AuthServer) -> None:
     options = nats_connect_options(user_settings(server, "ticker", password="not-the-password"), name="ticker")
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
         await nats.connect(**{**options, "max_reconnect_attempts": 0, "allow_reconnect": False})
+
+
+async def test_the_dashboard_takes_the_operators_actions_but_administers_nothing(server: AuthServer) -> None:
+    """The dashboard's user runs the shared read model and actions; configuration changes are refused."""
+    from datetime import timedelta
+
+    from shared.delayed import cancel_delayed, schedule_delayed
+    from shared.permissions import DASHBOARD
+    from shared.readmodel import deadletters, schedules
+    from shared.readmodel.status import queue_info
+
+    async with login(server, OPERATOR) as (admin, _):
+        js = admin.jetstream(timeout=3)
+        await ensure_topology(js, user_settings(server, OPERATOR))
+    async with login(server, "stats") as (stats, _):
+        await stats.jetstream(timeout=3).publish(NAMES.dlq_subject("stats"), b"{}", stream=NAMES.dlq_stream)
+    settings = user_settings(server, DASHBOARD)
+    async with login(server, DASHBOARD) as (client, errors):
+        js = client.jetstream(timeout=2)
+        live = await client.subscribe(NAMES.run_events_wildcard())
+        rows = await schedules.list_schedules(js, settings)
+        assert [row["job"] for row in rows] == list(JOBS)
+        await schedules.change_override(js, settings, "stats", schedules.pause("dashboard:tests"))
+        assert (await schedules.read_override(js, settings, "stats")).override.paused  # type: ignore[union-attr]
+        assert await queue_info(js, settings, "stats") is not None
+        await publish_request(js, NAMES, request_for("stats"))
+        delayed = request_for("cleanup")
+        await schedule_delayed(js, NAMES, delayed, utcnow() + timedelta(hours=1))
+        assert await cancel_delayed(js, NAMES, delayed.run_id)
+        [letter] = await deadletters.read_letters(js, NAMES, None, 10)
+        assert await deadletters.delete_letter(js, NAMES, letter.seq)
+        assert await deadletters.purge_letters(js, NAMES, "stats") == 0
+        await client.publish(NAMES.cancel_subject("stats"), b"stats:manual:x")
+        await client.flush()
+        assert errors == []
+        with pytest.raises(nats.errors.Error):
+            await js.delete_stream(NAMES.jobs_stream)
+        with pytest.raises(nats.errors.Error):
+            await js.publish(NAMES.run_event_subject("stats", "completed"), b"{}", timeout=1)
+        await live.unsubscribe()

@@ -22,6 +22,8 @@ from shared.settings import ENV_PREFIX, Settings
 from tests.deploy.render import K8S, OVERLAYS, ROOT, Obj, Rendered, k8s_name, rendered, settings_from_env
 
 NAMES = Names()
+#: Every Deployment of marketpulse: the services and the operators' dashboard.
+WORKLOADS = (*SERVICES, "dashboard")
 #: Settings every service needs in a deployment although the model has defaults for
 #: them (defaults point at localhost, and production NATS refuses anonymous clients).
 DEPLOYMENT_REQUIRED = {"nats_url", "mongo_url", "nats_user", "nats_password"}
@@ -29,6 +31,7 @@ DEPLOYMENT_REQUIRED = {"nats_url", "mongo_url", "nats_user", "nats_password"}
 EXTERNAL_SECRETS: dict[tuple[str, str], str] = {
     ("marketpulse-mongo", "url"): "mongodb+srv://pulse:pw@mongo.example.com/?tls=true",
     ("marketpulse-provider", "polymarket-api-key"): "api-key",
+    ("marketpulse-dashboard", "token"): "a-dashboard-operator-token",
     **{("marketpulse-nats-users", user): f"{user}-password" for user in USERS},
 }
 
@@ -90,14 +93,14 @@ def test_every_container_is_locked_down(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_service_runs_its_module_and_serves_health_on_the_settings_port(overlay: str) -> None:
     target = rendered(overlay)
-    assert sorted(d["metadata"]["name"] for d in target.of_kind("Deployment")) == sorted(map(k8s_name, SERVICES))
-    for service in SERVICES:
+    assert sorted(d["metadata"]["name"] for d in target.of_kind("Deployment")) == sorted(map(k8s_name, WORKLOADS))
+    for service in WORKLOADS:
         deployment = target.get("Deployment", k8s_name(service))
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         assert container["args"] == [f"services.{service}"]
         settings = container_settings(target, container)
         [port] = container["ports"]
-        assert port["containerPort"] == settings.http_port
+        assert port["containerPort"] == (settings.dashboard_port if service == "dashboard" else settings.http_port)
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -154,7 +157,7 @@ def is_setting(variable: str) -> bool:
 def test_every_required_setting_is_provided_and_valid(overlay: str) -> None:
     target = rendered(overlay)
     required = {name for name, field in Settings.model_fields.items() if field.is_required()} | DEPLOYMENT_REQUIRED
-    for service in SERVICES:
+    for service in WORKLOADS:
         [container] = target.get("Deployment", k8s_name(service))["spec"]["template"]["spec"]["containers"]
         env = container_env(target, container)
         unknown = [name for name in env if name.startswith(ENV_PREFIX) and not is_setting(name)]
@@ -231,7 +234,7 @@ def test_each_service_logs_in_with_the_password_nats_holds_for_it(overlay: str) 
     for user in USERS:
         variable = password_variable(user)
         assert nats_env[variable]["value"] == f'"$({variable}_RAW)"', "nats-server needs the password quoted"
-    for service in SERVICES:
+    for service in WORKLOADS:
         [container] = target.get("Deployment", k8s_name(service))["spec"]["template"]["spec"]["containers"]
         env = {v["name"]: v for v in container["env"]}
         assert env["PULSE_NATS_USER"]["value"] == service
@@ -294,7 +297,7 @@ def test_prod_network_is_default_deny_with_an_allowance_per_workload() -> None:
         assert allowing, f"{workload['metadata']['name']}: no NetworkPolicy lets it talk to anything"
     nats_policy = prod.get("NetworkPolicy", "nats")
     client_selector = nats_policy["spec"]["ingress"][0]["from"][0]["podSelector"]
-    for service in SERVICES:
+    for service in WORKLOADS:
         assert selects(client_selector, prod.get("Deployment", k8s_name(service))), f"{service} cannot reach NATS"
 
 

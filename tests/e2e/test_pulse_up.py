@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from shared.settings import Settings
 from tests.conftest import settings_env
 from tests.helpers import process_alive, wait_for
@@ -43,7 +45,13 @@ async def test_pulse_up_runs_the_system_and_stops_cleanly_on_sigterm(settings: S
 
         await wait_for(_ready, timeout_s=90, interval_s=0.2, what="pulse up to report ready")
         pids = [int(pid) for pid in re.findall(r"ready \w+ \(port \d+, pid (\d+)\)", log.read_text())]
-        assert len(pids) == len(SERVICES) + 1  # and the simulator
+        assert len(pids) == len(SERVICES) + 2  # and the simulator and the dashboard
+        dashboard_url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/)", log.read_text())
+        assert dashboard_url is not None, log.read_text()
+        async with httpx.AsyncClient() as http:
+            overview = await http.get(dashboard_url.group(1))
+        assert overview.status_code == 200
+        assert "whale_sync" in overview.text
 
         result = await asyncio.to_thread(invoke, settings, "trigger", "whale_sync", "--wait", "--timeout", "60")
         assert result.exit_code == 0, result.output + log.read_text()[-3000:]
