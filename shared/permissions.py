@@ -20,7 +20,9 @@ What each role may do (subjects shown without a namespace):
                  jobs it reports on; subscribe `control.cancel.<job>`; write KV
                  `ratelimit`; read KV `schedules`
     janitor      also reports on every job: its watchdog marks any job's dead runs
-                 `timed_out`, which publishes that job's run event and alert
+                 `timed_out`, which publishes that job's run event and alert; and it
+                 moves requests on subjects no job serves to `dlq.>` (list JOBS'
+                 consumers, get and delete single JOBS messages, never purge)
     dashboard    the operators' dashboard: read streams, consumers and buckets; publish
                  requests (trigger, re-run, replay) and cancel hints; write KV `schedules`;
                  delete dead letters and held delayed requests, purge DLQ; subscribe to
@@ -140,6 +142,20 @@ def _reports(names: Names, job: str) -> list[str]:
     return [names.run_events_wildcard(job), names.alert_subject(job), names.dlq_subject(job)]
 
 
+def _unserved_sweep(names: Names) -> list[str]:
+    """Find requests on subjects no job serves, move them to the DLQ (`runtime/_unserved.py`).
+
+    Reading and deleting single messages of JOBS, never purging it.
+    """
+    stream = names.jobs_stream
+    return [
+        f"{_JS_API}.CONSUMER.LIST.{stream}",
+        f"{_JS_API}.STREAM.MSG.GET.{stream}",
+        f"{_JS_API}.STREAM.MSG.DELETE.{stream}",
+        names.dlq_subject(">"),
+    ]
+
+
 def _unique(subjects: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(subjects))
 
@@ -176,6 +192,8 @@ def service_permissions(names: Names, service: str) -> Permissions:
             subscribe.append(names.cancel_subject(job))
         for job in reported:
             publish += _reports(names, job)
+        if service in _REPORTS_ON_EVERY_JOB:
+            publish += _unserved_sweep(names)
         publish += _kv_write(names.ratelimit_bucket) + _kv_read(names.schedules_bucket)
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.janitor.cleanup import Retention, clean_up
-from shared.runtime import JobContext, job, run_service, time_out_silent_runs
+from shared.runtime import JobContext, dead_letter_unserved_requests, job, run_service, time_out_silent_runs
 from shared.schemas import utcnow
 
 
@@ -24,8 +24,9 @@ async def cleanup_job(ctx: JobContext) -> dict[str, Any]:
 
 @job("watchdog")
 async def watchdog_job(ctx: JobContext) -> dict[str, Any]:
-    """End `timed_out` the runs whose heartbeat stopped (the runtime's watchdog)."""
-    return (await time_out_silent_runs(ctx)).summary()
+    """End `timed_out` the runs whose heartbeat stopped, and dead-letter requests no job serves."""
+    timed_out = await time_out_silent_runs(ctx)
+    return {**timed_out.summary(), "unserved": await dead_letter_unserved_requests(ctx)}
 
 
 def main() -> None:

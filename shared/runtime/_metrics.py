@@ -38,6 +38,11 @@ class RuntimeMetrics:
             ["job"],
             registry=self.registry,
         )
+        self.unserved = Counter(
+            "pulse_unserved_requests_total",
+            "Requests on a subject no job serves, moved to the DLQ",
+            registry=self.registry,
+        )
         self.ratelimit_waits = Counter(
             "pulse_ratelimit_waits_total", "Token acquisitions that had to wait", ["bucket"], registry=self.registry
         )

@@ -134,27 +134,31 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     first = delivery == 1
     schedule = await _schedule_now(rt, job) if first and request.trigger is Trigger.SCHEDULE else None
     skipped = guard(job.policy, request, first=first, schedule=schedule)
-    if skipped is not None:  # decided without running
-        decision = decide(skipped, 1, job.policy.retry)
-        await record_terminal(rt, job, request, skipped, decision, attempt=0, attempt_doc=None)
-        await settle(msg, decision)
-        return decision
+    if skipped is not None:
+        return await end_without_running(rt, job, msg, request, skipped, attempt=0)
     started = await start(rt, job, request, first=first)
     if started is None:
         return await settle_already_finished(rt, msg, request)
     attempt = started.record.attempt_count
-    outcome = past_last_attempt(attempt + 1, job.policy.retry) if started.lost_last else None
-    if outcome is not None:  # the last attempt's worker died: fail the run, do not run it again
-        decision = decide(outcome, attempt + 1, job.policy.retry)
-        await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=None)
-        await settle(msg, decision)
-        return decision
+    lost = past_last_attempt(attempt + 1, job.policy.retry) if started.lost_last else None
+    if lost is not None:  # the last attempt's worker died: fail the run, do not run it again
+        return await end_without_running(rt, job, msg, request, lost, attempt=attempt)
     if started.record.cancel_requested:
         outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
     else:
         outcome = await run_attempt(rt, job, msg, parsed, attempt)
     decision = decide(outcome, attempt, job.policy.retry)
     await record_attempt(rt, job, request, attempt, outcome, decision, started)
+    await settle(msg, decision)
+    return decision
+
+
+async def end_without_running(
+    rt: Runtime, job: Bound, msg: Msg, request: JobRequest, outcome: Outcome, *, attempt: int
+) -> Decision:
+    """End the run with an outcome decided without running it (skipped, or its last worker died)."""
+    decision = decide(outcome, attempt + 1, job.policy.retry)
+    await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=None)
     await settle(msg, decision)
     return decision
 

@@ -16,7 +16,11 @@ from shared.settings import Settings
 
 async def _streams(nats_client: NatsClient, settings: Settings) -> list[str]:
     js = nats_client.jetstream()
-    names = [info.config.name for info in await js.streams_info()]
+    # Every page: one listing holds at most 256 streams, and the tests of a session share
+    # one server (each test adds its own namespaced streams).
+    names: list[str | None] = []
+    while page := await js.streams_info(offset=len(names)):
+        names += [info.config.name for info in page]
     return sorted(n for n in names if n and settings.namespace in n)
 
 

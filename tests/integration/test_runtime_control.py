@@ -1,4 +1,4 @@
-"""Timeouts, cancel, overlap, alerts and staleness through a real worker (real NATS + FerretDB)."""
+"""Timeouts, cancel, overlap, alerts and staleness through a real worker (real NATS and the real store)."""
 
 from __future__ import annotations
 

@@ -239,3 +239,34 @@ def _sync(probe: Any) -> Any:
         return probe()
 
     return wrapped
+
+
+async def test_requests_on_an_unknown_jobs_subject_are_dead_lettered_with_the_reason_and_counted(
+    make_settings: Any, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """Before: `jobs.nosuchjob` was accepted into JOBS and kept forever, unseen."""
+    from services.janitor.__main__ import watchdog_job
+    from tests.integration.test_runtime_support import stored_count
+
+    fast: Settings = make_settings(ack_wait_s=0.5, heartbeat_interval_s=0.25)  # same namespace; grace: six ack waits
+    names = fast.names
+    worker = await start_worker([watchdog_job], fast)
+    payload = b'{"v": 1, "job": "nosuchjob", "anything": true}'
+    await js.publish(names.job_subject("nosuchjob"), payload, stream=names.jobs_stream)
+    summaries: list[dict[str, Any]] = []
+
+    async def swept() -> bool:  # one watchdog pass per probe, until the grace is over
+        request = request_for("watchdog")
+        await publish_request(js, names, request)
+        doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=20, what="a watchdog pass")
+        summaries.append(doc["summary"])
+        return doc["summary"]["unserved"] > 0
+
+    await wait_for(swept, timeout_s=30, what="the unserved request to be dead-lettered")
+    assert [s["unserved"] for s in summaries][-1] == 1
+    letters = await collect(js, names.dlq_subject("nosuchjob"), names.dlq_stream, 1)
+    letter = DeadLetter.model_validate_json(letters[0])
+    assert (letter.job, letter.reason, letter.raw) == ("nosuchjob", "invalid", payload.decode())
+    assert "no worker serves job 'nosuchjob'" in letter.error
+    assert await stored_count(js, names.job_subject("nosuchjob"), names.jobs_stream) == 0
+    assert worker.metrics.unserved._value.get() == 1

@@ -1,4 +1,4 @@
-"""Retries, dead letters and invalid requests through a real worker (real NATS + FerretDB)."""
+"""Retries, dead letters and invalid requests through a real worker (real NATS and the real store)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ EXPECTED = {
     "ServiceBroker",
     "Worker",
     "build_http_app",
+    "dead_letter_unserved_requests",
     "failure_streak",
     "get_run",
     "job",
