@@ -20,7 +20,7 @@ import yaml
 
 from services.dashboard.app import DashboardMetrics
 from services.ticker.metrics import TickerMetrics
-from shared.runtime.metrics import RuntimeMetrics
+from shared.runtime._metrics import RuntimeMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
