@@ -169,8 +169,9 @@ async def bench(settings: Settings, sizes: list[int], repeat: int) -> None:
                 print(f"seeded up to {size:,} runs in {time.perf_counter() - started:.1f}s", flush=True)
                 pages[size] = await page_times(http, repeat)
                 queries[size] = await query_times(db, settings, js, repeat)
-        table(f"dashboard pages, server time (best of {repeat}), ratio against {sizes[0]:,} runs", pages)
-        table("queries behind them, alone", queries)
+                # Printed after every size: a store that gives up at the next size keeps these figures.
+                table(f"dashboard pages, server time (best of {repeat}), ratio against {sizes[0]:,} runs", pages)
+                table("queries behind them, alone", queries)
     finally:
         await dashboard.stop()
         await http_server.stop()
