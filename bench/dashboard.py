@@ -32,7 +32,7 @@ from services.dashboard.app import Dashboard
 from shared.bus import connect_nats, ensure_topology
 from shared.names import JOBS, Collections
 from shared.readmodel import runs, status
-from shared.runtime import HttpServer, monitor
+from shared.runtime import HttpServer, failure_streak
 from shared.settings import Settings, load_settings
 from shared.store import Database, Document, connect_store, ensure_indexes
 
@@ -122,9 +122,7 @@ async def query_times(db: Database, settings: Settings, js: Any, repeat: int) ->
             lambda: per_job(lambda j: col.count_documents({"job": j, "status": {"$in": ["running", "retrying"]}})),
             repeat,
         ),
-        "failure streak per job (50 runs)": await best_ms(
-            lambda: per_job(lambda j: monitor.failure_streak(db, j, 50)), repeat
-        ),
+        "failure streak per job (50 runs)": await best_ms(lambda: per_job(lambda j: failure_streak(db, j, 50)), repeat),
         "24 h window per job (success rate, p50/p95)": await best_ms(
             lambda: per_job(lambda j: status.job_window(db, j)), repeat
         ),
@@ -171,8 +169,9 @@ async def bench(settings: Settings, sizes: list[int], repeat: int) -> None:
                 print(f"seeded up to {size:,} runs in {time.perf_counter() - started:.1f}s", flush=True)
                 pages[size] = await page_times(http, repeat)
                 queries[size] = await query_times(db, settings, js, repeat)
-        table(f"dashboard pages, server time (best of {repeat}), ratio against {sizes[0]:,} runs", pages)
-        table("queries behind them, alone", queries)
+                # Printed after every size: a store that gives up at the next size keeps these figures.
+                table(f"dashboard pages, server time (best of {repeat}), ratio against {sizes[0]:,} runs", pages)
+                table("queries behind them, alone", queries)
     finally:
         await dashboard.stop()
         await http_server.stop()

@@ -162,3 +162,8 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "MarketpulseDeadLetters" in result.stdout + result.stderr
+
+
+def test_the_install_script_and_the_tests_pin_the_same_promtool() -> None:
+    script = (ROOT / "scripts" / "install-promtool.sh").read_text()
+    assert f"version={PROMTOOL_VERSION}\n" in script
