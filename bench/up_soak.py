@@ -170,6 +170,8 @@ async def _soak(args: argparse.Namespace, stack: Stack) -> Verdicts:
                 try:
                     whale_count, whale_end = await asyncio.wait_for(_newest_completed(db, "whale_sync"), 10)
                     market_count, market_end = await asyncio.wait_for(_newest_completed(db, "market_sync"), 10)
+                except TimeoutError:
+                    problems.append("the run queries did not answer within 10s")
                 except Exception as exc:
                     problems.append(f"run query failed: {type(exc).__name__}: {exc}"[:200])
                 else:
