@@ -1,12 +1,21 @@
 """Throughput and latency of no-op runs: our runtime vs a plain nats-py loop vs taskiq-nats.
 
-    .venv/bin/python bench/runtime_throughput.py [--runs 5000] [--concurrency 1] [--latency-runs 300]
+    uv run --frozen python bench/runtime_throughput.py [--runs 5000] [--preload 50000] [--store both]
 
-Starts its own nats-server and FerretDB (shared.localstack), then for each system:
+For each store (`--store embedded|ferretdb|both`, default both: the embedded store, then
+FerretDB 1.24, each in its own child process) it starts a fresh nats-server and store
+(shared.localstack), then for each system:
 1. burst: publishes `--runs` requests at once and measures throughput (runs per second,
    first publish to last terminal record);
 2. latency: publishes `--latency-runs` requests paced at half the measured throughput and
    reports p50/p99 of publish → terminal record.
+Then it stores `--preload` more completed runs in each system's `runs` collection and
+measures both again: the cost of a collection that has grown.
+
+FerretDB gets `--ferretdb-runs` (default 1,000) and `--ferretdb-preload` (default 0): an
+update by `_id` there costs ≈ 415 ms at 50,000 documents (issue 11), so 5,000 runs over
+50,000 stored would take hours. Every burst has a time budget (`--budget-s`); a system
+past it is reported with the runs it completed, never waited for.
 
 Each consumer is one separate process with the same concurrency:
 - runtime:  `run_service` with a no-op job (run records, events, job state, heartbeats);
@@ -27,6 +36,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +49,7 @@ from nats.js.api import ConsumerConfig, StreamConfig  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 from taskiq_nats import PullBasedJetStreamBroker  # noqa: E402
 
+from bench.stores import MACHINE_NOTE, store_kinds  # noqa: E402
 from shared.store import ensure_indexes  # noqa: E402
 
 NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
@@ -187,6 +198,7 @@ class System:
         self.settings = settings
         self.mongo: Any = AsyncMongoClient(MONGO_URL, tz_aware=True)
         self.process: subprocess.Popen[bytes] | None = None
+        self.ready = False
 
     @property
     def runs(self) -> Any:
@@ -283,8 +295,8 @@ async def publish_all(system: System, run_ids: list[str], chunk: int = 100) -> f
     return started
 
 
-async def wait_done(system: System, prefix: str, count: int, last_id: str, timeout_s: float) -> None:
-    """Wait until `count` runs named `prefix...` completed.
+async def wait_done(system: System, prefix: str, count: int, last_id: str, timeout_s: float) -> int:
+    """Wait until `count` runs named `prefix...` completed; return how many did within `timeout_s`.
 
     Watches the last published run by `_id` (FerretDB answers that from its index; a
     filtered count scans every document and would slow down the system under test),
@@ -294,37 +306,72 @@ async def wait_done(system: System, prefix: str, count: int, last_id: str, timeo
     done = 0
     while time.monotonic() < deadline:
         if await system.runs.find_one({"_id": last_id, "status": "completed"}):
-            done = await system.runs.count_documents({"_id": {"$regex": f"^{prefix}"}, "status": "completed"})
+            done = await completed(system, prefix)
             if done >= count:
-                return
+                return done
         await asyncio.sleep(0.5)
-    raise TimeoutError(f"{system.name}: only {done}/{count} runs completed in {timeout_s:g}s")
+    return await completed(system, prefix)
 
 
-async def measure(system: System, runs: int, latency_runs: int) -> dict[str, float]:
-    await system.setup()
+async def completed(system: System, prefix: str) -> int:
+    count: int = await system.runs.count_documents({"_id": {"$regex": f"^{prefix}"}, "status": "completed"})
+    return count
+
+
+async def preload(system: System, runs: int, chunk: int = 5000) -> None:
+    """Store `runs` completed no-op runs, as weeks of history would leave them."""
+    now = datetime.now(UTC)
+    for first in range(0, runs, chunk):
+        await system.runs.insert_many(
+            [
+                {
+                    "_id": f"pre:manual:{i:07d}",
+                    "job": "noop",
+                    "trigger": "manual",
+                    "status": "completed",
+                    "attempt_count": 1,
+                    "started_at": now,
+                    "ended_at": now,
+                    "updated_at": now,
+                    "worker": "bench",
+                    "attempts": [{"number": 1, "started_at": now, "ended_at": now, "outcome": "succeeded"}],
+                }
+                for i in range(first, min(runs, first + chunk))
+            ]
+        )
+
+
+async def measure(system: System, runs: int, latency_runs: int, tag: str, budget_s: float) -> dict[str, float]:
+    """Burst throughput and paced latency of `system`; run ids are prefixed with `tag`."""
+    if not system.ready:
+        await system.setup()
+        system.ready = True
     system.start_consumer()
     # Warm-up: the consumer is up and bound once one run completes.
-    await system.publish("warm:manual:0")
-    await wait_done(system, "warm:", 1, "warm:manual:0", 120)
+    await system.publish(f"warm{tag}:manual:0")
+    await wait_done(system, f"warm{tag}:", 1, f"warm{tag}:manual:0", 120)
 
-    burst = [f"burst:manual:{i:06d}" for i in range(runs)]
+    burst = [f"burst{tag}:manual:{i:06d}" for i in range(runs)]
     started = await publish_all(system, burst)
-    await wait_done(system, "burst:", runs, burst[-1], 1800)
-    docs = await system.runs.find({"_id": {"$regex": "^burst:"}}, {"ended_at": 1}).to_list(None)
-    elapsed = max(d["ended_at"].timestamp() for d in docs) - started
-    throughput = runs / elapsed
+    done = await wait_done(system, f"burst{tag}:", runs, burst[-1], budget_s)
+    query = {"_id": {"$regex": f"^burst{tag}:"}, "status": "completed"}
+    docs = await system.runs.find(query, {"ended_at": 1}).to_list(None)
+    elapsed = max(d["ended_at"].timestamp() for d in docs) - started if docs else float("inf")
+    throughput = len(docs) / elapsed
+    if done < runs:  # past the budget: no latency phase, the backlog would distort it
+        system.stop_consumer()
+        return {"throughput": throughput, "p50": float("nan"), "p99": float("nan"), "done": done}
 
     pace = 1 / max(1.0, throughput / 2)
     latencies: list[float] = []
     sent: dict[str, float] = {}
     for i in range(latency_runs):
-        run_id = f"lat:manual:{i:06d}"
+        run_id = f"lat{tag}:manual:{i:06d}"
         sent[run_id] = time.time()
         await system.publish(run_id)
         await asyncio.sleep(pace)
-    await wait_done(system, "lat:", latency_runs, f"lat:manual:{latency_runs - 1:06d}", 600)
-    for doc in await system.runs.find({"_id": {"$regex": "^lat:"}}, {"ended_at": 1}).to_list(None):
+    await wait_done(system, f"lat{tag}:", latency_runs, f"lat{tag}:manual:{latency_runs - 1:06d}", 600)
+    for doc in await system.runs.find({"_id": {"$regex": f"^lat{tag}:"}}, {"ended_at": 1}).to_list(None):
         latencies.append((doc["ended_at"].timestamp() - sent[doc["_id"]]) * 1000)
     system.stop_consumer()
     latencies.sort()
@@ -332,15 +379,37 @@ async def measure(system: System, runs: int, latency_runs: int) -> dict[str, flo
         "throughput": throughput,
         "p50": statistics.median(latencies),
         "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "done": done,
     }
 
 
-async def drive(args: argparse.Namespace) -> None:
+SYSTEMS = {"baseline": Baseline, "runtime": Runtime, "taskiq": Taskiq}
+
+
+def table(store: str, scenario: str, runs: int, results: dict[str, dict[str, float]]) -> list[str]:
+    """Rows of one scenario, ratios against this scenario's baseline."""
+    base = results.get(Baseline.name, {}).get("throughput", float("nan"))
+    rows = []
+    for name, r in results.items():
+        note = "" if r["done"] >= runs else f"  (budget: {r['done']:.0f} of {runs} done)"
+        rows.append(
+            f"{store:<10}{scenario:<16}{runs:>7}  {name:<26}{r['throughput']:>8.0f}{r['throughput'] / base:>11.0%}"
+            f"{r['p50']:>9.1f}{r['p99']:>9.1f}{note}"
+        )
+    return rows
+
+
+async def drive(args: argparse.Namespace, store: str) -> list[str]:
+    """Measure every system on one store, before and after the preload; return the table rows."""
     from shared.localstack import start_local_servers
     from shared.settings import load_settings
 
     global NATS_URL, MONGO_URL
-    servers = start_local_servers()  # fresh servers: the fixed names below cannot collide
+    ferret = store == "ferretdb"
+    runs = args.ferretdb_runs if ferret else args.runs
+    stored = args.ferretdb_preload if ferret else args.preload
+    # Fresh servers: the fixed names below cannot collide.
+    servers = start_local_servers(Path(tempfile.mkdtemp(prefix=f"bench-rt-{store}-")), store=store)  # type: ignore[arg-type]
     NATS_URL, MONGO_URL = servers.nats_url, servers.mongo_url
     try:
         env = {
@@ -359,27 +428,54 @@ async def drive(args: argparse.Namespace) -> None:
         os.environ.update(env)
         settings = load_settings()
         taskiq_broker.servers = servers.nats_url
-        results: dict[str, dict[str, float]] = {}
-        for cls in (Baseline, Runtime, Taskiq):
-            system = cls(env, settings)
-            print(f"measuring {system.name} ...", file=sys.stderr, flush=True)
-            try:
-                results[system.name] = await measure(system, args.runs, args.latency_runs)
-            finally:
-                system.stop_consumer()
-        base = results[Baseline.name]["throughput"]
-        print(
-            f"\n{args.runs} no-op runs, concurrency {args.concurrency}, one consumer process each; "
-            f"latency over {args.latency_runs} runs paced at half the throughput\n"
-        )
-        print(f"{'system':<26}{'runs/s':>10}{'vs baseline':>13}{'p50 ms':>10}{'p99 ms':>10}")
-        for name, r in results.items():
-            print(
-                f"{name:<26}{r['throughput']:>10.0f}{r['throughput'] / base:>12.0%} {r['p50']:>10.1f}{r['p99']:>10.1f}"
-            )
-        await taskiq_broker.shutdown()
+        systems = [SYSTEMS[name](env, settings) for name in args.systems.split(",")]
+        rows: list[str] = []
+        scenarios = [("empty", 0)] + ([(f"+{stored:,} stored", stored)] if stored else [])
+        for tag, (scenario, count) in enumerate(scenarios):
+            results: dict[str, dict[str, float]] = {}
+            for system in systems:
+                if count:
+                    await preload(system, count)
+                print(f"{store}: measuring {system.name} ({scenario}) ...", file=sys.stderr, flush=True)
+                try:
+                    results[system.name] = await measure(system, runs, args.latency_runs, str(tag), args.budget_s)
+                finally:
+                    system.stop_consumer()
+            rows += table(store, scenario, runs, results)
+        if any(isinstance(system, Taskiq) for system in systems):
+            await taskiq_broker.shutdown()
+        return rows
     finally:
         servers.stop()
+
+
+def print_table(args: argparse.Namespace, rows: list[str]) -> None:
+    print(
+        f"\nno-op runs, concurrency {args.concurrency}, one consumer process each; latency over "
+        f"{args.latency_runs} runs paced at half the throughput; {MACHINE_NOTE}\n"
+    )
+    header = f"{'store':<10}{'scenario':<16}{'runs':>7}  {'system':<26}{'runs/s':>8}{'vs base':>11}"
+    print(f"{header}{'p50 ms':>9}{'p99 ms':>9}")
+    print("\n".join(rows))
+
+
+def drive_stores(args: argparse.Namespace) -> None:
+    """Each store in its own child process (the taskiq broker is bound at import time)."""
+    kinds = store_kinds(args.store)
+    if len(kinds) == 1:
+        rows = asyncio.run(drive(args, kinds[0]))
+        if args.rows_out:
+            Path(args.rows_out).write_text(json.dumps(rows))
+        print_table(args, rows)
+        return
+    rows = []
+    for kind in kinds:
+        out = Path(tempfile.mkstemp(prefix="bench-rt-rows-")[1])
+        child = [sys.executable, __file__, *sys.argv[1:], "--store", kind, "--rows-out", str(out)]
+        subprocess.run(child, check=True, stdout=subprocess.DEVNULL)
+        rows += json.loads(out.read_text())
+        out.unlink()
+    print_table(args, rows)
 
 
 def main() -> None:
@@ -387,8 +483,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5000)
     parser.add_argument("--latency-runs", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--preload", type=int, default=50_000, help="runs stored before the second pass (0: none)")
+    parser.add_argument("--systems", default="baseline,runtime,taskiq", help="comma-separated, baseline first")
+    parser.add_argument("--budget-s", type=float, default=900, help="budget of each burst")
+    parser.add_argument("--store", choices=["embedded", "ferretdb", "both"], default="both")
+    parser.add_argument("--ferretdb-runs", type=int, default=1000)
+    parser.add_argument("--ferretdb-preload", type=int, default=0)
+    parser.add_argument("--rows-out", help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["runtime", "baseline", "taskiq"])
     args = parser.parse_args()
+    if not args.role and not args.systems.startswith("baseline"):
+        parser.error("--systems must start with baseline: the ratios are against it")
     if args.role == "runtime":
         role_runtime()
     elif args.role == "baseline":
@@ -396,7 +501,7 @@ def main() -> None:
     elif args.role == "taskiq":
         asyncio.run(role_taskiq())
     else:
-        asyncio.run(drive(args))
+        drive_stores(args)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,14 @@ The replaced system loaded every market (and the window's trades) into the appli
 and reduced them there. Both approaches run here, in the same process, against the same
 seeded data, and their figures are checked to agree before the times are printed.
 
-    .venv/bin/python -m bench.stats                      # local nats-less FerretDB, 200k/100k
-    .venv/bin/python -m bench.stats --markets 20000 --trades 10000
-    .venv/bin/python -m bench.stats --mongo-url mongodb://127.0.0.1:27017/
+    uv run --frozen python bench/stats.py                    # embedded store, then FerretDB
+    uv run --frozen python bench/stats.py --store embedded --markets 20000 --trades 10000
+    uv run --frozen python bench/stats.py --mongo-url mongodb://127.0.0.1:27017/
+
+Stores: `--store embedded|ferretdb|both` (default both) starts a fresh local store of each
+kind; `--mongo-url` uses a running server instead. FerretDB 1.24 gets smaller sizes
+(`--ferretdb-markets`, `--ferretdb-trades`) and a time budget per approach, and cannot run
+the stats pipeline at all (no `$avg`, `$cond`, `$multiply` in `$group`): its row says so.
 
 Not a test: it prints a table (time of each approach, ratio against the baseline).
 """
@@ -17,14 +22,18 @@ import argparse
 import asyncio
 import math
 import random
-import tempfile
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pymongo import AsyncMongoClient
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
+
+from bench.stores import MACHINE_NOTE, add_store_option, local_store, store_kinds, within
 from services.stats.stats import TOP_MARKETS, WHALE_WINDOW, MarketStats, TopMarket, compute_stats, ratio
 from shared.names import Collections
 from shared.store import Database, Document, ensure_indexes
@@ -51,7 +60,6 @@ def make_market(i: int, rng: random.Random) -> Document:
         "liquidity": rng.random() * 1e5,
         "active": i % 5 != 0,
         "closed": i % 5 == 0,
-        "yes_volume_24h": None if yes is None or vol24 is None else yes * vol24,
     }
 
 
@@ -90,7 +98,9 @@ async def stats_in_application(db: Database, *, window_end: datetime) -> MarketS
     total = active = priced = 0
     volume_total = volume_24h = priced_volume = yes_sum = yes_volume = 0.0
     ranked: list[Document] = []
-    async for market in db[Collections.MARKETS].find({}):
+    # An explicit batch size: mongo-java-server answers a getMore without one with every
+    # remaining document in one message, which pymongo refuses past 48 MB.
+    async for market in db[Collections.MARKETS].find({}).batch_size(10_000):
         total += 1
         active += market.get("active") is True
         volume_total += market.get("volume_total") or 0.0
@@ -101,7 +111,7 @@ async def stats_in_application(db: Database, *, window_end: datetime) -> MarketS
             priced += 1
             yes_sum += yes
             priced_volume += vol24 or 0.0
-            yes_volume += market.get("yes_volume_24h") or 0.0
+            yes_volume += yes * (vol24 or 0.0)
         if vol24 is not None:
             ranked.append(market)
     ranked.sort(key=lambda m: (-m["volume_24h"], m["_id"]))
@@ -139,35 +149,56 @@ def agree(a: MarketStats, b: MarketStats) -> bool:
     )
 
 
-async def timed(make: Callable[[], Awaitable[MarketStats]], repeat: int) -> tuple[float, MarketStats]:
-    best, result = math.inf, None
+async def timed(
+    make: Callable[[], Awaitable[MarketStats]], repeat: int, budget_s: float
+) -> tuple[list[float], MarketStats]:
+    """Times of `repeat` runs, best first, and the last result; TimeoutError past `budget_s` (0: none)."""
+    times: list[float] = []
+    result = None
     for _ in range(repeat):
         started = time.perf_counter()
-        result = await make()
-        best = min(best, time.perf_counter() - started)
+        result = await within(budget_s, make())
+        if result is None:
+            raise TimeoutError(f"not finished within the {budget_s:g}s budget")
+        times.append(time.perf_counter() - started)
     assert result is not None
-    return best, result
+    return sorted(times), result
 
 
-async def bench(mongo_url: str, markets: int, trades: int, repeat: int) -> None:
+def spread(times: list[float]) -> str:
+    """The other runs' times, for the spread: "(also 12.3, 14.0)"."""
+    return f"  (also {', '.join(f'{t:.2f}' for t in times[1:])})" if len(times) > 1 else ""
+
+
+async def bench(label: str, mongo_url: str, markets: int, trades: int, repeat: int, budget_s: float) -> list[str]:
+    """Seed, time both approaches, check they agree; return the table rows of this store."""
     client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_url, tz_aware=True)
     db = client[f"bench_stats_{int(time.time())}"]
     try:
         await ensure_indexes(db)
         started = time.perf_counter()
         await seed(db, markets, trades)
-        print(f"seeded {markets:,} markets and {trades:,} trades in {time.perf_counter() - started:.1f}s")
-        baseline_s, baseline = await timed(lambda: stats_in_application(db, window_end=SLOT), repeat)
-        database_s, in_db = await timed(lambda: compute_stats(db, window_end=SLOT), repeat)
+        print(f"{label}: seeded {markets:,} markets and {trades:,} trades in {time.perf_counter() - started:.1f}s")
+        sizes = f"{markets:,} / {trades:,}"
+        try:
+            baseline_times, baseline = await timed(lambda: stats_in_application(db, window_end=SLOT), repeat, budget_s)
+        except TimeoutError as exc:
+            return [f"{label:<10}{sizes:>20}  baseline {exc}"]
+        baseline_name = "load every market, reduce in Python (baseline)"
+        baseline_s = baseline_times[0]
+        rows = [f"{label:<10}{sizes:>20}  {baseline_name:<46}{baseline_s:>9.2f}{1.0:>9.2f}x{spread(baseline_times)}"]
+        name = "aggregate in the database (stats job)"
+        try:
+            database_times, in_db = await timed(lambda: compute_stats(db, window_end=SLOT), repeat, budget_s)
+        except OperationFailure as exc:  # FerretDB 1.24: NotImplemented
+            return [*rows, f"{'':<10}{'':>20}  {name:<46}  not supported: {str(exc).split(', full error')[0]}"]
+        except TimeoutError as exc:
+            return [*rows, f"{'':<10}{'':>20}  {name:<46}  {exc}"]
         if not agree(baseline, in_db):
-            raise SystemExit(f"the two approaches disagree:\n  application {baseline}\n  database    {in_db}")
-        print(
-            f"\nstats over {markets:,} markets and {trades:,} whale trades ({mongo_url.split('@')[-1]}), "
-            f"best of {repeat}"
-        )
-        print(f"{'approach':<44}{'time (s)':>10}{'ratio vs baseline':>20}")
-        print(f"{'load every market, reduce in Python (baseline)':<44}{baseline_s:>10.2f}{1.0:>19.2f}x")
-        print(f"{'aggregate in the database (stats job)':<44}{database_s:>10.2f}{baseline_s / database_s:>19.2f}x")
+            raise SystemExit(f"{label}: the two approaches disagree:\n  application {baseline}\n  database    {in_db}")
+        database_s = database_times[0]
+        ratio_text = f"{baseline_s / database_s:>9.2f}x{spread(database_times)}"
+        return [*rows, f"{'':<10}{'':>20}  {name:<46}{database_s:>9.2f}{ratio_text}"]
     finally:
         await client.drop_database(db.name)
         await client.close()
@@ -177,16 +208,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markets", type=int, default=200_000)
     parser.add_argument("--trades", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each approach; the best time counts")
-    parser.add_argument("--mongo-url", help="an existing MongoDB/FerretDB (default: start a local FerretDB)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each approach on the same data; the best time counts, the others are shown",
+    )
+    parser.add_argument("--mongo-url", help="a running MongoDB-compatible server instead of local stores")
+    add_store_option(parser)
+    parser.add_argument("--ferretdb-markets", type=int, default=50_000, help="markets on FerretDB (default 50,000)")
+    parser.add_argument("--ferretdb-trades", type=int, default=25_000, help="trades on FerretDB (default 25,000)")
+    parser.add_argument("--ferretdb-budget-s", type=float, default=300, help="budget per approach on FerretDB")
     args = parser.parse_args()
+    if min(args.markets, args.trades, args.ferretdb_markets, args.ferretdb_trades) < 0 or args.repeat < 1:
+        parser.error("sizes must be >= 0 and --repeat >= 1")
+    rows: list[str] = []
     if args.mongo_url:
-        asyncio.run(bench(args.mongo_url, args.markets, args.trades, args.repeat))
-        return
-    from shared.localstack import local_servers
-
-    with local_servers(Path(tempfile.mkdtemp(prefix="bench-stats-"))) as servers:
-        asyncio.run(bench(servers.mongo_url, args.markets, args.trades, args.repeat))
+        rows += asyncio.run(bench("given", args.mongo_url, args.markets, args.trades, args.repeat, 0))
+    else:
+        for kind in store_kinds(args.store):
+            ferret = kind == "ferretdb"
+            markets, trades = (args.ferretdb_markets, args.ferretdb_trades) if ferret else (args.markets, args.trades)
+            with local_store(kind) as servers:
+                budget = args.ferretdb_budget_s if ferret else 0
+                rows += asyncio.run(bench(kind, servers.mongo_url, markets, trades, args.repeat, budget))
+    print(f"\nstats snapshot, best of {args.repeat} (other times in brackets); {MACHINE_NOTE}")
+    print(f"{'store':<10}{'markets / trades':>20}  {'approach':<46}{'time (s)':>9}{'ratio':>10}")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

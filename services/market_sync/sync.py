@@ -83,18 +83,12 @@ def _encode_other(value: object) -> str:
 
 
 def market_document(market: MarketDoc) -> Document:
-    """The stored form of `market`: its fields, `yes_volume_24h` and `content_hash`.
-
-    `yes_volume_24h` (yes price × 24 h volume, None when either is missing) is stored so
-    that stats can compute a volume-weighted price with `$sum` alone (FerretDB has no
-    `$multiply` in `$group`).
+    """The stored form of `market`: its fields and `content_hash`.
 
     Raises:
         UnsafeValue: a value the store would reject slipped through the parser.
     """
     document = market.model_dump(by_alias=True, exclude={"synced_at"})
-    yes, volume = market.yes_price, market.volume_24h
-    document["yes_volume_24h"] = yes * volume if yes is not None and volume is not None else None
     document["content_hash"] = content_hash(document)
     check_storable(document)
     return document

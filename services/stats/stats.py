@@ -1,17 +1,15 @@
 """The hourly market stats snapshot, computed by aggregation inside the database.
 
-Nothing here loads every market into Python: each figure is a `count_documents`, a
-`$group` with a single accumulator, or a sorted, limited `find`. Every query also runs
-on FerretDB 1.24, which shapes the pipelines:
+Nothing here loads every market into Python: the market figures come from one `$group`
+over `markets` (counts, sums, `$avg`, and yes_price × volume_24h by `$multiply`), the
+top markets from a sorted, limited `find`, and the whale figures from one `$group` over
+the window's trades. Three queries, one pass over the markets.
 
-- `$avg`, `$min`, `$max`, `$cond`, `$gt` and `$multiply` are missing inside `$group`,
-  so averages are sums divided by counts, and yes_price × volume_24h is precomputed by
-  market_sync as `yes_volume_24h`.
-- FerretDB 1.24 evaluates only the FIRST accumulator of a `$group`: it hands the same,
-  already exhausted iterator to the next ones, which then return 0 (see its
-  `stages/group.go`). So every `$group` here has exactly one accumulator, and several
-  figures come out of one pass by grouping on a small key instead, e.g.
-  `{active, type of yes_price}`; `$type` is one of the few operators it implements.
+FerretDB 1.24 (the optional local store) cannot run these pipelines: it lacks `$avg`,
+`$cond` and `$multiply` in `$group` and evaluates only the first accumulator of a group.
+The stats job fails there with its NotImplemented error; docs/decisions.md lists this
+among FerretDB's limits. (Until issue 11 every `$group` here had one accumulator to fit
+it, which took seven passes and a product precomputed by market_sync.)
 
 A snapshot's `_id` is derived from the run's slot, so a retried run replaces its own
 snapshot instead of adding a second one.
@@ -19,7 +17,6 @@ snapshot instead of adding a second one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,8 +30,10 @@ from shared.store import Database, Document
 TOP_MARKETS = 10
 #: Width of the whale-trade window that ends at the run's slot.
 WHALE_WINDOW = timedelta(hours=1)
-#: BSON type names (as `$type` reports them) that count as a number.
-NUMERIC_TYPES = frozenset({"double", "int", "long", "decimal"})
+#: True when a market has a yes price. market_sync stores a number or null, and numbers sort
+#: above null in BSON order; a missing field is not above null either. (`$isNumber` and the
+#: `$type` expression would say it more directly, but mongo-java-server 1.47 has neither.)
+_HAS_YES_PRICE: Document = {"$gt": ["$yes_price", None]}
 
 
 class TopMarket(BaseModel):
@@ -80,70 +79,45 @@ def ratio(numerator: float, denominator: float) -> float | None:
     return None if denominator == 0 else numerator / denominator
 
 
-def is_numeric_type(type_name: object) -> bool:
-    """True for the `$type` names of numbers (a missing or null field is not a number)."""
-    return type_name in NUMERIC_TYPES
-
-
-def fold_counts(rows: Sequence[Mapping[str, Any]]) -> tuple[int, int, int]:
-    """(total, active, priced) from `$group` rows keyed by `{active, yes_type}` with a count `n`."""
-    total = active = priced = 0
-    for row in rows:
-        key = row["_id"]
-        count = int(row["n"])
-        total += count
-        if key.get("active") is True:
-            active += count
-        if is_numeric_type(key.get("yes_type")):
-            priced += count
-    return total, active, priced
-
-
-def fold_priced_sums(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """(sum over all rows, sum over rows of priced markets) from rows keyed by `yes_type`."""
-    everything = priced = 0.0
-    for row in rows:
-        value = float(row["s"])
-        everything += value
-        if is_numeric_type(row["_id"]):
-            priced += value
-    return everything, priced
-
-
 async def _aggregate(db: Database, collection: str, pipeline: list[Document]) -> list[Document]:
     cursor = await db[collection].aggregate(pipeline)
     rows: list[Document] = await cursor.to_list()
     return rows
 
 
-async def _sum(db: Database, collection: str, field: str, match: Document | None = None) -> float:
-    """`$sum` of one field in the database (non-numbers are ignored, as MongoDB does)."""
-    pipeline: list[Document] = [{"$match": match}] if match else []
-    pipeline.append({"$group": {"_id": None, "s": {"$sum": f"${field}"}}})
-    rows = await _aggregate(db, collection, pipeline)
-    return float(rows[0]["s"]) if rows else 0.0
-
-
-async def _market_counts(db: Database) -> tuple[int, int, int]:
-    # One pass gives three counts: group on (active, type of yes_price). `$sum: 1` is the
-    # only accumulator, so FerretDB evaluates it.
+async def _market_figures(db: Database) -> Document:
+    """Counts and sums over every market, in one pass; an empty collection gives zeros."""
     rows = await _aggregate(
         db,
         Collections.MARKETS,
-        [{"$group": {"_id": {"active": "$active", "yes_type": {"$type": "$yes_price"}}, "n": {"$sum": 1}}}],
+        [
+            {
+                "$group": {
+                    "_id": None,
+                    "total": {"$sum": 1},
+                    "active": {"$sum": {"$cond": [{"$eq": ["$active", True]}, 1, 0]}},
+                    "priced": {"$sum": {"$cond": [_HAS_YES_PRICE, 1, 0]}},
+                    "volume_total": {"$sum": "$volume_total"},
+                    "volume_24h": {"$sum": "$volume_24h"},
+                    # `$avg` and `$sum` skip nulls and missing fields, and a product with a null is null.
+                    "avg_yes_price": {"$avg": "$yes_price"},
+                    "priced_volume_24h": {"$sum": {"$cond": [_HAS_YES_PRICE, "$volume_24h", 0]}},
+                    "yes_volume_24h": {"$sum": {"$multiply": ["$yes_price", "$volume_24h"]}},
+                }
+            }
+        ],
     )
-    return fold_counts(rows)
+    return rows[0] if rows else {}
 
 
-async def _volume_24h(db: Database) -> tuple[float, float]:
-    # Total 24 h volume, and the part of it on priced markets (the weight of the
-    # volume-weighted mean), in one pass.
+async def _whale_figures(db: Database, window: Document) -> tuple[int, float]:
+    """(trades, total notional) in the window."""
     rows = await _aggregate(
         db,
-        Collections.MARKETS,
-        [{"$group": {"_id": {"$type": "$yes_price"}, "s": {"$sum": "$volume_24h"}}}],
+        Collections.WHALE_TRADES,
+        [{"$match": window}, {"$group": {"_id": None, "n": {"$sum": 1}, "notional": {"$sum": "$notional"}}}],
     )
-    return fold_priced_sums(rows)
+    return (int(rows[0]["n"]), float(rows[0]["notional"])) if rows else (0, 0.0)
 
 
 async def _top_markets(db: Database) -> list[TopMarket]:
@@ -175,25 +149,19 @@ async def compute_stats(db: Database, *, window_end: datetime) -> MarketStats:
     Returns:
         The figures; an empty database gives zero counts and sums and None averages.
     """
-    total, active, priced = await _market_counts(db)
-    volume_24h, priced_volume_24h = await _volume_24h(db)
-    volume_total = await _sum(db, Collections.MARKETS, "volume_total")
-    yes_price_sum = await _sum(db, Collections.MARKETS, "yes_price")
-    yes_volume_sum = await _sum(db, Collections.MARKETS, "yes_volume_24h")
+    markets = await _market_figures(db)
     top = await _top_markets(db)
-
     window: Document = {"traded_at": {"$gte": window_end - WHALE_WINDOW, "$lt": window_end}}
-    trades = await db[Collections.WHALE_TRADES].count_documents(window)
-    notional = await _sum(db, Collections.WHALE_TRADES, "notional", window) if trades else 0.0
-
+    trades, notional = await _whale_figures(db, window)
+    avg_yes_price = markets.get("avg_yes_price")
     return MarketStats(
-        total_markets=total,
-        active_markets=active,
-        priced_markets=priced,
-        volume_total=volume_total,
-        volume_24h=volume_24h,
-        avg_yes_price=ratio(yes_price_sum, priced),
-        vw_yes_price=ratio(yes_volume_sum, priced_volume_24h),
+        total_markets=int(markets.get("total", 0)),
+        active_markets=int(markets.get("active", 0)),
+        priced_markets=int(markets.get("priced", 0)),
+        volume_total=float(markets.get("volume_total", 0.0)),
+        volume_24h=float(markets.get("volume_24h", 0.0)),
+        avg_yes_price=None if avg_yes_price is None else float(avg_yes_price),
+        vw_yes_price=ratio(float(markets.get("yes_volume_24h", 0.0)), float(markets.get("priced_volume_24h", 0.0))),
         whale_trades_1h=trades,
         whale_notional_1h=notional,
         top_markets=top,

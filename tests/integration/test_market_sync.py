@@ -70,7 +70,6 @@ def expected_document(raw: dict[str, Any]) -> dict[str, Any]:
         "volume_total": number(raw.get("volumeNum")),
         "volume_24h": volume_24h,
         "liquidity": number(raw.get("liquidityNum")),
-        "yes_volume_24h": prices[0] * volume_24h if volume_24h is not None else None,
         "closed": raw["closed"],
         "active": not raw["closed"],
         "category": raw.get("category") or raw["events"][0]["title"],

@@ -1,4 +1,4 @@
-"""The stats snapshot against real FerretDB/MongoDB, checked against figures computed here."""
+"""The stats snapshot against a real MongoDB-compatible store, checked against figures computed here."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ def market(
         "liquidity": 10.0,
         "active": active,
         "closed": not active,
-        "yes_volume_24h": None if yes is None or vol24 is None else yes * vol24,
     }
 
 
@@ -51,7 +50,11 @@ def expected(markets: list[dict[str, Any]], trades: list[dict[str, Any]]) -> dic
         "volume_total": sum(m["volume_total"] for m in markets if m["volume_total"] is not None),
         "volume_24h": sum(m["volume_24h"] for m in markets if m["volume_24h"] is not None),
         "avg_yes_price": sum(m["yes_price"] for m in priced) / len(priced) if priced else None,
-        "vw_yes_price": (sum(m["yes_volume_24h"] or 0 for m in priced) / weight) if weight else None,
+        "vw_yes_price": (
+            sum(m["yes_price"] * m["volume_24h"] for m in priced if m["volume_24h"] is not None) / weight
+            if weight
+            else None
+        ),
         "whale_trades_1h": len(in_window),
         "whale_notional_1h": sum(t["notional"] for t in in_window),
         "top": [m["_id"] for m in ranked[:TOP_MARKETS]],

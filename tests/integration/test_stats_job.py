@@ -26,7 +26,6 @@ async def test_runs_of_one_slot_leave_one_snapshot(settings: Settings, js: JetSt
             "volume_24h": 10.0,
             "volume_total": 20.0,
             "active": True,
-            "yes_volume_24h": 5.0,
         }
     )
     scheduled = JobRequest(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from services.stats.stats import fold_counts, fold_priced_sums, is_numeric_type, ratio, snapshot_id
+from services.stats.stats import ratio, snapshot_id
 from shared.cli.stats import SPARK_CHARS, parse_period, sparkline
 
 
@@ -24,39 +24,6 @@ def test_snapshot_id_refuses_a_naive_slot() -> None:
 @pytest.mark.parametrize(("numerator", "denominator", "expected"), [(1.0, 4.0, 0.25), (0.0, 0.0, None), (3.0, 0, None)])
 def test_ratio_has_no_value_for_an_empty_set(numerator: float, denominator: float, expected: float | None) -> None:
     assert ratio(numerator, denominator) == expected
-
-
-@pytest.mark.parametrize(
-    ("type_name", "numeric"),
-    [
-        ("double", True),
-        ("int", True),
-        ("long", True),
-        ("decimal", True),
-        ("null", False),
-        ("missing", False),
-        ("string", False),
-        (None, False),
-    ],
-)
-def test_numeric_types(type_name: str | None, numeric: bool) -> None:
-    assert is_numeric_type(type_name) is numeric
-
-
-def test_fold_counts_sums_groups_per_dimension() -> None:
-    rows = [
-        {"_id": {"active": True, "yes_type": "double"}, "n": 5},
-        {"_id": {"active": True, "yes_type": "null"}, "n": 2},
-        {"_id": {"active": False, "yes_type": "int"}, "n": 3},
-        {"_id": {"yes_type": "missing"}, "n": 1},  # `active` missing: counted, not active
-    ]
-    assert fold_counts(rows) == (11, 7, 8)
-    assert fold_counts([]) == (0, 0, 0)
-
-
-def test_fold_priced_sums_separates_priced_markets() -> None:
-    rows = [{"_id": "double", "s": 10.5}, {"_id": "null", "s": 4}, {"_id": "missing", "s": 0}, {"_id": "int", "s": 1}]
-    assert fold_priced_sums(rows) == (15.5, 11.5)
 
 
 @pytest.mark.parametrize(
