@@ -41,9 +41,7 @@ async def _outage(
     simulator: StartSim,
 ) -> None:
     sim = simulator(markets=200, frozen=False)
-    env = with_jobs(
-        {"whale_sync": "every 2s"}, PULSE_POLYMARKET_GAMMA_URL=sim.url, PULSE_POLYMARKET_DATA_URL=sim.url
-    )
+    env = with_jobs({"whale_sync": "every 2s"}, PULSE_POLYMARKET_GAMMA_URL=sim.url, PULSE_POLYMARKET_DATA_URL=sim.url)
     await start_serving(system, [("ticker", env), ("whale_sync", env)])
     await wait_completed(db, "whale_sync", 2)
 

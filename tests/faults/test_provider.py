@@ -70,7 +70,8 @@ async def test_provider_failing_30s_then_recovering_and_dlq_replay(
     replayed = await pulse(system, "dlq", "replay", "--all", "--json")
     assert replayed.returncode == 0, replayed.stderr
     replays = {result["original_run_id"]: result["run_id"] for result in json.loads(replayed.stdout)}
-    assert sorted(replays) == sorted(failed) and len(audit.dead_letters) == len(failed)
+    assert sorted(replays) == sorted(failed)
+    assert len(audit.dead_letters) == len(failed)
     assert await dead_letters(js, settings) == ([], 0), "replayed dead letters stay in the DLQ"
     replay_ids = set(replays.values())
     started = time.monotonic()
