@@ -118,13 +118,13 @@ def with_jobs(schedules: Mapping[str, str], **extra: str) -> dict[str, str]:
 
 
 async def start_serving(system: System, services: list[tuple[str, dict[str, str]]]) -> list[Proc]:
-    """Start the services together and wait until each serves HTTP (it is then connected or retrying)."""
+    """Start the services together and wait until each is connected and consuming (or ticking)."""
     procs = [system.start(name, env=env) for name, env in services]
 
     async def all_serving() -> bool:
         for proc in procs:
             assert proc.alive(), f"{proc.name} exited: {proc.log.read_text(errors='replace')[-2000:]}"
-        return all(proc.serving() for proc in procs)
+        return all(proc.started() for proc in procs)
 
     await wait_for(all_serving, timeout_s=60, interval_s=0.2, what="the services to start")
     return procs

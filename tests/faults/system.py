@@ -121,8 +121,9 @@ class Proc:
                     out.append(json.loads(line))
         return out
 
-    def serving(self) -> bool:
-        return any(line.get("event") == "service.http" for line in self.log_lines())
+    def started(self) -> bool:
+        """Connected and consuming (a service) or ticking (a ticker)."""
+        return any(line.get("event") in ("worker.started", "ticker.started") for line in self.log_lines())
 
     def rss_kib(self) -> int:
         """Resident memory now (0 once gone)."""
