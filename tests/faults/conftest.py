@@ -157,7 +157,7 @@ def stop_tickers(system: System) -> None:
 
 async def settle_and_audit(
     system: System, js: JetStreamContext, db: Database, settings: Settings, published: Iterable[str] = (),
-    *, replayed: dict[str, str] | None = None, timeout_s: float = 45,
+    *, replayed: dict[str, str] | None = None, timeout_s: float = 30,
 ) -> Audit:  # fmt: skip
     """Stop the tickers, wait for every request to end, and check the promise."""
     stop_tickers(system)

@@ -98,7 +98,7 @@ async def test_bad_inputs_are_each_dead_lettered_once_and_block_nothing(
         return len(letters) >= len(expected) and not await queued(js, settings)
 
     with contextlib.suppress(AssertionError):  # on a time-out, the assertions below say which
-        await wait_for(all_dead_lettered, timeout_s=30, interval_s=0.5, what="every bad request dead-lettered")
+        await wait_for(all_dead_lettered, timeout_s=20, interval_s=0.5, what="every bad request dead-lettered")
     letters, unreadable = await dead_letters(js, settings)
     assert unreadable == 0
     matches = {what: [letter for letter in letters if letter.raw and text.startswith(letter.raw)]
