@@ -144,6 +144,30 @@ class Chaos:
         await asyncio.sleep(5)
         self.system.start("ticker", env=self.env)
 
+    async def run(self, seconds: float, memory: MemoryWatch) -> None:
+        """The fault plan: a consumer killed every 20-40 s, a ticker at 40 %, the store at 60 %."""
+        started = time.monotonic()
+        end = started + seconds
+        once = {started + seconds * 0.4: self.kill_ticker, started + seconds * 0.6: self.restart_store}
+        next_kill = started + self.rng.uniform(20, 40)
+        while time.monotonic() < end:
+            self.sample(memory)
+            self.supervise()
+            if time.monotonic() >= next_kill:
+                await self.kill_consumer()
+                next_kill = time.monotonic() + self.rng.uniform(20, 40)
+            for at in [at for at in once if time.monotonic() >= at]:
+                await once.pop(at)()
+            await asyncio.sleep(1)
+
+    def sample(self, memory: MemoryWatch) -> None:
+        for proc in self.system.procs:
+            if proc.alive():
+                memory.sample(proc.name, proc.pid)
+        for label, server in (("nats_server", self.stack.nats), ("embedded_store", self.stack.store)):
+            if server is not None:
+                memory.sample(label, server.pid)
+
     async def restart_store(self) -> None:
         self.stack.stop_store()
         await asyncio.sleep(10)
@@ -182,31 +206,8 @@ async def soak(minutes: float, seed: int, work: Path) -> int:
             for _ in range(2):
                 await wait_started(system.start("ticker", env=env))
 
-            started = time.monotonic()
-            end = started + minutes * 60
-            ticker_kill_at = started + minutes * 60 * 0.4
-            store_restart_at = started + minutes * 60 * 0.6
-            next_kill = started + rng.uniform(20, 40)
             print(f"soak: {minutes:g} min, seed {seed}, logs in {work}", flush=True)
-            while time.monotonic() < end:
-                for proc in system.procs:
-                    if proc.alive():
-                        memory.sample(proc.name, proc.pid)
-                for label, server in (("nats_server", stack.nats), ("embedded_store", stack.store)):
-                    if server is not None:
-                        memory.sample(label, server.pid)
-                chaos.supervise()
-                now = time.monotonic()
-                if now >= next_kill:
-                    await chaos.kill_consumer()
-                    next_kill = time.monotonic() + rng.uniform(20, 40)
-                if ticker_kill_at and now >= ticker_kill_at:
-                    ticker_kill_at = 0
-                    await chaos.kill_ticker()
-                if store_restart_at and now >= store_restart_at:
-                    store_restart_at = 0
-                    await chaos.restart_store()
-                await asyncio.sleep(1)
+            await chaos.run(minutes * 60, memory)
 
             for ticker in system.running("ticker"):
                 ticker.stop()
