@@ -339,16 +339,16 @@ async def stats_page(page: Page) -> Response:
         "volume": line_chart(series("volume_24h"), title=f"24 h volume, last {last}"),
         "whales": line_chart(series("whale_notional_1h"), title=f"whale notional per hour, last {last}"),
     }
-    from services.dashboard.render import _number
+    from services.dashboard.render import format_number
 
     figures = []
     if latest is not None:
         figures = [
-            ("markets", _number(latest.get("total_markets"))),
-            ("active markets", _number(latest.get("active_markets"))),
-            ("volume, 24 h", _number(latest.get("volume_24h"), 2)),
-            ("whale trades, last hour", _number(latest.get("whale_trades_1h"))),
-            ("whale notional, last hour", _number(latest.get("whale_notional_1h"), 2)),
+            ("markets", format_number(latest.get("total_markets"))),
+            ("active markets", format_number(latest.get("active_markets"))),
+            ("volume, 24 h", format_number(latest.get("volume_24h"), 2)),
+            ("whale trades, last hour", format_number(latest.get("whale_trades_1h"))),
+            ("whale notional, last hour", format_number(latest.get("whale_notional_1h"), 2)),
         ]
     top = (latest or {}).get("top_markets") or []
     return page.render(

@@ -51,7 +51,7 @@ def _seconds_or_dash(value: float | None) -> str:
     return "-" if value is None else human_seconds(value)
 
 
-def _number(value: Any, digits: int = 0) -> str:
+def format_number(value: Any, digits: int = 0) -> str:
     if not isinstance(value, int | float):
         return "—"
     return f"{value:,.{digits}f}"
@@ -84,7 +84,7 @@ def environment() -> Environment:
         seconds=human_seconds,
         seconds_or_dash=_seconds_or_dash,
         percent=_percent,
-        number=_number,
+        number=format_number,
         first_line=_first_line,
         bytes_text=_bytes_text,
     )
