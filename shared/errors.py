@@ -7,10 +7,14 @@
     │   └── StoreUnavailable     MongoDB
     ├── InvalidRequest           a job request that can never run (bad JSON, schema, job, args)
     ├── RetryableError           this attempt failed; a later one may work (optional delay)
-    │   └── ProviderUnavailable  transient provider trouble (5xx, 429, timeout)
+    │   ├── ProviderUnavailable  transient provider trouble (5xx, 429, timeout)
+    │   └── StepFailed           a workflow step failed on every try of its retry policy
     ├── PermanentError           no retry can fix it; fail the run now
     │   ├── ProviderRejected     the provider refused us (401/403/404/422...)
-    │   └── ProviderDataError    the provider's answer cannot be understood at all
+    │   ├── ProviderDataError    the provider's answer cannot be understood at all
+    │   ├── DuplicateStep        a workflow used a step name twice in one run
+    │   ├── StepOrderChanged     a resumed workflow asked for its steps in another order
+    │   └── StepResultTooLarge   a workflow's step results exceed the run's limit
     └── RunCanceled              the run was canceled by an operator
 
 Foreign errors are translated at one boundary each: `bus.py` (nats), `store.py`
@@ -97,6 +101,22 @@ class ProviderRejected(PermanentError):
 
 class ProviderDataError(PermanentError):
     """The provider's answer could not be understood at all (not one record, the whole body)."""
+
+
+class StepFailed(RetryableError):
+    """A workflow step failed on every try of its retry policy; the attempt fails (and may be retried)."""
+
+
+class DuplicateStep(PermanentError):
+    """A workflow asked for a step name it already used in this run."""
+
+
+class StepOrderChanged(PermanentError):
+    """A resumed workflow run asked for its steps in another order than its journal holds."""
+
+
+class StepResultTooLarge(PermanentError):
+    """A step's result would take the run's recorded results over `step_results_max_bytes`."""
 
 
 class RunCanceled(PulseError):

@@ -152,3 +152,5 @@ class Collections:
     JOB_STATE = "job_state"
     #: Operator actions (who, what, when, from where, outcome), newest read first.
     AUDIT = "audit"
+    #: The step journal of workflow runs: one document per step, `<run_id>:<step name>`.
+    STEPS = "steps"

@@ -206,6 +206,44 @@ class RunRecord(BaseModel):
         return max(0, int((self.ended_at - self.started_at).total_seconds() * 1000))
 
 
+class StepStatus(StrEnum):
+    """Where one recorded step of a workflow run stands."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class StepRecord(BaseModel):
+    """A document of `steps` (`_id` = `<run_id>:<step name>`). Only `shared/runtime/_journal.py` writes these.
+
+    `index` is the step's place in the run's order of asking (0-based), which the
+    determinism guard compares on resume; `result_json` is the step's result as JSON
+    text, `result_bytes` its size (counted against the run's limit).
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    run_id: str
+    name: str
+    index: int
+    status: StepStatus
+    tries: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str | None = None
+    result_json: str | None = None
+    result_bytes: int = 0
+
+    @property
+    def duration_ms(self) -> int | None:
+        """Milliseconds from the step's last start to its end; None while it has no end."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return max(0, int((self.ended_at - self.started_at).total_seconds() * 1000))
+
+
 class MarketDoc(BaseModel):
     """A document of `markets` (`_id` = `<provider>:<market id>`)."""
 

@@ -255,6 +255,15 @@ class Settings(BaseSettings):
     ack_wait_s: float = Field(
         10.0, gt=0, description="JetStream ack wait; a silent worker's request is redelivered after it"
     )
+    # The replaced system's step defaults: first backoff 250 ms, factor 2, given up after
+    # the 4th failure, with jitter; all inside one attempt.
+    step_retry: RetryPolicy = Field(
+        RetryPolicy(max_attempts=4, initial_backoff_s=0.25, base=2.0, max_backoff_s=30.0, jitter=0.1),
+        description="retries of a workflow step inside one attempt (overridable per step)",
+    )
+    step_results_max_bytes: int = Field(
+        1024 * 1024, ge=1, description="total size of the JSON results a workflow run's steps may record"
+    )
     jobs: JobPolicies = JobPolicies()
     rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
 

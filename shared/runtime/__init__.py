@@ -14,6 +14,7 @@ from shared.runtime._context import JobContext
 from shared.runtime._events import publish_cancel_hint
 from shared.runtime._health import HttpServer, build_http_app
 from shared.runtime._job import Checkpoint, job, no_checkpoint
+from shared.runtime._journal import read_steps
 from shared.runtime._monitor import failure_streak
 from shared.runtime._records import get_run, request_cancel
 from shared.runtime._service import run_app, run_service
@@ -34,6 +35,7 @@ __all__ = [
     "job",
     "no_checkpoint",
     "publish_cancel_hint",
+    "read_steps",
     "request_cancel",
     "run_app",
     "run_service",

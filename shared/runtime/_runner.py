@@ -293,6 +293,7 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             metrics=rt.metrics,
             _heartbeat=heartbeat,
             _control=control,
+            _scrub=rt.scrub,
         )
         task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
         control.attach(task)

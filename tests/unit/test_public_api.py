@@ -22,6 +22,7 @@ EXPECTED = {
     "job",
     "no_checkpoint",
     "publish_cancel_hint",
+    "read_steps",
     "request_cancel",
     "run_app",
     "run_service",
