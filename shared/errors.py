@@ -14,7 +14,8 @@
     │   ├── ProviderDataError    the provider's answer cannot be understood at all
     │   ├── DuplicateStep        a workflow used a step name twice in one run
     │   ├── StepOrderChanged     a resumed workflow asked for its steps in another order
-    │   └── StepResultTooLarge   a workflow's step results exceed the run's limit
+    │   ├── StepResultTooLarge   a workflow's step results exceed the run's limit
+    │   └── WaitTimedOut         a workflow's wait for a signal timed out (when asked to raise)
     └── RunCanceled              the run was canceled by an operator
 
 Foreign errors are translated at one boundary each: `bus.py` (nats), `store.py`
@@ -117,6 +118,10 @@ class StepOrderChanged(PermanentError):
 
 class StepResultTooLarge(PermanentError):
     """A step's result would take the run's recorded results over `step_results_max_bytes`."""
+
+
+class WaitTimedOut(PermanentError):
+    """`wait_for_event(..., raise_on_timeout=True)` saw no signal before its timeout."""
 
 
 class RunCanceled(PulseError):

@@ -53,6 +53,10 @@ class RunStatus(StrEnum):
     CANCELED = "canceled"
     #: Recorded by `pulse cancel` for a run that has not started; the runtime ends it `canceled`.
     QUEUED = "queued"
+    #: A workflow between steps, in a durable sleep until `wake_at`; no worker holds it.
+    SLEEPING = "sleeping"
+    #: A workflow waiting for the signal `waiting_for` (until `wake_at`, its timeout, if any).
+    WAITING = "waiting"
 
     @property
     def is_terminal(self) -> bool:
@@ -197,6 +201,27 @@ class RunRecord(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     cancel_requested: bool = False
     updated_at: datetime | None = None
+    #: A sleeping or waiting workflow: when it wakes (a sleep's end, a wait's timeout).
+    wake_at: datetime | None = None
+    #: A waiting workflow: the name of the signal it waits for.
+    waiting_for: str | None = None
+
+    @property
+    def is_suspended(self) -> bool:
+        """True for a workflow sleeping or waiting between steps (no worker holds it)."""
+        return self.status in (RunStatus.SLEEPING, RunStatus.WAITING)
+
+    def as_request(self) -> JobRequest:
+        """The run's request, rebuilt from the record (to resume a suspended workflow)."""
+        return JobRequest(
+            run_id=self.run_id,
+            job=self.job,
+            trigger=self.trigger,
+            scheduled_for=self.scheduled_for or self.started_at or utcnow(),
+            requested_at=self.requested_at or utcnow(),
+            requested_by=self.requested_by or "unknown",
+            args=self.args,
+        )
 
     @property
     def duration_ms(self) -> int | None:
@@ -210,6 +235,8 @@ class StepStatus(StrEnum):
     """Where one recorded step of a workflow run stands."""
 
     RUNNING = "running"
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
 
@@ -235,6 +262,10 @@ class StepRecord(BaseModel):
     error: str | None = None
     result_json: str | None = None
     result_bytes: int = 0
+    #: A sleep's wake-up time, or a wait's timeout.
+    wake_at: datetime | None = None
+    #: A wait that ended by its timeout rather than a signal.
+    timed_out: bool = False
 
     @property
     def duration_ms(self) -> int | None:

@@ -73,3 +73,60 @@ async def record_step_failed(db: Database, run_id: str, name: str, *, tries: int
         "$inc": {"tries": tries},
     }
     await db[Collections.STEPS].update_one({"_id": step_id(run_id, name)}, update)
+
+
+async def record_step_suspended(
+    db: Database, run_id: str, name: str, index: int, status: StepStatus, wake_at: datetime | None
+) -> None:
+    """Step `name` is a sleep or a wait that has begun: the run is suspended until `wake_at` (or a signal)."""
+    await db[Collections.STEPS].update_one(
+        {"_id": step_id(run_id, name)},
+        {
+            "$set": {"status": status.value, "wake_at": wake_at},
+            "$setOnInsert": {
+                "run_id": run_id,
+                "name": name,
+                "index": index,
+                "tries": 0,
+                "result_bytes": 0,
+                "started_at": utcnow(),
+            },
+        },
+        upsert=True,
+    )
+
+
+async def end_suspension(
+    db: Database,
+    run_id: str,
+    name: str,
+    status: StepStatus,
+    *,
+    result_json: str,
+    result_bytes: int,
+    timed_out: bool = False,
+) -> bool:
+    """End the sleep or wait `name` (now in `status`) with its result; False when it is not (any more).
+
+    Conditional on the step's status, so a signal and a wait's timeout racing to end one
+    wait produce one outcome (single-document atomicity).
+    """
+    ended = await db[Collections.STEPS].find_one_and_update(
+        {"_id": step_id(run_id, name), "status": status.value},
+        {
+            "$set": {
+                "status": StepStatus.COMPLETED.value,
+                "ended_at": utcnow(),
+                "result_json": result_json,
+                "result_bytes": result_bytes,
+                "timed_out": timed_out,
+            },
+        },
+    )
+    return ended is not None
+
+
+async def get_step(db: Database, run_id: str, name: str) -> StepRecord | None:
+    """The journal's record of step `name` of `run_id`, or None."""
+    doc = await db[Collections.STEPS].find_one({"_id": step_id(run_id, name)})
+    return StepRecord.model_validate(doc) if doc else None

@@ -21,10 +21,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
+from shared.delayed import SCHEDULER_HEADER
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
 from shared.logs import bind
 from shared.names import Names
 from shared.overrides import current_schedule
+from shared.requests import MSG_ID_HEADER
 from shared.runtime import _monitor as monitor
 from shared.runtime import _records as records
 from shared.runtime._context import JobContext, context_logger
@@ -43,6 +45,8 @@ from shared.runtime._retry import (
     past_last_attempt,
     was_dead_lettered,
 )
+from shared.runtime._steps import Suspended
+from shared.runtime._suspend import suspend
 from shared.schedules import Schedule, parse_schedule
 from shared.schemas import (
     SCHEMA_VERSION,
@@ -131,7 +135,7 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     if isinstance(parsed, Invalid):
         return await reject_invalid(rt, job, msg, parsed, delivery)
     request = parsed.request
-    first = delivery == 1
+    first = delivery == 1 and not is_resume(msg, request)
     schedule = await _schedule_now(rt, job) if first and request.trigger is Trigger.SCHEDULE else None
     skipped = guard(job.policy, request, first=first, schedule=schedule)
     if skipped is not None:
@@ -215,6 +219,16 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
 
 
 # -- guard ------------------------------------------------------------------------------
+
+
+def is_resume(msg: Msg, request: JobRequest) -> bool:
+    """True for a request published again to resume a workflow (a wake-up or a signal).
+
+    Such a request is never a run's first delivery: it is not judged for overlap (a
+    scheduled workflow woken after its next slot runs on) and its record exists.
+    """
+    headers = msg.headers or {}
+    return SCHEDULER_HEADER in headers or headers.get(MSG_ID_HEADER, request.run_id) != request.run_id
 
 
 async def _schedule_now(rt: Runtime, job: Bound) -> Schedule:
@@ -316,6 +330,8 @@ async def _call(spec: JobSpec, ctx: JobContext) -> Any:
 
 def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: RunControl) -> Outcome:
     """Turn a finished attempt task into an Outcome."""
+    if not task.cancelled() and isinstance(suspended := task.exception(), Suspended):
+        return Outcome(OutcomeKind.SUSPENDED, suspension=suspended.suspension)
     if task.cancelled():
         return (
             Outcome(OutcomeKind.CANCELED, error="canceled while running")
@@ -370,6 +386,8 @@ async def record_attempt(
     )
     if decision.status is RunStatus.RETRYING:
         await record_retry(rt, job, request.run_id, attempt_doc, decision)
+    elif outcome.suspension is not None and not decision.is_terminal:
+        await suspend(rt.db, rt.js, rt.names, request, attempt_doc, outcome.suspension)
     else:
         await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=attempt_doc)
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
@@ -36,15 +38,37 @@ from shared.errors import (
     StepFailed,
     StepOrderChanged,
     StepResultTooLarge,
+    WaitTimedOut,
     bounded,
 )
 from shared.logs import BoundLogger
 from shared.runtime import _journal as journal
-from shared.schemas import StepRecord, StepStatus
+from shared.schemas import RunStatus, StepRecord, StepStatus, utcnow
 from shared.settings import RetryPolicy
 from shared.store import Database
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Suspension:
+    """Why and until when a workflow's attempt ends without an outcome: a sleep or a wait."""
+
+    status: RunStatus  # sleeping or waiting
+    step: str
+    wake_at: datetime | None
+    waiting_for: str | None = None
+
+
+class Suspended(BaseException):
+    """Ends the attempt of a sleeping or waiting workflow; the runtime records it and wakes it later.
+
+    A `BaseException` so that a handler's `except Exception` cannot swallow it.
+    """
+
+    def __init__(self, suspension: Suspension) -> None:
+        super().__init__(f"step {suspension.step!r}: {suspension.status.value}")
+        self.suspension = suspension
 
 
 class Steps:
@@ -109,12 +133,7 @@ class Steps:
             StepFailed: every try failed; the attempt fails and the job's retry applies.
             PermanentError, InvalidRequest, RunCanceled: raised by `fn`, passed through.
         """
-        if name in self._asked:
-            raise DuplicateStep(
-                f"step {name!r} is used twice in run {self._run_id}: give each step of a workflow its own name"
-            )
-        index = len(self._asked)
-        self._asked.append(name)
+        index = self._reserve(name)
         policy = self._retry if retry is True else (RetryPolicy(max_attempts=1) if retry is False else retry)
         return self._run(name, index, fn, args, policy, returns)
 
@@ -129,6 +148,89 @@ class Steps:
             if isinstance(result, BaseException):
                 raise result
         return list(results)  # type: ignore[arg-type]  # no exceptions left
+
+    async def sleep(self, name: str, duration: timedelta | float) -> None:
+        """Sleep durably for `duration` (a timedelta or seconds), counted from the first time the run got here.
+
+        The attempt ends, the run shows `sleeping` with its `wake_at`, no worker holds it,
+        and JetStream delivers the run's request again at the wake-up time (a message
+        schedule, like a delayed run): it survives a restart of every process.
+        """
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        await self.sleep_until(name, utcnow() + timedelta(seconds=seconds))
+
+    async def sleep_until(self, name: str, when: datetime) -> None:
+        """Sleep durably until `when` (timezone-aware); see `sleep`. A time past returns at once."""
+        if when.tzinfo is None:
+            raise InvalidRequest(f"step {name!r}: sleep_until needs a timezone-aware time (use UTC)")
+        index = self._reserve(name)
+        recorded = await self._recorded(name, index)
+        if recorded is not None and recorded.status is StepStatus.COMPLETED:
+            return
+        wake_at = recorded.wake_at if recorded is not None and recorded.wake_at else when.astimezone(UTC)
+        if recorded is None or recorded.status is not StepStatus.SLEEPING:
+            await journal.record_step_suspended(self._db, self._run_id, name, index, StepStatus.SLEEPING, wake_at)
+        if utcnow() >= wake_at:
+            await journal.end_suspension(
+                self._db, self._run_id, name, StepStatus.SLEEPING, result_json="null", result_bytes=0
+            )
+            return
+        raise Suspended(Suspension(RunStatus.SLEEPING, name, wake_at))
+
+    async def wait_for_event(
+        self,
+        name: str,
+        *,
+        timeout: timedelta | float | None,
+        raise_on_timeout: bool = False,
+        returns: type[T] | None = None,
+    ) -> T | None:
+        """Wait durably for the signal `name` of this run; return its JSON payload.
+
+        The attempt ends and the run shows `waiting` (no worker holds it) until someone
+        signals it (`pulse signal RUN_ID NAME [JSON]`, or a publish on the job's signal
+        subject), or until the timeout.
+
+        Args:
+            name: the step's name, which is also the signal's name.
+            timeout: how long to wait (timedelta or seconds), from the first time the run
+                got here; None waits without limit.
+            raise_on_timeout: raise `WaitTimedOut` (failing the run) instead of returning None.
+            returns: the type to validate the payload as.
+
+        Raises:
+            WaitTimedOut: no signal in time and `raise_on_timeout`.
+        """
+        index = self._reserve(name)
+        recorded = await self._recorded(name, index)
+        if recorded is None or recorded.status not in (StepStatus.WAITING, StepStatus.COMPLETED):
+            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+            deadline = None if seconds is None else utcnow() + timedelta(seconds=seconds)
+            await journal.record_step_suspended(self._db, self._run_id, name, index, StepStatus.WAITING, deadline)
+            recorded = await journal.get_step(self._db, self._run_id, name)
+            assert recorded is not None
+        if recorded.status is StepStatus.WAITING and recorded.wake_at is not None and utcnow() >= recorded.wake_at:
+            await journal.end_suspension(
+                self._db, self._run_id, name, StepStatus.WAITING, result_json="null", result_bytes=0, timed_out=True
+            )  # a signal may have won the race: read what the step ended with
+            recorded = await journal.get_step(self._db, self._run_id, name)
+            assert recorded is not None
+        if recorded.status is StepStatus.COMPLETED:
+            if not recorded.timed_out:
+                return _decode(recorded.result_json or "null", returns)  # type: ignore[no-any-return]
+            if raise_on_timeout:
+                raise WaitTimedOut(f"step {name!r}: no signal {name!r} for run {self._run_id} before its timeout")
+            return None
+        raise Suspended(Suspension(RunStatus.WAITING, name, recorded.wake_at, waiting_for=name))
+
+    def _reserve(self, name: str) -> int:
+        """The step's place in the run's order; a name asked for twice fails the run."""
+        if name in self._asked:
+            raise DuplicateStep(
+                f"step {name!r} is used twice in run {self._run_id}: give each step of a workflow its own name"
+            )
+        self._asked.append(name)
+        return len(self._asked) - 1
 
     # -- one step ------------------------------------------------------------------------
 
