@@ -1,17 +1,23 @@
-"""A worker process running a three-step workflow job ("wf_probe") through `run_service`.
+"""A worker process running two workflow jobs through `run_service`.
 
+`wf_probe` has three steps:
 Each step counts its executions in `workflow_effects` (one document per execution).
 Between step 2 and step 3 the run waits, with check points, until the document
 `workflow_go/<run_id>` exists: a test kills the process there, then lets the run go on.
+
+`wf_sleeper` does a step, sleeps durably for WF_SLEEP_S seconds (default 6), and does
+another step, each recording its time in `workflow_effects`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from datetime import timedelta
 from typing import Any
 
 from shared.runtime import JobContext, job, run_service
+from shared.schemas import utcnow
 from shared.store import Database
 from tests.integration.test_runtime_support import policy
 
@@ -34,5 +40,17 @@ async def wf_probe(ctx: JobContext) -> dict[str, Any]:
     return {"result": three, "pid": os.getpid()}
 
 
+async def _timed_effect(db: Database, run_id: str, step: str) -> None:
+    await db["workflow_effects"].insert_one({"run_id": run_id, "step": step, "pid": os.getpid(), "at": utcnow()})
+
+
+@job("wf_sleeper", policy=POLICY)
+async def wf_sleeper(ctx: JobContext) -> dict[str, Any]:
+    await ctx.step.run("before", _timed_effect, ctx.db, ctx.run_id, "before")
+    await ctx.step.sleep("nap", timedelta(seconds=float(os.environ.get("WF_SLEEP_S", "6"))))
+    await ctx.step.run("after", _timed_effect, ctx.db, ctx.run_id, "after")
+    return {"pid": os.getpid()}
+
+
 if __name__ == "__main__":
-    run_service("wf_probe", [wf_probe])
+    run_service("wf_probe", [wf_probe, wf_sleeper])
