@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from shared.settings import Settings
 from shared.store import Database
 from tests.helpers import wait_for
 from tests.integration import test_runtime_support as support
+from tests.integration.test_cli_common import invoke
 from tests.integration.test_runtime_support import WorkerFactory, policy, request_for, terminal_run
 from tests.integration.test_runtime_support import start_worker as start_worker
 
@@ -224,6 +226,46 @@ async def _started(started: list[str]) -> bool:
 
 
 async def _forever() -> None:
-    import asyncio
-
     await asyncio.Event().wait()
+
+
+async def test_pulse_signal_resumes_a_waiting_run_and_pulse_run_shows_its_steps(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    @job("wf_cli", policy=policy())
+    async def wf_cli(ctx: JobContext) -> dict[str, Any]:
+        await ctx.step.run("prepare", _noop)
+        return {"go": await ctx.step.wait_for_event("go", timeout=None)}
+
+    await start_worker([wf_cli])
+    request = await _start(js, settings, "wf_cli")
+    await support.wait_value(lambda: _run_in(db, request.run_id, "waiting"), timeout_s=20, what="a waiting run")
+
+    bad = await asyncio.to_thread(invoke, settings, "signal", request.run_id, "go", "{oops")
+    assert bad.exit_code == 2
+    assert "the payload is not JSON" in bad.output
+    unknown = await asyncio.to_thread(invoke, settings, "signal", "wf_cli:manual:missing", "go")
+    assert unknown.exit_code == 1
+    assert "no run 'wf_cli:manual:missing'" in unknown.output
+    wrong = await asyncio.to_thread(invoke, settings, "signal", request.run_id, "stop")
+    assert wrong.exit_code == 1
+    assert f"run {request.run_id} is not waiting for signal 'stop' (it is waiting for 'go')" in wrong.output
+    waiting = json.loads((await asyncio.to_thread(invoke, settings, "run", request.run_id, "--json")).stdout)
+    assert [(s["name"], s["status"]) for s in waiting["steps"]] == [("prepare", "completed"), ("go", "waiting")]
+    listed = json.loads((await asyncio.to_thread(invoke, settings, "runs", "--status", "waiting", "--json")).stdout)
+    assert [r["run_id"] for r in listed] == [request.run_id]
+
+    sent = await asyncio.to_thread(invoke, settings, "signal", request.run_id, "go", '{"by": "cli"}')
+    assert sent.exit_code == 0, sent.output
+    assert f"{request.run_id}: signal go delivered" in sent.stdout
+    doc = await support.wait_value(lambda: terminal_run(db, request.run_id), timeout_s=20, what="the run to finish")
+    assert (doc["status"], doc["summary"]) == ("completed", {"go": {"by": "cli"}})
+    shown = await asyncio.to_thread(invoke, settings, "run", request.run_id)
+    assert shown.exit_code == 0
+    assert "steps" in shown.stdout
+    assert "prepare" in shown.stdout
+    assert "go" in shown.stdout
+
+
+async def _noop() -> None:
+    return None
