@@ -6,6 +6,7 @@
     │   ├── BusUnavailable       NATS
     │   └── StoreUnavailable     MongoDB
     ├── InvalidRequest           a job request that can never run (bad JSON, schema, job, args)
+    ├── SignalRejected           (also LookupError) no waiting workflow run can take a signal
     ├── RetryableError           this attempt failed; a later one may work (optional delay)
     │   ├── ProviderUnavailable  transient provider trouble (5xx, 429, timeout)
     │   └── StepFailed           a workflow step failed on every try of its retry policy
@@ -72,6 +73,10 @@ class StoreUnavailable(Unreachable):
 
 class InvalidRequest(PulseError):
     """A job request that can never run: bad JSON, wrong schema version, unknown job, bad args."""
+
+
+class SignalRejected(PulseError, LookupError):
+    """A signal that no waiting workflow run can take; the message says why and what to do."""
 
 
 class RetryableError(PulseError):

@@ -1,7 +1,7 @@
 """Workflows in the CLI: `pulse signal`, and the step timeline `pulse run` shows.
 
 The timeline comes from the journal's read model (`shared.runtime.read_steps`); the
-signal goes through `shared.runtime.suspend.deliver_signal`, the same function a worker
+signal goes through `shared.runtime.deliver_signal`, the same function a worker
 runs for a signal published on NATS, so both paths behave alike (and the CLI needs no
 worker running).
 """
@@ -14,7 +14,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from shared.errors import SignalRejected
 from shared.names import check_job_name
+from shared.runtime import deliver_signal
 from shared.schemas import StepRecord
 
 from .common import EXIT_FAILED, EXIT_OK, cli_settings, connect, console, fail, print_json, run_async
@@ -73,8 +75,6 @@ def signal(
 
     Example: pulse signal market_refresh:manual:5d1c... approval '{"ok": true}'
     """
-    from shared.runtime.suspend import SignalRejected, deliver_signal
-
     settings = cli_settings()
     try:  # any job may be a workflow: the run's record decides, checked by deliver_signal
         check_job_name(run_id.split(":", 1)[0])

@@ -26,6 +26,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from shared.delayed import cancel_delayed, format_at, schedule_delayed
+from shared.errors import SignalRejected
 from shared.names import Names
 from shared.requests import publish_request
 from shared.runtime import _journal as journal
@@ -109,10 +110,6 @@ async def cancel_suspended(db: Database, js: JetStreamContext, names: Names, run
         extra={"event": "run.canceled", "job": record.job, "run_id": run_id, "status": record.status.value},
     )
     return record
-
-
-class SignalRejected(LookupError):
-    """A signal that no waiting run can take; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from nats.aio.msg import Msg
 from pymongo import AsyncMongoClient
 
 from shared.bus import connect_broker, ensure_topology, inbox_prefix
-from shared.errors import ConfigError
+from shared.errors import ConfigError, SignalRejected
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
 from shared.runtime import _monitor as monitor
@@ -349,8 +349,8 @@ class Worker:
             await suspend.deliver_signal(
                 rt.db, rt.js, rt.names, run_id, name, payload, max_bytes=self.settings.step_results_max_bytes
             )
-        except (ValueError, suspend.SignalRejected) as exc:
-            return {"error": str(exc) if isinstance(exc, suspend.SignalRejected) else f"the body is not JSON: {exc}"}
+        except (ValueError, SignalRejected) as exc:
+            return {"error": str(exc) if isinstance(exc, SignalRejected) else f"the body is not JSON: {exc}"}
         return {"run_id": run_id, "signal": name, "delivered": True}
 
     async def _watch_stale(self) -> None:

@@ -17,6 +17,7 @@ EXPECTED = {
     "Worker",
     "build_http_app",
     "dead_letter_unserved_requests",
+    "deliver_signal",
     "failure_streak",
     "get_run",
     "job",
