@@ -86,6 +86,16 @@ class JobPolicy(BaseModel):
     stale_after_s: float = Field(gt=0, description="alert when no run succeeded for this long")
     alert_after_failures: int = Field(3, ge=1, description="alert after this many failed runs in a row")
     enabled: bool = Field(True, description="False: the ticker never requests it (manual runs still work)")
+    on_complete: tuple[str, ...] = Field(
+        (), description="jobs requested (trigger chain, exactly once) when a run of this job completes"
+    )
+
+    @field_validator("on_complete")
+    @classmethod
+    def _follow_ups_are_jobs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from shared.names import check_job_name
+
+        return tuple(check_job_name(job) for job in value)
 
     @field_validator("schedule")
     @classmethod

@@ -29,6 +29,7 @@ from shared.overrides import current_schedule
 from shared.requests import MSG_ID_HEADER
 from shared.runtime import _monitor as monitor
 from shared.runtime import _records as records
+from shared.runtime._chain import publish_follow_ups
 from shared.runtime._context import JobContext, context_logger
 from shared.runtime._events import publish_alert, publish_dead_letter, publish_run_event
 from shared.runtime._heartbeat import Heartbeat, RunControl
@@ -142,7 +143,7 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
         return await end_without_running(rt, job, msg, request, skipped, attempt=0)
     started = await start(rt, job, request, first=first)
     if started is None:
-        return await settle_already_finished(rt, msg, request)
+        return await settle_already_finished(rt, job, msg, request)
     attempt = started.record.attempt_count
     lost = past_last_attempt(attempt + 1, job.policy.retry) if started.lost_last else None
     if lost is not None:  # the last attempt's worker died: fail the run, do not run it again
@@ -439,6 +440,7 @@ async def record_terminal(
             letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, attempt, decision.dead_letter)
             await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
         await publish_run_event(rt.js, rt.names, record)
+        await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
         await note_terminal(rt, job, record, decision)
     except Exception as exc:
         raise RecordedNotAnnounced(record, exc) from exc
@@ -528,8 +530,8 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
     return decision
 
 
-async def settle_already_finished(rt: Runtime, msg: Msg, request: JobRequest) -> Decision:
-    """A redelivered request whose run is terminal: re-send its event (deduplicated), ack."""
+async def settle_already_finished(rt: Runtime, job: Bound, msg: Msg, request: JobRequest) -> Decision:
+    """A redelivered request whose run is terminal: re-send its event and follow-ups (deduplicated), ack."""
     record = await records.get_run(rt.db, request.run_id)
     if record is not None:
         # Both publishes are deduplicated: they repair a crash between recording and settling.
@@ -538,6 +540,7 @@ async def settle_already_finished(rt: Runtime, msg: Msg, request: JobRequest) ->
             letter = dead_letter(record.job, record.run_id, request, record.error, record.attempt_count, reason)
             await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
         await publish_run_event(rt.js, rt.names, record)
+        await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
         decision = Decision(Settle.ACK, record.status)
     else:
         decision = Decision(Settle.ACK, RunStatus.COMPLETED)
