@@ -266,6 +266,8 @@ class StepRecord(BaseModel):
     wake_at: datetime | None = None
     #: A wait that ended by its timeout rather than a signal.
     timed_out: bool = False
+    #: When the run ended (set on every step then): the janitor's retention counts from it.
+    run_ended_at: datetime | None = None
 
     @property
     def duration_ms(self) -> int | None:

@@ -75,6 +75,15 @@ async def record_step_failed(db: Database, run_id: str, name: str, *, tries: int
     await db[Collections.STEPS].update_one({"_id": step_id(run_id, name)}, update)
 
 
+async def record_run_ended(db: Database, run_id: str, ended_at: datetime) -> None:
+    """Stamp the steps of a run that reached its terminal status: the janitor's retention starts here.
+
+    Steps carry no age of their own that is safe to expire: a workflow asleep for weeks
+    still needs the journal of its first steps.
+    """
+    await db[Collections.STEPS].update_many({"run_id": run_id}, {"$set": {"run_ended_at": ended_at}})
+
+
 async def record_step_suspended(
     db: Database, run_id: str, name: str, index: int, status: StepStatus, wake_at: datetime | None
 ) -> None:

@@ -27,6 +27,7 @@ from shared.logs import bind
 from shared.names import Names
 from shared.overrides import current_schedule
 from shared.requests import MSG_ID_HEADER
+from shared.runtime import _journal as journal
 from shared.runtime import _monitor as monitor
 from shared.runtime import _records as records
 from shared.runtime._chain import publish_follow_ups
@@ -439,6 +440,7 @@ async def record_terminal(
         if decision.dead_letter is not None:
             letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, attempt, decision.dead_letter)
             await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
+        await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
         await publish_run_event(rt.js, rt.names, record)
         await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
         await note_terminal(rt, job, record, decision)
@@ -539,6 +541,7 @@ async def settle_already_finished(rt: Runtime, job: Bound, msg: Msg, request: Jo
             reason = cast(DeadLetterReason, record.reason)
             letter = dead_letter(record.job, record.run_id, request, record.error, record.attempt_count, reason)
             await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
+        await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
         await publish_run_event(rt.js, rt.names, record)
         await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
         decision = Decision(Settle.ACK, record.status)

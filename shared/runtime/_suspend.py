@@ -33,7 +33,7 @@ from shared.runtime import _journal as journal
 from shared.runtime import _records as records
 from shared.runtime._events import publish_run_event
 from shared.runtime._steps import Suspension
-from shared.schemas import AttemptRecord, JobRequest, RunRecord, RunStatus, StepStatus
+from shared.schemas import AttemptRecord, JobRequest, RunRecord, RunStatus, StepStatus, utcnow
 from shared.store import Database
 
 log = logging.getLogger("shared.runtime")
@@ -103,6 +103,7 @@ async def cancel_suspended(db: Database, js: JetStreamContext, names: Names, run
     if record is None:
         return None
     await cancel_delayed(js, names, run_id)
+    await journal.record_run_ended(db, run_id, record.ended_at or utcnow())
     await publish_run_event(js, names, record)
     log.info(
         "run %s canceled while suspended",

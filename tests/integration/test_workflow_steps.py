@@ -74,6 +74,7 @@ async def test_a_retried_attempt_gets_recorded_results_and_runs_only_the_unfinis
     assert steps[0].result_json == '{"n":1}'
     assert steps[0].result_bytes == len('{"n":1}')
     assert all(s.duration_ms is not None for s in steps)
+    assert {s.run_ended_at for s in steps} == {doc["ended_at"]}  # the janitor's retention counts from here
 
 
 async def test_a_step_is_retried_inside_the_attempt_with_the_default_policy(
