@@ -18,8 +18,8 @@ from shared.runtime._journal import read_steps
 from shared.runtime._monitor import failure_streak
 from shared.runtime._records import get_run, request_cancel
 from shared.runtime._service import run_app, run_service
-from shared.runtime._unserved import dead_letter_unserved_requests
 from shared.runtime._suspend import deliver_signal
+from shared.runtime._unserved import dead_letter_unserved_requests
 from shared.runtime._watchdog import time_out_silent_runs
 from shared.runtime._worker import Worker
 
