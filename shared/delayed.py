@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 SCHEDULE_HEADER = "Nats-Schedule"
 SCHEDULE_TARGET_HEADER = "Nats-Schedule-Target"
+#: Set by the server on a message it published from a schedule (names the holding subject).
+SCHEDULER_HEADER = "Nats-Scheduler"
 _AT_PREFIX = "@at "
 
 
@@ -65,7 +67,9 @@ def _parse_at(header: str | None) -> datetime | None:
         return None
 
 
-async def schedule_delayed(js: JetStreamContext, names: Names, request: JobRequest, at: datetime) -> None:
+async def schedule_delayed(
+    js: JetStreamContext, names: Names, request: JobRequest, at: datetime, *, msg_id: str | None = None
+) -> None:
     """Store `request` in JetStream so that it is published on `jobs.<job>` at `at`.
 
     A time in the past fires at once. Scheduling the same `run_id` again within the
@@ -76,6 +80,8 @@ async def schedule_delayed(js: JetStreamContext, names: Names, request: JobReque
         names: resource names (namespace).
         request: the request to publish later; its body arrives unchanged.
         at: when to publish it (timezone-aware; rounded down to the second).
+        msg_id: the holding message's `Nats-Msg-Id` (default the `run_id`); a workflow's
+            wake-up, which reuses the run's request, needs one of its own.
 
     Raises:
         InvalidRequest: `at` has no timezone.
@@ -87,7 +93,7 @@ async def schedule_delayed(js: JetStreamContext, names: Names, request: JobReque
         headers={
             SCHEDULE_HEADER: _AT_PREFIX + format_at(at),
             SCHEDULE_TARGET_HEADER: names.job_subject(request.job),
-            MSG_ID_HEADER: request.run_id,
+            MSG_ID_HEADER: msg_id or request.run_id,
         },
     )
     log.info("delayed.scheduled", extra={"job": request.job, "run_id": request.run_id, "at": format_at(at)})

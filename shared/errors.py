@@ -6,11 +6,17 @@
     │   ├── BusUnavailable       NATS
     │   └── StoreUnavailable     MongoDB
     ├── InvalidRequest           a job request that can never run (bad JSON, schema, job, args)
+    ├── SignalRejected           (also LookupError) no waiting workflow run can take a signal
     ├── RetryableError           this attempt failed; a later one may work (optional delay)
-    │   └── ProviderUnavailable  transient provider trouble (5xx, 429, timeout)
+    │   ├── ProviderUnavailable  transient provider trouble (5xx, 429, timeout)
+    │   └── StepFailed           a workflow step failed on every try of its retry policy
     ├── PermanentError           no retry can fix it; fail the run now
     │   ├── ProviderRejected     the provider refused us (401/403/404/422...)
-    │   └── ProviderDataError    the provider's answer cannot be understood at all
+    │   ├── ProviderDataError    the provider's answer cannot be understood at all
+    │   ├── DuplicateStep        a workflow used a step name twice in one run
+    │   ├── StepOrderChanged     a resumed workflow asked for its steps in another order
+    │   ├── StepResultTooLarge   a workflow's step results exceed the run's limit
+    │   └── WaitTimedOut         a workflow's wait for a signal timed out (when asked to raise)
     └── RunCanceled              the run was canceled by an operator
 
 Foreign errors are translated at one boundary each: `bus.py` (nats), `store.py`
@@ -69,6 +75,10 @@ class InvalidRequest(PulseError):
     """A job request that can never run: bad JSON, wrong schema version, unknown job, bad args."""
 
 
+class SignalRejected(PulseError, LookupError):
+    """A signal that no waiting workflow run can take; the message says why and what to do."""
+
+
 class RetryableError(PulseError):
     """The attempt failed but a later attempt may succeed.
 
@@ -97,6 +107,26 @@ class ProviderRejected(PermanentError):
 
 class ProviderDataError(PermanentError):
     """The provider's answer could not be understood at all (not one record, the whole body)."""
+
+
+class StepFailed(RetryableError):
+    """A workflow step failed on every try of its retry policy; the attempt fails (and may be retried)."""
+
+
+class DuplicateStep(PermanentError):
+    """A workflow asked for a step name it already used in this run."""
+
+
+class StepOrderChanged(PermanentError):
+    """A resumed workflow run asked for its steps in another order than its journal holds."""
+
+
+class StepResultTooLarge(PermanentError):
+    """A step's result would take the run's recorded results over `step_results_max_bytes`."""
+
+
+class WaitTimedOut(PermanentError):
+    """`wait_for_event(..., raise_on_timeout=True)` saw no signal before its timeout."""
 
 
 class RunCanceled(PulseError):

@@ -10,6 +10,8 @@ namespace is empty and the names are exactly those of DESIGN.md:
     EVENTS  events.runs.<job>.<status>      run outcomes
             events.alerts.<job>             alerts
     DLQ     dlq.<job>                       dead letters
+    core    control.cancel.<job>            cancel hints
+            signals.<job>                   signals for waiting workflows (request/reply)
     KV      schedules, ticker, ratelimit
 """
 
@@ -115,6 +117,10 @@ class Names:
     def dlq_wildcard(self) -> str:
         return self._subject("dlq.>")
 
+    def signal_subject(self, job: str) -> str:
+        """Where any client signals a waiting workflow of `job` (core NATS request; run id in a header)."""
+        return self._subject(f"signals.{job}")
+
     def cancel_subject(self, job: str) -> str:
         """Core-NATS notification that a run of `job` was canceled (a hint; the record is truth)."""
         return self._subject(f"control.cancel.{job}")
@@ -152,3 +158,5 @@ class Collections:
     JOB_STATE = "job_state"
     #: Operator actions (who, what, when, from where, outcome), newest read first.
     AUDIT = "audit"
+    #: The step journal of workflow runs: one document per step, `<run_id>:<step name>`.
+    STEPS = "steps"

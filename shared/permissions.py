@@ -17,7 +17,9 @@ What each role may do (subjects shown without a namespace):
     ticker       publish `jobs.<job>` for every job; write KV `ticker`; read KV `schedules`
     job service  bind its own consumers (`<job>` on JOBS): fetch, ack, nak, in-progress;
                  publish `events.runs.<job>.*`, `events.alerts.<job>`, `dlq.<job>` for the
-                 jobs it reports on; subscribe `control.cancel.<job>`; write KV
+                 jobs it reports on; subscribe `control.cancel.<job>` and `signals.<job>`;
+                 publish `delayed.<job>.*` and `jobs.<job>`, read and delete its holding
+                 messages (workflow wake-ups and resumes); write KV
                  `ratelimit`; read KV `schedules`
     janitor      also reports on every job: its watchdog marks any job's dead runs
                  `timed_out`, which publishes that job's run event and alert; and it
@@ -31,7 +33,7 @@ What each role may do (subjects shown without a namespace):
 
 Example:
     >>> service_permissions(Names(), "whale_sync")["subscribe"]
-    ['_INBOX_whale_sync.>', 'control.cancel.whale_sync']
+    ['_INBOX_whale_sync.>', 'control.cancel.whale_sync', 'signals.whale_sync']
 """
 
 from __future__ import annotations
@@ -112,6 +114,17 @@ def _consume(names: Names, job: str) -> list[str]:
     ]
 
 
+def _resume(names: Names, job: str) -> list[str]:
+    """Wake and resume workflows of `job`: schedule a wake-up, drop it, publish the request again."""
+    stream = names.jobs_stream
+    return [
+        names.delayed_wildcard(job),
+        names.job_subject(job),
+        f"{_JS_API}.DIRECT.GET.{stream}.{names.delayed_wildcard(job)}",
+        f"{_JS_API}.STREAM.MSG.DELETE.{stream}",
+    ]
+
+
 def _kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
@@ -188,8 +201,8 @@ def service_permissions(names: Names, service: str) -> Permissions:
         own = jobs_of(service)
         reported = JOBS if service in _REPORTS_ON_EVERY_JOB else own
         for job in own:
-            publish += _consume(names, job)
-            subscribe.append(names.cancel_subject(job))
+            publish += _consume(names, job) + _resume(names, job)
+            subscribe += [names.cancel_subject(job), names.signal_subject(job)]
         for job in reported:
             publish += _reports(names, job)
         if service in _REPORTS_ON_EVERY_JOB:
@@ -212,6 +225,7 @@ def operator_permissions(names: Names) -> Permissions:
         *(f"$JS.FC.{stream}.>" for stream in streams),
         *names.jobs_stream_subjects,
         names.cancel_subject("*"),
+        names.signal_subject("*"),
         *(f"$KV.{bucket}.>" for bucket in names.kv_buckets),
     ]
     subscribe = [_inbox(OPERATOR), *names.events_stream_subjects, *names.dlq_stream_subjects]

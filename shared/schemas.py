@@ -53,6 +53,10 @@ class RunStatus(StrEnum):
     CANCELED = "canceled"
     #: Recorded by `pulse cancel` for a run that has not started; the runtime ends it `canceled`.
     QUEUED = "queued"
+    #: A workflow between steps, in a durable sleep until `wake_at`; no worker holds it.
+    SLEEPING = "sleeping"
+    #: A workflow waiting for the signal `waiting_for` (until `wake_at`, its timeout, if any).
+    WAITING = "waiting"
 
     @property
     def is_terminal(self) -> bool:
@@ -197,10 +201,77 @@ class RunRecord(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
     cancel_requested: bool = False
     updated_at: datetime | None = None
+    #: A sleeping or waiting workflow: when it wakes (a sleep's end, a wait's timeout).
+    wake_at: datetime | None = None
+    #: A waiting workflow: the name of the signal it waits for.
+    waiting_for: str | None = None
+
+    @property
+    def is_suspended(self) -> bool:
+        """True for a workflow sleeping or waiting between steps (no worker holds it)."""
+        return self.status in (RunStatus.SLEEPING, RunStatus.WAITING)
+
+    def as_request(self) -> JobRequest:
+        """The run's request, rebuilt from the record (to resume a suspended workflow)."""
+        return JobRequest(
+            run_id=self.run_id,
+            job=self.job,
+            trigger=self.trigger,
+            scheduled_for=self.scheduled_for or self.started_at or utcnow(),
+            requested_at=self.requested_at or utcnow(),
+            requested_by=self.requested_by or "unknown",
+            args=self.args,
+        )
 
     @property
     def duration_ms(self) -> int | None:
         """Milliseconds from the run's start to its end; None until it has both."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return max(0, int((self.ended_at - self.started_at).total_seconds() * 1000))
+
+
+class StepStatus(StrEnum):
+    """Where one recorded step of a workflow run stands."""
+
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class StepRecord(BaseModel):
+    """A document of `steps` (`_id` = `<run_id>:<step name>`). Only `shared/runtime/_journal.py` writes these.
+
+    `index` is the step's place in the run's order of asking (0-based), which the
+    determinism guard compares on resume; `result_json` is the step's result as JSON
+    text, `result_bytes` its size (counted against the run's limit).
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    run_id: str
+    name: str
+    index: int
+    status: StepStatus
+    tries: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str | None = None
+    result_json: str | None = None
+    result_bytes: int = 0
+    #: A sleep's wake-up time, or a wait's timeout.
+    wake_at: datetime | None = None
+    #: A wait that ended by its timeout rather than a signal.
+    timed_out: bool = False
+    #: When the run ended (set on every step then): the janitor's retention counts from it.
+    run_ended_at: datetime | None = None
+
+    @property
+    def duration_ms(self) -> int | None:
+        """Milliseconds from the step's last start to its end; None while it has no end."""
         if self.started_at is None or self.ended_at is None:
             return None
         return max(0, int((self.ended_at - self.started_at).total_seconds() * 1000))

@@ -86,6 +86,16 @@ class JobPolicy(BaseModel):
     stale_after_s: float = Field(gt=0, description="alert when no run succeeded for this long")
     alert_after_failures: int = Field(3, ge=1, description="alert after this many failed runs in a row")
     enabled: bool = Field(True, description="False: the ticker never requests it (manual runs still work)")
+    on_complete: tuple[str, ...] = Field(
+        (), description="jobs requested (trigger chain, exactly once) when a run of this job completes"
+    )
+
+    @field_validator("on_complete")
+    @classmethod
+    def _follow_ups_are_jobs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from shared.names import check_job_name
+
+        return tuple(check_job_name(job) for job in value)
 
     @field_validator("schedule")
     @classmethod
@@ -254,6 +264,15 @@ class Settings(BaseSettings):
     # another worker) before the watchdog, at three heartbeats, would call it timed out.
     ack_wait_s: float = Field(
         10.0, gt=0, description="JetStream ack wait; a silent worker's request is redelivered after it"
+    )
+    # The replaced system's step defaults: first backoff 250 ms, factor 2, given up after
+    # the 4th failure, with jitter; all inside one attempt.
+    step_retry: RetryPolicy = Field(
+        RetryPolicy(max_attempts=4, initial_backoff_s=0.25, base=2.0, max_backoff_s=30.0, jitter=0.1),
+        description="retries of a workflow step inside one attempt (overridable per step)",
+    )
+    step_results_max_bytes: int = Field(
+        1024 * 1024, ge=1, description="total size of the JSON results a workflow run's steps may record"
     )
     jobs: JobPolicies = JobPolicies()
     rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)

@@ -36,6 +36,8 @@ INDEXES: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
     (Collections.RUNS, [("status", ASCENDING), ("started_at", DESCENDING)], {"name": "status_started"}),
     (Collections.RUNS, [("trigger", ASCENDING), ("started_at", DESCENDING)], {"name": "trigger_started"}),
     (Collections.AUDIT, [("at", DESCENDING)], {"name": "at"}),
+    (Collections.STEPS, [("run_id", ASCENDING), ("index", ASCENDING)], {"name": "run_index"}),
+    (Collections.STEPS, [("run_ended_at", ASCENDING)], {"name": "run_ended_at"}),
     (Collections.MARKETS, [("active", ASCENDING)], {"name": "active"}),
     (Collections.MARKETS, [("provider", ASCENDING), ("condition_id", ASCENDING)], {"name": "condition"}),
     (Collections.MARKETS, [("volume_24h", DESCENDING)], {"name": "volume_24h"}),

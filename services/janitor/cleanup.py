@@ -1,4 +1,4 @@
-"""Retention cleanup: delete run records and whale trades past their retention, in batches.
+"""Retention cleanup: delete run records, workflow steps and whale trades past their retention, in batches.
 
 One sorted pass over the expired `_id`s (read `batch_size` at a time, kept only as
 range bounds) cuts them into ranges of `batch_size` documents; each range is then
@@ -82,6 +82,13 @@ def sweeps(retention: Retention, now: datetime) -> list[Sweep]:
             "orphan_cancels",
             Collections.RUNS,
             {"status": RunStatus.QUEUED.value, "updated_at": {"$lt": now - retention.failed_runs}},
+        ),
+        # A workflow's step journal goes with the longest run retention, counted from its
+        # run's end (steps of a run still sleeping or waiting are never stamped, so kept).
+        Sweep(
+            "steps",
+            Collections.STEPS,
+            {"run_ended_at": {"$lt": now - retention.failed_runs}},
         ),
         Sweep(
             "whale_trades",

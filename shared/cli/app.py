@@ -7,13 +7,14 @@ dlq       shared/cli/dlq.py        dead letters
 schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
 simulate  shared/cli/simulate.py   the provider simulator
 stats     shared/cli/stats.py      the latest stats snapshot and trend
+signal    shared/cli/workflows.py  signal a waiting workflow (and the step timeline of `run`)
 """
 
 from __future__ import annotations
 
 import typer
 
-from shared.cli import dlq, jobs, schedule, simulate, stats, up
+from shared.cli import dlq, jobs, schedule, simulate, stats, up, workflows
 
 app = typer.Typer(
     name="pulse",
@@ -23,7 +24,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (up, jobs, dlq, schedule, simulate, stats):
+for module in (up, jobs, dlq, schedule, simulate, stats, workflows):
     module.register(app)
 
 

@@ -21,6 +21,7 @@ from shared.names import JOBS
 from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, trigger_run
 from shared.readmodel.runs import RunFilter, find_run, list_runs
 from shared.readmodel.status import collect_status, queue_info, status_json
+from shared.runtime import read_steps
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import Settings
 
@@ -43,6 +44,7 @@ from .common import (
     run_async,
 )
 from .render import live_status, run_detail, run_json, runs_table, status_table
+from .workflows import steps_json, steps_table
 
 _ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 #: How often `--wait` re-reads the run record: quick enough to feel live, cheap for the store.
@@ -311,7 +313,7 @@ def run(
     run_id: Annotated[str, typer.Argument(help="The run's id, as printed by trigger or runs.", show_default=False)],
     as_json: JsonOpt = False,
 ) -> None:
-    """One run: status, attempt history with errors and timings, summary.
+    """One run: status, attempt history with errors and timings, summary; a workflow's step timeline.
 
     Example: pulse run market_sync:manual:3f2a9c...
     """
@@ -320,6 +322,7 @@ def run(
     async def _run() -> int:
         async with connect(settings, setup=False) as conns:
             record = await find_run(conns.db, run_id)
+            steps = await read_steps(conns.db, run_id)
         if record is None:
             fail(
                 f"no run {run_id!r} is recorded (a queued run has no record until it starts); "
@@ -327,9 +330,11 @@ def run(
                 EXIT_FAILED,
             )
         if as_json:
-            print_json(run_json(record))
+            print_json({**run_json(record), "steps": steps_json(steps)})
         else:
             console.print(run_detail(record))
+            if steps:  # a workflow: its step timeline
+                console.print(steps_table(steps))
         return EXIT_OK
 
     raise typer.Exit(run_async(_run))

@@ -14,9 +14,11 @@ from shared.runtime._context import JobContext
 from shared.runtime._events import publish_cancel_hint
 from shared.runtime._health import HttpServer, build_http_app
 from shared.runtime._job import Checkpoint, job, no_checkpoint
+from shared.runtime._journal import read_steps
 from shared.runtime._monitor import failure_streak
 from shared.runtime._records import get_run, request_cancel
 from shared.runtime._service import run_app, run_service
+from shared.runtime._suspend import deliver_signal
 from shared.runtime._unserved import dead_letter_unserved_requests
 from shared.runtime._watchdog import time_out_silent_runs
 from shared.runtime._worker import Worker
@@ -29,11 +31,13 @@ __all__ = [
     "Worker",
     "build_http_app",
     "dead_letter_unserved_requests",
+    "deliver_signal",
     "failure_streak",
     "get_run",
     "job",
     "no_checkpoint",
     "publish_cancel_hint",
+    "read_steps",
     "request_cancel",
     "run_app",
     "run_service",

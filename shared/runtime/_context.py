@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from shared.logs import BoundLogger
 from shared.runtime._heartbeat import Heartbeat, RunControl
 from shared.runtime._metrics import RuntimeMetrics
 from shared.runtime._ratelimit import RateLimiter
+from shared.runtime._steps import Steps
 from shared.schemas import JobRequest
 from shared.settings import JobPolicy, Settings
 from shared.store import Database
@@ -30,6 +32,7 @@ class JobContext:
         attempt: 1-based attempt number (the message's delivery count).
         args: `request.args` validated against the job's args model.
         log: a logger bound to `job` and `run_id`.
+        step: the durable steps of a workflow (`ctx.step.run`, `ctx.step.all`).
     """
 
     request: JobRequest
@@ -46,6 +49,20 @@ class JobContext:
     metrics: RuntimeMetrics
     _heartbeat: Heartbeat = field(repr=False)
     _control: RunControl = field(repr=False)
+    #: Removes secrets from error texts before they are recorded (step errors).
+    _scrub: Callable[[str], str] = field(repr=False)
+    step: Steps = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.step = Steps(
+            self.db,
+            self.request.run_id,
+            retry=self.settings.step_retry,
+            max_result_bytes=self.settings.step_results_max_bytes,
+            checkpoint=self.checkpoint,
+            scrub=self._scrub,
+            log=self.log,
+        )
 
     @property
     def run_id(self) -> str:

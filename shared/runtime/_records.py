@@ -331,3 +331,57 @@ async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
     if doc is None:  # deleted between the two calls by retention: report it as gone
         raise LookupError(f"run {run_id!r} has no record")
     return RunRecord.model_validate(doc)
+
+
+async def record_suspended(
+    db: Database,
+    run_id: str,
+    status: RunStatus,
+    attempt: AttemptRecord,
+    *,
+    wake_at: datetime | None,
+    waiting_for: str | None = None,
+) -> bool:
+    """A workflow's attempt ended in a sleep or a wait: `sleeping` / `waiting`, no worker holds it.
+
+    The attempt count starts again from 0: a run's retry budget counts the attempts since
+    its last sleep or wait, so a long workflow is not failed by its own sleeps. Returns
+    False when the run was terminal already (canceled meanwhile).
+    """
+    if status not in (RunStatus.SLEEPING, RunStatus.WAITING):
+        raise ValueError(f"record_suspended needs sleeping or waiting, got {status.value!r}")
+    applied, _ = await _write_unless_terminal(
+        db,
+        run_id,
+        {
+            "$set": {
+                "status": status.value,
+                "wake_at": wake_at,
+                "waiting_for": waiting_for,
+                "attempt_count": 0,
+                "heartbeat_at": None,
+                "updated_at": utcnow(),
+            },
+            "$push": _push_attempt(attempt),
+        },
+        upsert=False,
+    )
+    return applied
+
+
+async def finish_suspended_run(db: Database, run_id: str, status: RunStatus, *, error: str) -> RunRecord | None:
+    """End a sleeping or waiting run with the terminal `status` (a cancel); None unless it was suspended.
+
+    Conditional on the suspended status in one update (single-document atomicity): a
+    wake-up that claims the run first makes this a no-op, and the running attempt then
+    sees the cancel at its next check point.
+    """
+    if not status.is_terminal:
+        raise ValueError(f"finish_suspended_run needs a terminal status, got {status.value!r}")
+    now = utcnow()
+    doc = await db[Collections.RUNS].find_one_and_update(
+        {"_id": run_id, "status": {"$in": [RunStatus.SLEEPING.value, RunStatus.WAITING.value]}},
+        {"$set": {"status": status.value, "ended_at": now, "updated_at": now, "error": bounded(error)}},
+        return_document=ReturnDocument.AFTER,
+    )
+    return RunRecord.model_validate(doc) if doc else None

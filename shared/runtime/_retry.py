@@ -27,6 +27,7 @@ import nats.js.errors
 from pymongo.errors import AutoReconnect, ExecutionTimeout, PyMongoError, ServerSelectionTimeoutError
 
 from shared.errors import Unreachable
+from shared.runtime._steps import Suspension
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import RetryPolicy
 
@@ -52,6 +53,7 @@ class OutcomeKind(StrEnum):
     INVALID = "invalid"  # the request can never run
     CANCELED = "canceled"
     SKIPPED = "skipped"
+    SUSPENDED = "suspended"  # a workflow sleeps or waits: no outcome yet, no worker holds it
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class Outcome:
     reason: str | None = None
     #: A delay the error asked for (RetryableError.delay_s), overriding the policy.
     delay_s: float | None = None
+    #: A suspended workflow: sleeping until, or waiting for what.
+    suspension: Suspension | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ def decide(outcome: Outcome, attempt: int, policy: RetryPolicy, rng: random.Rand
         return Decision(Settle.ACK, RunStatus.CANCELED)
     if kind is OutcomeKind.SKIPPED:
         return Decision(Settle.ACK, RunStatus.SKIPPED)
+    if kind is OutcomeKind.SUSPENDED and outcome.suspension is not None:
+        return Decision(Settle.ACK, outcome.suspension.status)
     if kind is OutcomeKind.INVALID:
         return Decision(Settle.TERM, RunStatus.FAILED, dead_letter="invalid")
     if kind is OutcomeKind.PERMANENT:

@@ -21,12 +21,16 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
+from shared.delayed import SCHEDULER_HEADER
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
 from shared.logs import bind
 from shared.names import Names
 from shared.overrides import current_schedule
+from shared.requests import MSG_ID_HEADER
+from shared.runtime import _journal as journal
 from shared.runtime import _monitor as monitor
 from shared.runtime import _records as records
+from shared.runtime._chain import publish_follow_ups
 from shared.runtime._context import JobContext, context_logger
 from shared.runtime._events import publish_alert, publish_dead_letter, publish_run_event
 from shared.runtime._heartbeat import Heartbeat, RunControl
@@ -43,6 +47,8 @@ from shared.runtime._retry import (
     past_last_attempt,
     was_dead_lettered,
 )
+from shared.runtime._steps import Suspended
+from shared.runtime._suspend import suspend
 from shared.schedules import Schedule, parse_schedule
 from shared.schemas import (
     SCHEMA_VERSION,
@@ -131,14 +137,14 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     if isinstance(parsed, Invalid):
         return await reject_invalid(rt, job, msg, parsed, delivery)
     request = parsed.request
-    first = delivery == 1
+    first = delivery == 1 and not is_resume(msg, request)
     schedule = await _schedule_now(rt, job) if first and request.trigger is Trigger.SCHEDULE else None
     skipped = guard(job.policy, request, first=first, schedule=schedule)
     if skipped is not None:
         return await end_without_running(rt, job, msg, request, skipped, attempt=0)
     started = await start(rt, job, request, first=first)
     if started is None:
-        return await settle_already_finished(rt, msg, request)
+        return await settle_already_finished(rt, job, msg, request)
     attempt = started.record.attempt_count
     lost = past_last_attempt(attempt + 1, job.policy.retry) if started.lost_last else None
     if lost is not None:  # the last attempt's worker died: fail the run, do not run it again
@@ -217,6 +223,16 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
 # -- guard ------------------------------------------------------------------------------
 
 
+def is_resume(msg: Msg, request: JobRequest) -> bool:
+    """True for a request published again to resume a workflow (a wake-up or a signal).
+
+    Such a request is never a run's first delivery: it is not judged for overlap (a
+    scheduled workflow woken after its next slot runs on) and its record exists.
+    """
+    headers = msg.headers or {}
+    return SCHEDULER_HEADER in headers or headers.get(MSG_ID_HEADER, request.run_id) != request.run_id
+
+
 async def _schedule_now(rt: Runtime, job: Bound) -> Schedule:
     """The schedule the ticker follows for `job` now (a runtime override included)."""
     return (await current_schedule(rt.js, rt.names, job.spec.name, job.policy)).schedule
@@ -293,6 +309,7 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             metrics=rt.metrics,
             _heartbeat=heartbeat,
             _control=control,
+            _scrub=rt.scrub,
         )
         task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
         control.attach(task)
@@ -315,6 +332,8 @@ async def _call(spec: JobSpec, ctx: JobContext) -> Any:
 
 def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: RunControl) -> Outcome:
     """Turn a finished attempt task into an Outcome."""
+    if not task.cancelled() and isinstance(suspended := task.exception(), Suspended):
+        return Outcome(OutcomeKind.SUSPENDED, suspension=suspended.suspension)
     if task.cancelled():
         return (
             Outcome(OutcomeKind.CANCELED, error="canceled while running")
@@ -369,6 +388,8 @@ async def record_attempt(
     )
     if decision.status is RunStatus.RETRYING:
         await record_retry(rt, job, request.run_id, attempt_doc, decision)
+    elif outcome.suspension is not None and not decision.is_terminal:
+        await suspend(rt.db, rt.js, rt.names, request, attempt_doc, outcome.suspension)
     else:
         await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=attempt_doc)
 
@@ -419,7 +440,9 @@ async def record_terminal(
         if decision.dead_letter is not None:
             letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, attempt, decision.dead_letter)
             await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
+        await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
         await publish_run_event(rt.js, rt.names, record)
+        await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
         await note_terminal(rt, job, record, decision)
     except Exception as exc:
         raise RecordedNotAnnounced(record, exc) from exc
@@ -509,8 +532,8 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
     return decision
 
 
-async def settle_already_finished(rt: Runtime, msg: Msg, request: JobRequest) -> Decision:
-    """A redelivered request whose run is terminal: re-send its event (deduplicated), ack."""
+async def settle_already_finished(rt: Runtime, job: Bound, msg: Msg, request: JobRequest) -> Decision:
+    """A redelivered request whose run is terminal: re-send its event and follow-ups (deduplicated), ack."""
     record = await records.get_run(rt.db, request.run_id)
     if record is not None:
         # Both publishes are deduplicated: they repair a crash between recording and settling.
@@ -518,7 +541,9 @@ async def settle_already_finished(rt: Runtime, msg: Msg, request: JobRequest) ->
             reason = cast(DeadLetterReason, record.reason)
             letter = dead_letter(record.job, record.run_id, request, record.error, record.attempt_count, reason)
             await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
+        await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
         await publish_run_event(rt.js, rt.names, record)
+        await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
         decision = Decision(Settle.ACK, record.status)
     else:
         decision = Decision(Settle.ACK, RunStatus.COMPLETED)

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from shared.names import Collections
 from shared.runtime._context import JobContext
 from shared.runtime._events import publish_run_event
+from shared.runtime._journal import record_run_ended
 from shared.runtime._records import finish_run
 from shared.schemas import RunRecord, RunStatus, utcnow
 from shared.store import Database, Document
@@ -152,6 +153,7 @@ async def time_out_silent_runs(ctx: JobContext, *, limit: int = MAX_RUNS_PER_PAS
     """
 
     async def publish(record: RunRecord) -> None:
+        await record_run_ended(ctx.db, record.run_id, record.ended_at or utcnow())  # a workflow's journal ages
         await publish_run_event(ctx.js, ctx.settings.names, record)
 
     return await time_out_dead_runs(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -39,10 +40,11 @@ from nats.aio.msg import Msg
 from pymongo import AsyncMongoClient
 
 from shared.bus import connect_broker, ensure_topology, inbox_prefix
-from shared.errors import ConfigError
+from shared.errors import ConfigError, SignalRejected
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
 from shared.runtime import _monitor as monitor
+from shared.runtime import _suspend as suspend
 from shared.runtime._broker import ServiceBroker
 from shared.runtime._job import JobSpec
 from shared.runtime._metrics import RuntimeMetrics
@@ -210,6 +212,9 @@ class Worker:
         jobs(self._job_handler(bound))
         cancel = self.broker.subscriber(names.cancel_subject(name), no_reply=True)
         cancel(self._on_cancel_hint)
+        # One replica takes each signal (queue group) and answers the sender.
+        signals = self.broker.subscriber(names.signal_subject(name), queue=f"{names.consumer_name(name)}_signals")
+        signals(self._on_signal)
         self._subscribers.append(jobs)
 
     def _job_handler(self, bound: Bound) -> Callable[[NatsMessage], Awaitable[None]]:
@@ -324,9 +329,29 @@ class Worker:
 
     async def _on_cancel_hint(self, msg: NatsMessage) -> None:
         # A hint only: the record's cancel_requested is the truth, seen at the next heartbeat.
-        control = self.runtime.controls.get(msg.raw_message.data.decode(errors="replace"))
+        run_id = msg.raw_message.data.decode(errors="replace")
+        control = self.runtime.controls.get(run_id)
         if control is not None:
             control.cancel()
+        else:  # a sleeping or waiting workflow ends now (a no-op for any other run)
+            rt = self.runtime
+            await suspend.cancel_suspended(rt.db, rt.js, rt.names, run_id)
+
+    async def _on_signal(self, msg: NatsMessage) -> dict[str, Any]:
+        """A signal for a waiting workflow: headers name the run and the signal, the body is JSON."""
+        rt = self.runtime
+        headers = msg.raw_message.headers or {}
+        run_id, name = headers.get(suspend.RUN_ID_HEADER), headers.get(suspend.SIGNAL_HEADER)
+        if not run_id or not name:
+            return {"error": f"a signal needs the headers {suspend.RUN_ID_HEADER} and {suspend.SIGNAL_HEADER}"}
+        try:
+            payload = json.loads(msg.raw_message.data) if msg.raw_message.data else None
+            await suspend.deliver_signal(
+                rt.db, rt.js, rt.names, run_id, name, payload, max_bytes=self.settings.step_results_max_bytes
+            )
+        except (ValueError, SignalRejected) as exc:
+            return {"error": str(exc) if isinstance(exc, SignalRejected) else f"the body is not JSON: {exc}"}
+        return {"run_id": run_id, "signal": name, "delivered": True}
 
     async def _watch_stale(self) -> None:
         # Often enough to alert within a fifth of the shortest stale_after, never more than

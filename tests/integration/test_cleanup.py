@@ -54,6 +54,14 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
             {"_id": "trade-out", "traded_at": trades_limit - MARGIN, "notional": 1.0},
         ]
     )
+    await db[Collections.STEPS].insert_many(
+        [
+            {"_id": "ended-in:a", "run_id": "ended-in", "run_ended_at": failed_limit + MARGIN},
+            {"_id": "ended-out:a", "run_id": "ended-out", "run_ended_at": failed_limit - MARGIN},
+            # A workflow asleep for months: its first steps are old, its run has not ended.
+            {"_id": "sleeping:a", "run_id": "sleeping", "ended_at": failed_limit - timedelta(days=90)},
+        ]
+    )
     beats: list[dict[str, Any] | None] = []
 
     async def checkpoint(progress: dict[str, Any] | None = None) -> None:
@@ -61,7 +69,8 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
 
     counts = await clean_up(db, retention=RETENTION, now=NOW, batch_size=2, checkpoint=checkpoint)
 
-    assert counts == {"runs": 3, "failed_runs": 2, "orphan_cancels": 1, "whale_trades": 1}
+    assert counts == {"runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "whale_trades": 1}
+    assert await ids(db, Collections.STEPS) == {"ended-in:a", "sleeping:a"}
     kept = {"completed-in", "failed-in", "timed-out-in", "running-old", "retrying-old", "queued-in"}
     assert await ids(db, Collections.RUNS) == kept
     assert await ids(db, Collections.WHALE_TRADES) == {"trade-in"}
@@ -79,7 +88,7 @@ async def test_a_second_cleanup_finds_nothing(db: Database) -> None:
     second = await clean_up(db, retention=RETENTION, now=NOW, batch_size=10)
 
     assert first["runs"] == 1
-    assert second == {"runs": 0, "failed_runs": 0, "orphan_cancels": 0, "whale_trades": 0}
+    assert second == {"runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "whale_trades": 0}
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ COMMANDS = [
     ["runs"],
     ["run"],
     ["cancel"],
+    ["signal"],
     ["dlq", "list"],
     ["dlq", "show"],
     ["dlq", "replay"],
