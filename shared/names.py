@@ -152,3 +152,7 @@ class Collections:
     JOB_STATE = "job_state"
     #: Operator actions (who, what, when, from where, outcome), newest read first.
     AUDIT = "audit"
+    #: Cancel requests, `_id` = run_id: written once by `request_cancel`, never updated,
+    #: read by the runtime at each claim and heartbeat (apart from `runs`, so that no
+    #: write to a run record can ever drop one).
+    CANCELS = "cancels"
