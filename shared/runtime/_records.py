@@ -13,9 +13,9 @@ Why no "undo": these writes used to filter on `_id` alone (FerretDB 1.24 scanned
 collection on any other filter) and put the previous document back with `replace_one`
 when it showed a terminal run. Two such undos interleave: a loser's "previous document"
 can be another loser's write not yet undone, and putting it back leaves that loser's
-status in the record (racing `finish_run`s left a non-owner's status in 276 of 300
-trials on mongo-java-server, `tests/integration/test_store_atomicity.py`). No code writes a
-whole run document any more.
+status in the record (four racing `finish_run`s left a non-owner's status in 276 of 300
+trials on mongo-java-server; `tests/integration/test_store_atomicity.py` races them). No
+code writes a whole run document any more.
 
 Cancels live in their own collection, `cancels` (`_id` = run_id), written once by
 `request_cancel` and never updated: no heartbeat, progress or start write can touch them,
