@@ -344,7 +344,7 @@ async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
     changed, which the worker reads at the claim and at every heartbeat. The run record
     shows it too (`cancel_requested`), for operators. A run with no record yet (still
     queued) gets a `queued` record, so the worker that picks it up ends it at once. A
-    run already terminal is returned unchanged.
+    run already terminal when asked is returned unchanged (nothing is written).
 
     Raises:
         LookupError: the run's record disappeared meanwhile (removed by retention).
@@ -367,11 +367,10 @@ async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
         },
     }
     applied, before = await _write_unless_terminal(db, run_id, update, upsert=True)
-    if not applied:  # it ended meanwhile (possibly canceled by this very request)
-        assert before is not None
-        return RunRecord.model_validate(before)
-    doc = await db[Collections.RUNS].find_one({"_id": run_id})
+    # Not applied: it ended meanwhile, often canceled by this very request (a worker can
+    # see `cancels` and finish the run before the record's flag is written).
+    doc = before if not applied else await db[Collections.RUNS].find_one({"_id": run_id})
     if doc is None:  # deleted between the two calls by retention: report it as gone
         raise LookupError(f"run {run_id!r} has no record")
-    # The request stands in `cancels` whatever this read shows of the record's flag.
+    # The request stands in `cancels` whatever the record shows of its flag.
     return RunRecord.model_validate({**doc, "cancel_requested": True})
