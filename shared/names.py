@@ -160,3 +160,7 @@ class Collections:
     AUDIT = "audit"
     #: The step journal of workflow runs: one document per step, `<run_id>:<step name>`.
     STEPS = "steps"
+    #: Cancel requests, `_id` = run_id: written once by `request_cancel`, never updated,
+    #: read by the runtime at each claim and heartbeat (apart from `runs`, so that no
+    #: write to a run record can ever drop one).
+    CANCELS = "cancels"

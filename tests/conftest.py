@@ -1,7 +1,8 @@
 """Real servers for every integration test.
 
 Chosen in this order, once per test session:
-1. URLs from the environment: PULSE_TEST_NATS_URL and PULSE_TEST_MONGO_URL;
+1. URLs from the environment: PULSE_TEST_NATS_URL and PULSE_TEST_MONGO_URL (either one
+   alone is used too: the other server is then started locally, never silently replaced);
 2. testcontainers (NATS with -js, MongoDB) when a Docker engine answers;
 3. otherwise the local launcher (`shared.localstack`): nats-server and the embedded store
    (mongo-java-server; `PULSE_LOCAL_STORE=ferretdb` picks FerretDB 1.24 instead).
@@ -63,6 +64,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     mongo_url = os.environ.get("PULSE_TEST_MONGO_URL")
     if nats_url and mongo_url:
         yield Servers(nats_url, mongo_url, "environment")
+        return
+    if nats_url or mongo_url:
+        # One URL given: use it, start only the other. (Ignoring a lone PULSE_TEST_MONGO_URL
+        # once ran a whole measurement on the local FerretDB instead of the server meant.)
+        from shared.localstack import local_servers
+
+        with local_servers(tmp_path_factory.mktemp("servers"), nats=not nats_url, mongo=not mongo_url) as local:
+            yield Servers(nats_url or local.nats_url, mongo_url or local.mongo_url, "environment+local")
         return
     if docker_available():
         from testcontainers.community.mongodb import MongoDbContainer

@@ -1,4 +1,5 @@
-"""Retention cleanup: delete run records, workflow steps and whale trades past their retention, in batches.
+"""Retention cleanup: delete run records, workflow steps, cancel requests and whale trades past their retention, in
+batches.
 
 One sorted pass over the expired `_id`s (read `batch_size` at a time, kept only as
 range bounds) cuts them into ranges of `batch_size` documents; each range is then
@@ -90,6 +91,13 @@ def sweeps(retention: Retention, now: datetime) -> list[Sweep]:
             Collections.STEPS,
             {"run_ended_at": {"$lt": now - retention.failed_runs}},
         ),
+        # Cancel requests (`cancels`) outlive their run's end by design (they are never
+        # updated); they go with the longest run retention.
+        Sweep(
+            "cancels",
+            Collections.CANCELS,
+            {"requested_at": {"$lt": now - retention.failed_runs}},
+        ),
         Sweep(
             "whale_trades",
             Collections.WHALE_TRADES,
@@ -170,7 +178,8 @@ async def clean_up(
         checkpoint: heartbeat between batches.
 
     Returns:
-        Documents deleted per kind: `runs`, `failed_runs`, `whale_trades`.
+        Documents deleted per kind: `runs`, `failed_runs`, `orphan_cancels` (queued
+        records of cancels whose request never came), `cancels`, `whale_trades`.
     """
     return {
         sweep.label: await delete_in_batches(db, sweep, batch_size=batch_size, checkpoint=checkpoint)

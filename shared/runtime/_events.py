@@ -83,7 +83,7 @@ async def publish_alert(js: JetStreamContext, names: Names, alert: Alert, *, msg
 async def publish_cancel_hint(nc: NatsClient, names: Names, job: str, run_id: str) -> None:
     """Tell running workers of `job` at once that `run_id` was canceled (core NATS, best effort).
 
-    Call it after `records.request_cancel`: the record is the truth (a worker that misses
-    the hint sees it at its next heartbeat); the hint only makes the cancel immediate.
+    Call it after `records.request_cancel`: its `cancels` entry is the truth (a worker that
+    misses the hint sees it at its next heartbeat); the hint only makes the cancel immediate.
     """
     await nc.publish(names.cancel_subject(job), run_id.encode())

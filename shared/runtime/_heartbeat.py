@@ -1,9 +1,11 @@
 """Heartbeats while a handler runs: `in_progress` on the message, `heartbeat_at` in the record.
 
 `in_progress` resets JetStream's ack wait, so the ack wait can stay short (a dead worker
-is noticed quickly) without cutting long runs. Each beat also reads the record's
-`cancel_requested`: a cancel ends the attempt at once (its task is canceled) and the
-handler's next `ctx.checkpoint()` raises `RunCanceled`.
+is noticed quickly) without cutting long runs. Each beat also reads the run's cancel
+request (the `cancels` collection, which no beat writes): a cancel ends the attempt at
+once (its task is canceled) and the handler's next `ctx.checkpoint()` raises
+`RunCanceled`. The loop beats every interval whatever the handler does, so a cancel is
+seen within one interval even when the core-NATS hint is missed.
 """
 
 from __future__ import annotations

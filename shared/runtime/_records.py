@@ -1,29 +1,37 @@
-"""The only code that writes `runs`.
+"""The only code that writes `runs` (and `cancels`).
 
 A run record moves `queued`? → `running` ⇄ `retrying` → exactly one terminal status.
-Every write that ends a run is conditional on the record not being terminal yet, so two
-workers (or a worker and the watchdog) racing to finish one run produce one outcome, and
-the caller learns whether its write was the transition (and so owns the RunEvent).
+Every write that changes a run's state is conditional on the record not being terminal
+yet (`status` not terminal in the filter of one `findAndModify`), so two workers (or a
+worker and the watchdog) racing to finish one run produce one outcome, the record keeps
+the owner's status, and the caller learns whether its write was the transition (and so
+owns the RunEvent). This rests on MongoDB's single-document atomicity: the filter and
+the update are one atomic step on MongoDB and on mongo-java-server (whose writes to a
+collection hold one lock); FerretDB 1.24 does not keep it (docs/decisions.md).
 
-How the condition is enforced: FerretDB 1.24 (SQLite) only uses the `_id` index when the
-filter is `_id` alone; adding `status: {$nin: ...}` made each write scan the whole
-collection (150 ms at 3,000 runs, measured). So writes filter on `_id` only, return the
-document as it was *before* (atomic per document), and when that shows a terminal run,
-the write is undone by putting the previous document back. Exactly one writer sees a
-non-terminal "before", so exactly one owns the transition; the undo only runs for
-duplicates and races, never on the normal path.
+Why no "undo": these writes used to filter on `_id` alone (FerretDB 1.24 scanned the
+collection on any other filter) and put the previous document back with `replace_one`
+when it showed a terminal run. Two such undos interleave: a loser's "previous document"
+can be another loser's write not yet undone, and putting it back leaves that loser's
+status in the record (four racing `finish_run`s left a non-owner's status in 276 of 300
+trials on mongo-java-server; `tests/integration/test_store_atomicity.py` races them). No
+code writes a whole run document any more.
 
-Measured on FerretDB 1.24 (SQLite): an update that makes a document larger costs time
-growing with the collection (about 14 ms at 6,000 runs), as does an upsert that inserts;
-inserts and same-size updates by `_id` stay near 1 ms. Hence insert-first starts; the
-terminal write grows the record (ended_at, attempt) and pays that cost once per run.
+Cancels live in their own collection, `cancels` (`_id` = run_id), written once by
+`request_cancel` and never updated: no heartbeat, progress or start write can touch them,
+so a cancel cannot be lost whatever else overlaps. The runtime reads them at the start
+of each attempt and at every heartbeat; the run record's `cancel_requested` only shows
+the request to operators.
 
-All queries run on MongoDB 6+ and on FerretDB 1.24 (which also ignores `$slice` in
-`$push`, hence the explicit trim, and lacks projections in findAndModify).
+A first delivery's start is tried as a plain insert first (`likely_new`): the cheapest
+write for a new run on every store, and atomic (it creates the record or fails on the
+duplicate `_id`, and then the conditional write runs). All queries run on MongoDB 6+ and
+on FerretDB 1.24 (which also ignores `$slice` in `$push`, hence the explicit trim).
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -42,9 +50,14 @@ from shared.schemas import (
     Trigger,
     utcnow,
 )
-from shared.store import Database
+from shared.store import Database, Document
 
 _TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
+#: Matches a record that may still change state (the filter of every conditional write).
+_NOT_TERMINAL: Document = {"status": {"$nin": sorted(_TERMINAL)}}
+#: A conditional upsert can meet a record created or ended concurrently; each retry
+#: follows a real state change (missing → present → terminal), so two always suffice.
+_WRITE_TRIES = 3
 
 
 def _is_terminal(doc: dict[str, Any] | None) -> bool:
@@ -56,35 +69,40 @@ async def _write_unless_terminal(
 ) -> tuple[bool, dict[str, Any] | None]:
     """Apply `update` unless the run is terminal; return (applied, document before).
 
-    With `upsert`, a missing record is created by `insert_one` rather than an upserting
-    update: FerretDB 1.24 scans the whole collection for an upsert that inserts (16 ms at
-    10,000 runs, growing linearly, measured), while insert and update by `_id` stay flat.
-    `likely_new` tries the insert first (a first attempt); otherwise the update.
+    One `findAndModify` whose filter says "not terminal": atomic on MongoDB. With
+    `upsert`, a missing record is created by the same command; a duplicate key then
+    means the record exists but is terminal (the filter did not match), or was created
+    by a concurrent writer in between (then the write is tried again). `likely_new`
+    tries a plain insert first.
+
+    Returns:
+        (True, before) when applied (`before` is None for a record just created);
+        (False, current) when the run is terminal, or has no record and `upsert` is false.
     """
+    runs = db[Collections.RUNS]
     if upsert and likely_new:
         try:
-            await db[Collections.RUNS].insert_one(_as_new_document(run_id, update))
+            await runs.insert_one(_as_new_document(run_id, update))
             return True, None
         except DuplicateKeyError:
-            pass  # it exists: update it below
-    before = await _update_unless_terminal(db, run_id, update)
-    if before is not None or not upsert:
-        return not _is_terminal(before), before
-    try:
-        await db[Collections.RUNS].insert_one(_as_new_document(run_id, update))
-        return True, None
-    except DuplicateKeyError:  # created concurrently: update that one
-        before = await _update_unless_terminal(db, run_id, update)
-        return not _is_terminal(before), before
-
-
-async def _update_unless_terminal(db: Database, run_id: str, update: dict[str, Any]) -> dict[str, Any] | None:
-    runs = db[Collections.RUNS]
-    before = await runs.find_one_and_update({"_id": run_id}, update, return_document=ReturnDocument.BEFORE)
-    if _is_terminal(before):
-        assert before is not None
-        await runs.replace_one({"_id": run_id}, before)  # undo: the terminal record stands
-    return before
+            pass  # it exists: the conditional write below decides
+    for _ in range(_WRITE_TRIES):
+        try:
+            before = await runs.find_one_and_update(
+                {"_id": run_id, **_NOT_TERMINAL}, update, upsert=upsert, return_document=ReturnDocument.BEFORE
+            )
+        except DuplicateKeyError:
+            before = None
+        else:
+            if before is not None or upsert:
+                return True, before
+        current = await runs.find_one({"_id": run_id})
+        if current is None and not upsert:
+            return False, None
+        if _is_terminal(current):
+            return False, current
+        # Created (or un-deleted) between the write and the read: write again.
+    raise RuntimeError(f"run {run_id!r} kept changing while recording it; try again")
 
 
 def _as_new_document(run_id: str, update: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +188,6 @@ async def start_attempt(
             "updated_at": now,
         },
         "$inc": {"attempt_count": 1},
-        # `$setOnInsert`, not `$min`: FerretDB 1.24 took about twice as long with `$min`.
         # A record created earlier by a cancel request has no start, and never gets one.
         "$setOnInsert": {"started_at": now},
     }
@@ -189,6 +206,9 @@ async def start_attempt(
             "attempt_count": count,
             "_id": request.run_id,
             "started_at": previous.started_at if previous else now,
+            # The cancels collection is the truth; a cancel requested after this read is
+            # seen by the attempt's first heartbeat or check point.
+            "cancel_requested": await cancel_requested(db, request.run_id),
         }
     )
     return previous, after
@@ -207,14 +227,22 @@ async def record_lost_attempt(db: Database, run_id: str, number: int, worker: st
 
 
 async def heartbeat(db: Database, run_id: str, progress: dict[str, Any] | None = None) -> bool:
-    """Refresh `heartbeat_at` (and progress); return True when a cancel was requested."""
+    """Refresh `heartbeat_at` (and progress); return True when a cancel was requested.
+
+    The refresh leaves a terminal record alone (a late beat of an attempt the watchdog
+    already ended), and the cancel is read from `cancels`, which this write never touches.
+    """
     fields: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress:
         fields["progress"] = progress
-    doc = await db[Collections.RUNS].find_one_and_update(
-        {"_id": run_id}, {"$set": fields}, return_document=ReturnDocument.AFTER
-    )
-    return bool(doc and doc.get("cancel_requested"))
+    refresh = db[Collections.RUNS].update_one({"_id": run_id, **_NOT_TERMINAL}, {"$set": fields})
+    _, canceled = await asyncio.gather(refresh, cancel_requested(db, run_id))
+    return canceled
+
+
+async def cancel_requested(db: Database, run_id: str) -> bool:
+    """Whether a cancel of `run_id` was requested (one read of `cancels` by `_id`)."""
+    return await db[Collections.CANCELS].find_one({"_id": run_id}, {"_id": 1}) is not None
 
 
 async def record_retry(db: Database, run_id: str, attempt: AttemptRecord, next_attempt_at: datetime) -> None:
@@ -312,11 +340,23 @@ def _trigger_of(run_id: str) -> Trigger:
 async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
     """Ask for a run to be canceled; the runtime ends it `canceled` at its next check point.
 
-    A run with no record yet (still queued) gets a `queued` record carrying the request,
-    so the worker that picks it up ends it at once. A run already terminal is returned
-    unchanged.
+    The request is one document in `cancels` (`_id` = run_id), inserted once and never
+    changed, which the worker reads at the claim and at every heartbeat. The run record
+    shows it too (`cancel_requested`), for operators. A run with no record yet (still
+    queued) gets a `queued` record, so the worker that picks it up ends it at once. A
+    run already terminal when asked is returned unchanged (nothing is written).
+
+    Raises:
+        LookupError: the run's record disappeared meanwhile (removed by retention).
     """
+    existing = await db[Collections.RUNS].find_one({"_id": run_id})
+    if _is_terminal(existing):
+        return RunRecord.model_validate(existing)
     now = utcnow()
+    # First the request the runtime obeys; the record below only shows it.
+    await db[Collections.CANCELS].update_one(
+        {"_id": run_id}, {"$setOnInsert": {"job": job, "requested_at": now}}, upsert=True
+    )
     update = {
         "$set": {"cancel_requested": True, "cancel_requested_at": now, "updated_at": now},
         "$setOnInsert": {
@@ -327,10 +367,13 @@ async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
         },
     }
     applied, before = await _write_unless_terminal(db, run_id, update, upsert=True)
+    # Not applied: it ended meanwhile, often canceled by this very request (a worker can
+    # see `cancels` and finish the run before the record's flag is written).
     doc = before if not applied else await db[Collections.RUNS].find_one({"_id": run_id})
     if doc is None:  # deleted between the two calls by retention: report it as gone
         raise LookupError(f"run {run_id!r} has no record")
-    return RunRecord.model_validate(doc)
+    # The request stands in `cancels` whatever the record shows of its flag.
+    return RunRecord.model_validate({**doc, "cancel_requested": True})
 
 
 async def record_suspended(

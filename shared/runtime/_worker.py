@@ -328,7 +328,7 @@ class Worker:
     # -- consuming ---------------------------------------------------------------------
 
     async def _on_cancel_hint(self, msg: NatsMessage) -> None:
-        # A hint only: the record's cancel_requested is the truth, seen at the next heartbeat.
+        # A hint only: the `cancels` entry is the truth, seen at the next heartbeat.
         run_id = msg.raw_message.data.decode(errors="replace")
         control = self.runtime.controls.get(run_id)
         if control is not None:

@@ -47,6 +47,13 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
             {**run("queued-out", "queued", None), "updated_at": failed_limit - MARGIN},
         ]
     )
+    # Cancel requests go with the failed runs' retention, whatever became of their run.
+    await db[Collections.CANCELS].insert_many(
+        [
+            {"_id": "cancel-in", "job": "market_sync", "requested_at": failed_limit + MARGIN},
+            {"_id": "cancel-out", "job": "market_sync", "requested_at": failed_limit - MARGIN},
+        ]
+    )
     trades_limit = NOW - RETENTION.whale_trades
     await db[Collections.WHALE_TRADES].insert_many(
         [
@@ -69,10 +76,11 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
 
     counts = await clean_up(db, retention=RETENTION, now=NOW, batch_size=2, checkpoint=checkpoint)
 
-    assert counts == {"runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "whale_trades": 1}
+    assert counts == {"runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "cancels": 1, "whale_trades": 1}
     assert await ids(db, Collections.STEPS) == {"ended-in:a", "sleeping:a"}
     kept = {"completed-in", "failed-in", "timed-out-in", "running-old", "retrying-old", "queued-in"}
     assert await ids(db, Collections.RUNS) == kept
+    assert await ids(db, Collections.CANCELS) == {"cancel-in"}
     assert await ids(db, Collections.WHALE_TRADES) == {"trade-in"}
     # Three expired ordinary runs in batches of two: a heartbeat after each batch.
     assert [b for b in beats if b and b["sweep"] == "runs" and "deleted" in b] == [
@@ -88,7 +96,7 @@ async def test_a_second_cleanup_finds_nothing(db: Database) -> None:
     second = await clean_up(db, retention=RETENTION, now=NOW, batch_size=10)
 
     assert first["runs"] == 1
-    assert second == {"runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "whale_trades": 0}
+    assert second == {"runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "cancels": 0, "whale_trades": 0}
 
 
 @pytest.mark.slow

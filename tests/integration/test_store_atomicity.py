@@ -1,0 +1,199 @@
+"""Writers racing on one document, from separate clients, on the default store.
+
+Our guarantees (one owner per run outcome, no lost cancel, exact counters) rest on
+MongoDB's single-document atomicity; these tests race real writers enough times to catch
+a lost update instead of assuming it. Each writer has its own `AsyncMongoClient`, so the
+writes travel on separate connections and the server really interleaves them.
+
+Tests marked `atomic_store` need that atomicity and fail on FerretDB 1.24 by design
+(it applies an update by reading, changing and writing back the whole document); the
+others hold on any MongoDB-compatible store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from shared.names import Collections
+from shared.runtime import _records as records
+from shared.runtime._watchdog import time_out_dead_runs
+from shared.schemas import JobRequest, RunRecord, RunStatus, utcnow
+from shared.settings import Settings
+from shared.store import Database, make_client
+from tests.integration.test_runtime_support import request_for
+
+#: Separate clients (and so connections) writing at once.
+WRITERS = 4
+#: Trials per race: enough to catch a lost update that happens a few times in a hundred.
+TRIALS = 60
+
+ENDINGS = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELED)
+
+
+@pytest.fixture
+async def writers(settings: Settings, db: Database) -> AsyncIterator[list[Database]]:
+    """The test's database, seen through `WRITERS` separate clients."""
+    clients = [make_client(settings) for _ in range(WRITERS)]
+    yield [client[settings.mongo_db] for client in clients]
+    for client in clients:
+        await client.close()
+
+
+async def _running_record(db: Database, request: JobRequest, *, silent_for_s: float = 0.0) -> None:
+    """A run record as a worker leaves it mid-attempt (its last heartbeat `silent_for_s` ago)."""
+    beat = utcnow() - timedelta(seconds=silent_for_s)
+    await db[Collections.RUNS].insert_one(
+        {
+            "_id": request.run_id,
+            "job": request.job,
+            "trigger": request.trigger.value,
+            "status": RunStatus.RUNNING.value,
+            "attempt_count": 1,
+            "started_at": beat,
+            "heartbeat_at": beat,
+        }
+    )
+
+
+async def _status(db: Database, run_id: str) -> str:
+    doc = await db[Collections.RUNS].find_one({"_id": run_id}, {"status": 1})
+    assert doc is not None
+    return str(doc["status"])
+
+
+async def test_racing_first_starts_create_the_record_once(writers: list[Database]) -> None:
+    """Every starter marks the run running, and exactly one of them created its record (this
+    rests on the unique `_id`, which FerretDB keeps too)."""
+    for _ in range(TRIALS):
+        request = request_for("racing")
+        starts = await asyncio.gather(
+            *(records.start_attempt(db, request, f"worker-{n}", max_attempts=10) for n, db in enumerate(writers))
+        )
+        creators = [n for n, (before, _after) in enumerate(starts) if before is None]
+        assert len(creators) == 1, f"{request.run_id}: starters {creators} all created the record"
+        assert all(after is not None and after.status is RunStatus.RUNNING for _before, after in starts)
+        assert await _status(writers[0], request.run_id) == RunStatus.RUNNING.value
+
+
+@pytest.mark.atomic_store
+async def test_racing_finishes_give_one_owner_whose_status_stands(writers: list[Database]) -> None:
+    """Four writers end one run with four different statuses: one owns the transition, and
+    the record keeps that owner's status (no loser's write survives)."""
+    for _ in range(TRIALS):
+        request = request_for("racing")
+        await _running_record(writers[0], request)
+        finishes = zip(writers, ENDINGS, strict=True)
+        ends = await asyncio.gather(*(records.finish_run(db, request.run_id, end, error="x") for db, end in finishes))
+        owners = [end for end in ends if end is not None]
+        assert len(owners) == 1, f"{request.run_id}: {len(owners)} owners {[o.status for o in owners]}"
+        assert await _status(writers[0], request.run_id) == owners[0].status.value
+
+
+@pytest.mark.atomic_store
+async def test_a_start_racing_finishes_never_reopens_an_ended_run(writers: list[Database]) -> None:
+    """A late start (a redelivery) racing the run's end leaves it ended, with one owner."""
+    for _ in range(TRIALS):
+        request = request_for("racing")
+        await _running_record(writers[0], request)
+        finishes = zip(writers[1:], ENDINGS[1:], strict=True)
+        start, *ends = await asyncio.gather(
+            records.start_attempt(writers[0], request, "late-worker", max_attempts=10, likely_new=False),
+            *(records.finish_run(db, request.run_id, end) for db, end in finishes),
+        )
+        owners = [end for end in ends if end is not None]
+        assert len(owners) == 1
+        assert await _status(writers[0], request.run_id) == owners[0].status.value
+        _before, after = start
+        assert after is None or after.status is RunStatus.RUNNING
+
+
+async def _beat_until_canceled(db: Database, run_id: str, canceled: asyncio.Event) -> int:
+    """Heartbeat with progress in a tight loop until a beat reports the cancel; return its number."""
+    step = 0
+    while True:
+        step += 1
+        begun_after_cancel = canceled.is_set()
+        if await records.heartbeat(db, run_id, {"step": step}):
+            return step
+        assert not begun_after_cancel, f"{run_id}: a beat begun after the cancel did not see it"
+
+
+async def _cancel_soon(db: Database, request: JobRequest, canceled: asyncio.Event) -> RunRecord:
+    await asyncio.sleep(0.005)  # let the beats start first
+    record = await records.request_cancel(db, request.run_id, request.job)
+    canceled.set()
+    return record
+
+
+async def test_no_cancel_is_lost_to_racing_heartbeats(writers: list[Database]) -> None:
+    """Heartbeats writing progress in tight loops from three clients while a fourth cancels:
+    every beat begun after `request_cancel` returned sees the cancel, in every trial. (Cancels
+    live apart from the run record, so this holds even on a store without single-document
+    atomicity.)"""
+    beaters, canceler = writers[1:], writers[0]
+    for _ in range(TRIALS):
+        request = request_for("racing")
+        await _running_record(canceler, request)
+        canceled = asyncio.Event()
+        *seen_at, record = await asyncio.gather(
+            *(_beat_until_canceled(db, request.run_id, canceled) for db in beaters),
+            _cancel_soon(canceler, request, canceled),
+        )
+        assert record.cancel_requested
+        assert all(step >= 1 for step in seen_at)
+        assert await records.cancel_requested(canceler, request.run_id)
+
+
+@pytest.mark.atomic_store
+async def test_the_watchdog_verdict_racing_a_completion_has_one_owner(writers: list[Database]) -> None:
+    """The watchdog ends a silent run `timed_out` while its worker completes it: exactly one
+    of them owns the end (one RunEvent), and the record shows that one's status."""
+    watchdog_db, worker_db = writers[0], writers[1]
+    for _ in range(TRIALS):
+        request = request_for("racing")
+        await _running_record(worker_db, request, silent_for_s=60)
+        published: list[RunRecord] = []
+        verdict, completion = await asyncio.gather(
+            time_out_dead_runs(
+                watchdog_db,
+                now=utcnow(),
+                heartbeat_interval_s=1.0,
+                finish=records.finish_run,
+                publish=_append_to(published),
+            ),
+            records.finish_run(worker_db, request.run_id, RunStatus.COMPLETED, summary={"done": 1}),
+        )
+        owners: list[RunRecord] = [*published, *([completion] if completion is not None else [])]
+        assert len(owners) == 1, f"{request.run_id}: owners {[o.status for o in owners]}"
+        assert len(verdict.timed_out) == len(published)
+        assert await _status(worker_db, request.run_id) == owners[0].status.value
+
+
+def _append_to(published: list[RunRecord]) -> Callable[[RunRecord], Awaitable[None]]:
+    """A `publish` effect for the watchdog that only collects the records it would announce."""
+
+    async def publish(record: RunRecord) -> None:
+        published.append(record)
+
+    return publish
+
+
+@pytest.mark.atomic_store
+async def test_increments_from_several_clients_are_never_lost(writers: list[Database]) -> None:
+    """`$inc` by `WRITERS` clients at once, 100 times each, on one document: the exact sum."""
+    counters = writers[0][Collections.JOB_STATE]
+    await counters.insert_one({"_id": "test:counter", "count": 0})
+
+    async def increment(db: Database) -> None:
+        for _ in range(100):
+            await db[Collections.JOB_STATE].update_one({"_id": "test:counter"}, {"$inc": {"count": 1}})
+
+    await asyncio.gather(*(increment(db) for db in writers))
+    doc: dict[str, Any] | None = await counters.find_one({"_id": "test:counter"})
+    assert doc is not None
+    assert doc["count"] == WRITERS * 100
