@@ -32,6 +32,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.kv import KeyValue
+from nats.protocol.parser import AUTHORIZATION_VIOLATION
 
 from shared.errors import BusUnavailable, ConfigError, PulseError
 from shared.names import JOBS
@@ -214,6 +215,30 @@ async def connect_broker(broker: NatsBroker, settings: Settings) -> NatsClient:
     return client
 
 
+class RelogClient(NatsClient):
+    """nats-py's client, except that the server revoking a live login reconnects instead of closing.
+
+    nats-server drops a client whose login its reloaded config no longer accepts (a
+    rotated password) with "Authorization Violation", and nats-py 2.16 then closes the
+    client for good. Here that error on an established connection starts the usual
+    reconnect loop instead, which logs in again with the credentials read afresh (see
+    `nats_password`), retrying once a second until they are accepted.
+    """
+
+    async def _process_err(self, err_msg: str) -> None:
+        if AUTHORIZATION_VIOLATION in err_msg.lower() and self.is_connected and self.options["allow_reconnect"]:
+            await self._process_op_err(nats.errors.AuthorizationError())
+            return
+        await super()._process_err(err_msg)
+
+
+async def open_client(**options: Any) -> NatsClient:
+    """`nats.connect(**options)`, with a `RelogClient`."""
+    client = RelogClient()
+    await client.connect(**options)
+    return client
+
+
 async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None = None) -> NatsClient:
     """Connect to NATS, or raise `BusUnavailable` naming the (redacted) URL within `timeout_s`.
 
@@ -231,7 +256,7 @@ async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None
         return None
 
     try:
-        client: NatsClient = await asyncio.wait_for(nats.connect(error_cb=_quiet, **options), timeout=limit)
+        client: NatsClient = await asyncio.wait_for(open_client(error_cb=_quiet, **options), timeout=limit)
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise _unreachable(settings, limit, exc) from None
     return client
