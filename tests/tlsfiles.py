@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.localstack import find_nats_server, free_port
+from tests.helpers import stop_process
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,4 @@ def configured_nats(folder: Path, body: str) -> Iterator[ConfiguredNats]:
                 time.sleep(0.05)
         yield ConfiguredNats(process, port, config, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
