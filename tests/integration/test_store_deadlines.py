@@ -13,7 +13,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pymongo
@@ -78,9 +77,8 @@ async def test_a_call_to_a_hung_store_fails_within_the_deadline_as_store_unavail
         await collection.insert_one({"_id": "a"})  # the connection is up and pooled
         store.freeze()
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable) as info:
-            with store_errors("reading things"):
-                await collection.find_one({"_id": "a"})
+        with pytest.raises(StoreUnavailable) as info, store_errors("reading things"):
+            await collection.find_one({"_id": "a"})
         elapsed = time.monotonic() - started
         assert OP_TIMEOUT_S * 0.8 <= elapsed < OP_TIMEOUT_S + 1.5, elapsed
         assert isinstance(info.value, RetryableError)
@@ -103,9 +101,8 @@ async def test_a_deadline_block_bounds_its_calls_by_its_own_deadline(hung_settin
         await collection.insert_one({"_id": "b"})
         store.freeze()
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match="long block"):
-            with store_deadline(0.5, "long block"):
-                await collection.find_one({"_id": "b"})
+        with pytest.raises(StoreUnavailable, match="long block"), store_deadline(0.5, "long block"):
+            await collection.find_one({"_id": "b"})
         assert time.monotonic() - started < 2.0  # the block's 0.5 s, not the client's 30 s
     finally:
         store.thaw()
@@ -157,9 +154,10 @@ async def test_readyz_turns_red_while_the_store_hangs_and_green_after(
     http = HttpServer(app, "127.0.0.1", 0)
     await http.start()
     try:
-        async with app.start_lifespan_context(), httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{http.port}", timeout=10
-        ) as client:
+        async with (
+            app.start_lifespan_context(),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{http.port}", timeout=10) as client,
+        ):
 
             async def _status(expected: int) -> bool:
                 return (await client.get("/readyz")).status_code == expected
