@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from pymongo import errors
 
 from shared.errors import RetryableError, StoreUnavailable, Unreachable
+from shared.runtime import JobContext, job, runner
 from shared.store import batches, store_errors
 
 SILENCE = [
@@ -46,3 +49,14 @@ def test_batches_split_and_bound() -> None:
     assert list(batches([], 3)) == []
     with pytest.raises(ValueError, match="at least one"):
         list(batches([1], 0))
+
+
+async def test_a_handler_that_meets_a_silent_store_fails_with_store_unavailable() -> None:
+    """The runtime calls every handler inside `store_errors`: its attempt fails as retryable."""
+
+    @job("silent_store")
+    async def handler(ctx: JobContext) -> None:
+        raise errors.NetworkTimeout("127.0.0.1:27017: timed out")
+
+    with pytest.raises(StoreUnavailable, match="job silent_store: the store did not answer within its deadline"):
+        await runner._call(handler, cast(JobContext, None))
