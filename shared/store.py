@@ -179,9 +179,12 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 
 
 async def ping(client: AsyncMongoClient[Document], settings: Settings) -> None:
-    """Raise `StoreUnavailable` unless the server answers within the configured timeout."""
+    """Raise `StoreUnavailable` unless the server answers within `mongo_timeout_s`."""
     try:
-        await client.admin.command("ping")
+        # With timeoutMS set, PyMongo's server selection waits for the whole operation
+        # deadline instead of serverSelectionTimeoutMS: bound the first contact explicitly.
+        with pymongo.timeout(settings.mongo_timeout_s):
+            await client.admin.command("ping")
     except PyMongoError as exc:
         raise StoreUnavailable(
             f"cannot reach MongoDB at {settings.mongo_url_redacted} within {settings.mongo_timeout_s:g}s "
