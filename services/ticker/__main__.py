@@ -21,8 +21,7 @@ from faststream.asgi import AsgiFastStream
 from services.ticker.metrics import TickerMetrics
 from services.ticker.ticker import Ticker, default_replica_id
 from shared.bus import connect_broker, ensure_topology
-from shared.runtime import ServiceBroker, build_http_app, run_app
-from shared.runtime.health import kv_readable
+from shared.runtime import ServiceBroker, build_http_app, kv_readable, run_app
 from shared.settings import Settings
 
 log = logging.getLogger("services.ticker")

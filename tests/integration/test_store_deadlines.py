@@ -22,8 +22,8 @@ import pytest
 from shared.errors import RetryableError, StoreUnavailable
 from shared.localstack import start_embedded_mongo
 from shared.runtime import HttpServer, JobContext, Worker, job
-from shared.runtime.health import STORE_READ_TIMEOUT_S, store_readable
-from shared.runtime.service import worker_app
+from shared.runtime._health import STORE_READ_TIMEOUT_S, store_readable
+from shared.runtime._service import worker_app
 from shared.settings import Settings
 from shared.store import make_client, store_deadline, store_errors
 from tests.helpers import wait_for

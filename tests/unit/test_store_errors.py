@@ -9,7 +9,8 @@ import pytest
 from pymongo import errors
 
 from shared.errors import RetryableError, StoreUnavailable, Unreachable
-from shared.runtime import JobContext, job, runner
+from shared.runtime import JobContext, job
+from shared.runtime import _runner as runner
 from shared.store import batches, store_errors
 
 SILENCE = [
