@@ -100,8 +100,9 @@ async def test_no_secret_setting_shows_anywhere(
     assert "refused with" in record["error"]
 
     names = settings.names
-    events = await collect(js, names.events_stream_subjects[0], names.events_stream)
-    letters = await collect(js, names.dlq_wildcard(), names.dlq_stream)
+    # The failed run's event and its alert; its dead letter.
+    events = await collect(js, names.events_stream_subjects[0], names.events_stream, 2)
+    letters = await collect(js, names.dlq_wildcard(), names.dlq_stream, 1)
     assert any(b"refused with" in event for event in events)  # the run event and the alert
     assert any(b"refused with" in letter for letter in letters)
 
