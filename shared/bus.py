@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -32,10 +32,11 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.kv import KeyValue
+from nats.protocol.parser import AUTHORIZATION_VIOLATION
 
 from shared.errors import BusUnavailable, ConfigError, PulseError
 from shared.names import JOBS
-from shared.settings import JobPolicy, Settings
+from shared.settings import JobPolicy, Settings, read_secret_file
 
 if TYPE_CHECKING:
     from faststream.nats import NatsBroker
@@ -49,6 +50,31 @@ _SUBJECT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 #: request is redelivered for as long as it takes (an outage of the store or of NATS
 #: costs no attempt) and the run record's count decides when the run has failed.
 UNLIMITED_DELIVERIES = -1
+
+
+def nats_password(settings: Settings) -> str | Callable[[], str]:
+    """The NATS password as nats-py takes it: the value, or with `PULSE_NATS_PASSWORD_FILE`
+    a callable that re-reads the file.
+
+    nats-py calls it at every (re)connect, so a rotated password (Kubernetes updates a
+    mounted secret in place) is used at the next reconnect without a restart. If the file
+    cannot be read at that moment, the last password read is used.
+    """
+    assert settings.nats_password is not None
+    path = settings.nats_password_file
+    last = settings.nats_password.get_secret_value()
+    if path is None:
+        return last
+
+    def read_password() -> str:
+        nonlocal last
+        try:
+            last = read_secret_file(path, "PULSE_NATS_PASSWORD_FILE").get_secret_value()
+        except ValueError as exc:
+            log.warning("%s; using the password read before", exc, extra={"event": "nats.password_file_unreadable"})
+        return last
+
+    return read_password
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -91,7 +117,7 @@ def nats_connect_options(settings: Settings, *, name: str) -> dict[str, Any]:
     if settings.nats_user:
         options["user"] = settings.nats_user
         if settings.nats_password is not None:
-            options["password"] = settings.nats_password.get_secret_value()
+            options["password"] = nats_password(settings)
     prefix = inbox_prefix(settings)
     if prefix is not None:
         options["inbox_prefix"] = prefix
@@ -141,8 +167,9 @@ def broker_security(settings: Settings) -> BaseSecurity | None:
     if settings.nats_token is not None:
         return NatsToken(settings.nats_token.get_secret_value(), ssl_context=context)
     if settings.nats_user:
-        password = settings.nats_password.get_secret_value() if settings.nats_password is not None else ""
-        return NatsUserPassword(settings.nats_user, password, ssl_context=context)
+        password = nats_password(settings) if settings.nats_password is not None else ""
+        # FastStream passes the password through to nats-py, which accepts a callable.
+        return NatsUserPassword(settings.nats_user, password, ssl_context=context)  # type: ignore[arg-type]
     return NatsSecurity(ssl_context=context) if context is not None else None
 
 
@@ -188,6 +215,30 @@ async def connect_broker(broker: NatsBroker, settings: Settings) -> NatsClient:
     return client
 
 
+class RelogClient(NatsClient):
+    """nats-py's client, except that the server revoking a live login reconnects instead of closing.
+
+    nats-server drops a client whose login its reloaded config no longer accepts (a
+    rotated password) with "Authorization Violation", and nats-py 2.16 then closes the
+    client for good. Here that error on an established connection starts the usual
+    reconnect loop instead, which logs in again with the credentials read afresh (see
+    `nats_password`), retrying once a second until they are accepted.
+    """
+
+    async def _process_err(self, err_msg: str) -> None:
+        if AUTHORIZATION_VIOLATION in err_msg.lower() and self.is_connected and self.options["allow_reconnect"]:
+            await self._process_op_err(nats.errors.AuthorizationError())
+            return
+        await super()._process_err(err_msg)
+
+
+async def open_client(**options: Any) -> NatsClient:
+    """`nats.connect(**options)`, with a `RelogClient`."""
+    client = RelogClient()
+    await client.connect(**options)
+    return client
+
+
 async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None = None) -> NatsClient:
     """Connect to NATS, or raise `BusUnavailable` naming the (redacted) URL within `timeout_s`.
 
@@ -205,7 +256,7 @@ async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None
         return None
 
     try:
-        client: NatsClient = await asyncio.wait_for(nats.connect(error_cb=_quiet, **options), timeout=limit)
+        client: NatsClient = await asyncio.wait_for(open_client(error_cb=_quiet, **options), timeout=limit)
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise _unreachable(settings, limit, exc) from None
     return client

@@ -4,10 +4,11 @@
     ├── ConfigError              (also ValueError) bad settings; raised at start-up
     ├── Unreachable              a server (NATS, MongoDB, a provider) did not answer
     │   ├── BusUnavailable       NATS
-    │   └── StoreUnavailable     MongoDB
+    │   └── StoreUnavailable     MongoDB (also a RetryableError)
     ├── InvalidRequest           a job request that can never run (bad JSON, schema, job, args)
     ├── SignalRejected           (also LookupError) no waiting workflow run can take a signal
     ├── RetryableError           this attempt failed; a later one may work (optional delay)
+    │   ├── StoreUnavailable     MongoDB did not answer within its deadline, or the network failed
     │   ├── ProviderUnavailable  transient provider trouble (5xx, 429, timeout)
     │   └── StepFailed           a workflow step failed on every try of its retry policy
     ├── PermanentError           no retry can fix it; fail the run now
@@ -67,10 +68,6 @@ class BusUnavailable(Unreachable):
     """NATS could not be reached or refused the connection."""
 
 
-class StoreUnavailable(Unreachable):
-    """MongoDB could not be reached or refused the connection."""
-
-
 class InvalidRequest(PulseError):
     """A job request that can never run: bad JSON, wrong schema version, unknown job, bad args."""
 
@@ -91,6 +88,15 @@ class RetryableError(PulseError):
     def __init__(self, message: str, *, delay_s: float | None = None) -> None:
         super().__init__(message)
         self.delay_s = delay_s
+
+
+class StoreUnavailable(Unreachable, RetryableError):
+    """MongoDB could not be reached, refused the connection, or did not answer within its deadline.
+
+    Retryable: a hung or restarting store fails the attempt (which is retried later)
+    instead of hanging it. Raised by `shared.store.store_errors`, the one place PyMongo's
+    network and timeout errors are translated.
+    """
 
 
 class ProviderUnavailable(RetryableError):

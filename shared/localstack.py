@@ -260,9 +260,13 @@ def start_ferretdb(data_dir: Path, port: int = 0, *, timeout_s: float = 30.0) ->
 
 
 def start_embedded_mongo(
-    data_dir: Path, port: int = 0, *, timeout_s: float = 60.0
+    data_dir: Path, port: int = 0, *, timeout_s: float = 60.0, tls: tuple[Path, Path] | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start mongo-java-server (H2 backend) with its data under `data_dir/embedded-mongo`.
+
+    Args:
+        tls: (certificate chain PEM, PKCS#8 key PEM): accept TLS connections only,
+            presenting that certificate. Clients then need `tls=true` and the CA.
 
     Raises:
         ConfigError: Java or the launcher build is missing.
@@ -291,6 +295,7 @@ def start_embedded_mongo(
             str(port),
             "--data",
             str(store),
+            *(["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []),
         ],
         log,
     )

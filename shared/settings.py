@@ -27,6 +27,8 @@ from shared.names import Names
 
 ENV_PREFIX = "PULSE_"
 _NESTED = "__"
+#: Default of `store_write_batch` (services' functions take it as their default too).
+DEFAULT_STORE_WRITE_BATCH = 1000
 
 
 class RetryPolicy(BaseModel):
@@ -233,7 +235,11 @@ class Settings(BaseSettings):
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
     nats_user: str | None = Field(None, description="NATS user (with nats_password)")
     nats_password: SecretStr | None = Field(None, description="NATS password")
+    nats_password_file: Path | None = Field(
+        None, description="file holding the NATS password (re-read at every reconnect)"
+    )
     nats_token: SecretStr | None = Field(None, description="NATS token")
+    nats_token_file: Path | None = Field(None, description="file holding the NATS token")
     nats_creds_file: Path | None = Field(None, description="NATS .creds file (JWT + nkey)")
     nats_tls_ca_file: Path | None = Field(None, description="CA bundle that signs the NATS server certificate")
     nats_tls_cert_file: Path | None = Field(None, description="client certificate for NATS mutual TLS")
@@ -251,8 +257,24 @@ class Settings(BaseSettings):
     mongo_url: SecretStr = Field(
         SecretStr("mongodb://127.0.0.1:27017"), description="MongoDB URI (may hold credentials and TLS options)"
     )
+    mongo_url_file: Path | None = Field(None, description="file holding the MongoDB URI")
     mongo_db: str = Field("marketpulse", min_length=1, max_length=60, description="database name")
     mongo_timeout_s: float = Field(5.0, gt=0, description="server selection / connect timeout")
+    # Every call has a deadline, so a hung store fails an attempt (retryable) instead of
+    # hanging it. A healthy store answers our calls in milliseconds and the largest single
+    # call (a bulk write of `store_write_batch` documents) in under a second on the embedded
+    # store; 10 s is ten times that, and matches the default ack wait, about when JetStream
+    # would hand a silent request to another worker anyway. Longer operations (market_sync
+    # chunks, stats aggregations, cleanup batches) set their own bound with pymongo.timeout.
+    mongo_op_timeout_s: float = Field(10.0, gt=0, description="deadline of each MongoDB operation (PyMongo timeoutMS)")
+    mongo_tls_ca_file: Path | None = Field(None, description="CA bundle that signs the MongoDB server certificate")
+    mongo_tls_cert_file: Path | None = Field(None, description="client certificate for MongoDB mutual TLS")
+    mongo_tls_key_file: Path | None = Field(None, description="client key for MongoDB mutual TLS")
+    # One bulk call is one server round-trip that must finish within its deadline; 1,000
+    # documents take ~0.4 s on the embedded store (H2) and far less on MongoDB.
+    store_write_batch: int = Field(
+        DEFAULT_STORE_WRITE_BATCH, ge=1, le=100_000, description="most documents in one bulk write, insert or update"
+    )
 
     # -- runtime ---------------------------------------------------------------
     http_host: str = Field("0.0.0.0", description="address of /healthz, /readyz and /metrics")
@@ -284,6 +306,7 @@ class Settings(BaseSettings):
     dashboard_token: SecretStr | None = Field(
         None, description="operator token that unlocks the dashboard's actions (unset: read-only)"
     )
+    dashboard_token_file: Path | None = Field(None, description="file holding the dashboard operator token")
     dashboard_page_size: int = Field(50, ge=5, le=500, description="runs per page on the dashboard")
 
     # -- provider --------------------------------------------------------------
@@ -291,6 +314,7 @@ class Settings(BaseSettings):
     polymarket_gamma_url: str = Field("https://gamma-api.polymarket.com", description="Gamma API base URL")
     polymarket_data_url: str = Field("https://data-api.polymarket.com", description="Data API base URL")
     polymarket_api_key: SecretStr | None = Field(None, description="API key sent as a header, if any")
+    polymarket_api_key_file: Path | None = Field(None, description="file holding the provider API key")
     page_size: int = Field(100, ge=1, le=1000, description="markets per listing page")
     whale_threshold_usd: float = Field(10_000.0, gt=0, description="smallest trade notional (USD) kept")
     whale_overlap_s: float = Field(120.0, ge=0, description="re-read this much before the watermark")
@@ -311,6 +335,24 @@ class Settings(BaseSettings):
     def _empty_token_is_unset(cls, value: Any) -> Any:
         # docker-compose passes `${PULSE_DASHBOARD_TOKEN:-}`: an empty value means "no token".
         return None if value == "" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """Fill each secret from its `*_FILE` setting (as Kubernetes mounts secrets)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for secret in secret_fields():
+            path = data.get(f"{secret}_file")
+            if path is None or path == "":
+                continue
+            if data.get(secret) is not None:
+                raise ValueError(
+                    f"{_env_name((secret,))} and {_env_name((secret + '_file',))} are both set: set only one"
+                )
+            data[secret] = read_secret_file(Path(path), _env_name((secret + "_file",)))
+        return data
 
     @field_validator("nats_url")
     @classmethod
@@ -363,6 +405,8 @@ class Settings(BaseSettings):
             )
         if bool(self.nats_tls_cert_file) != bool(self.nats_tls_key_file):
             raise ValueError("set PULSE_NATS_TLS_CERT_FILE and PULSE_NATS_TLS_KEY_FILE together")
+        if bool(self.mongo_tls_cert_file) != bool(self.mongo_tls_key_file):
+            raise ValueError("set PULSE_MONGO_TLS_CERT_FILE and PULSE_MONGO_TLS_KEY_FILE together")
         for job, policy in self.jobs.items():
             bucket = policy.rate_limit_bucket
             if bucket is not None and bucket not in self.rate_limits:
@@ -387,6 +431,30 @@ class Settings(BaseSettings):
 
 
 _SECRET_WORDS = ("password", "token", "key", "creds", "mongo_url")
+
+
+def secret_fields() -> list[str]:
+    """Names of every `SecretStr` setting (each may also come from its `<name>_file`)."""
+    return [
+        name
+        for name, field in Settings.model_fields.items()
+        if field.annotation is not None and SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+    ]
+
+
+def read_secret_file(path: Path, variable: str) -> SecretStr:
+    """The secret held in `path`, without the final newline an editor or `kubectl` may add.
+
+    Raises:
+        ValueError: the file cannot be read or is empty (the message names `variable`).
+    """
+    try:
+        value = path.read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{variable}: cannot read {path} ({type(exc).__name__}); mount the secret there") from None
+    if not value:
+        raise ValueError(f"{variable}: {path} is empty")
+    return SecretStr(value)
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

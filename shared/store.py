@@ -1,19 +1,38 @@
-"""MongoDB wiring: the async client, the database, and idempotent index set-up.
+"""MongoDB wiring: the async client, the database, deadlines, and idempotent index set-up.
 
-The one boundary where PyMongo's connection errors become `StoreUnavailable`. Every
-query in the code base must also run on FerretDB 1.24 (see DESIGN.md's subset).
+The one boundary where PyMongo's network and timeout errors become `StoreUnavailable`
+(`store_errors`). Every call has a deadline: the client's operation timeout
+(`PULSE_MONGO_OP_TIMEOUT_S`, PyMongo's `timeoutMS`), or for an operation that may
+legitimately take longer, its own bound in a `store_deadline` block. Every query in the
+code base must also run on FerretDB 1.24 (see DESIGN.md's subset).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
 import logging
-from typing import Any
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    AutoReconnect,
+    ConfigurationError,
+    ConnectionFailure,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
 
-from shared.errors import StoreUnavailable
+from shared.errors import ConfigError, StoreUnavailable
 from shared.names import Collections
 from shared.settings import Settings
 
@@ -21,6 +40,7 @@ log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
 Database = AsyncDatabase[Document]
+T = TypeVar("T")
 
 #: (collection, keys, options) of every index. Names are explicit so that a change of
 #: options is detected as a conflict rather than silently creating a second index.
@@ -48,16 +68,61 @@ INDEXES: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
 ]
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """PyMongo's TLS keywords from the `PULSE_MONGO_TLS_*` files (empty when none is set).
+
+    The client certificate and key may be two files (as Kubernetes mounts them) or one
+    PEM holding both (give the same path twice); PyMongo wants one (`client_pem`).
+    """
+    options: dict[str, Any] = {}
+    if settings.mongo_tls_ca_file is not None:
+        options["tls"] = True
+        options["tlsCAFile"] = str(settings.mongo_tls_ca_file)
+    if settings.mongo_tls_cert_file is not None and settings.mongo_tls_key_file is not None:
+        options["tls"] = True
+        options["tlsCertificateKeyFile"] = str(client_pem(settings.mongo_tls_cert_file, settings.mongo_tls_key_file))
+    return options
+
+
+@functools.lru_cache(maxsize=4)
+def client_pem(cert_file: Path, key_file: Path) -> Path:
+    """One PEM with the client certificate and its key, as PyMongo needs it.
+
+    Kubernetes mounts `tls.crt` and `tls.key` separately; they are joined once per process
+    into a private file (mode 0600, in a fresh 0700 temporary directory) removed at exit.
+    """
+    if cert_file == key_file:
+        return cert_file
+    try:
+        joined = cert_file.read_bytes().rstrip(b"\n") + b"\n" + key_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read PULSE_MONGO_TLS_CERT_FILE/PULSE_MONGO_TLS_KEY_FILE ({type(exc).__name__}: {exc.filename})"
+        ) from None
+    directory = Path(tempfile.mkdtemp(prefix="pulse-mongo-tls-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    pem = directory / "client.pem"
+    pem.touch(mode=0o600)
+    pem.write_bytes(joined)
+    return pem
+
+
 def make_client(settings: Settings) -> AsyncMongoClient[Document]:
-    """A lazily connecting client with bounded timeouts (no network I/O here)."""
+    """A lazily connecting client with bounded timeouts and TLS from settings (no network I/O here).
+
+    Every operation has the deadline `settings.mongo_op_timeout_s` (PyMongo's client-side
+    operation timeout); server selection and connecting give up after `mongo_timeout_s`.
+    """
     timeout_ms = int(settings.mongo_timeout_s * 1000)
     try:
         return AsyncMongoClient(
             settings.mongo_url.get_secret_value(),
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
+            timeoutMS=int(settings.mongo_op_timeout_s * 1000),
             tz_aware=True,
             appname="marketpulse",
+            **tls_options(settings),
         )
     except (ConfigurationError, ValueError) as exc:
         raise StoreUnavailable(
@@ -65,10 +130,61 @@ def make_client(settings: Settings) -> AsyncMongoClient[Document]:
         ) from None
 
 
-async def ping(client: AsyncMongoClient[Document], settings: Settings) -> None:
-    """Raise `StoreUnavailable` unless the server answers within the configured timeout."""
+#: PyMongo errors that say the store is away, slow or cut off, not that the request is wrong.
+_UNAVAILABLE = (ConnectionFailure, AutoReconnect, ExecutionTimeout, WTimeoutError)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` is PyMongo saying the store did not answer (network, timeout, deadline)."""
+    return isinstance(exc, _UNAVAILABLE) or (isinstance(exc, PyMongoError) and exc.timeout)
+
+
+@contextlib.contextmanager
+def store_errors(what: str = "MongoDB") -> Iterator[None]:
+    """Translate PyMongo's network and timeout errors raised inside into `StoreUnavailable`.
+
+    Other PyMongo errors (a duplicate key, a rejected query) pass through unchanged: they
+    are answers, not silence. The message names the error class only, since PyMongo's
+    texts may quote the URI.
+    """
     try:
-        await client.admin.command("ping")
+        yield
+    except PyMongoError as exc:
+        if not is_unavailable(exc):
+            raise
+        kind = "did not answer within its deadline" if exc.timeout else "could not be reached"
+        raise StoreUnavailable(
+            f"{what}: the store {kind} ({type(exc).__name__}); it will be retried. "
+            "Check that MongoDB is running and PULSE_MONGO_URL."
+        ) from exc
+
+
+@contextlib.contextmanager
+def store_deadline(seconds: float, what: str) -> Iterator[None]:
+    """Give the operations inside one deadline of `seconds` (instead of the client's per-call one).
+
+    For long operations that legitimately exceed `PULSE_MONGO_OP_TIMEOUT_S` (a market_sync
+    chunk, a stats aggregation, a cleanup batch); the bound must still be finite.
+    """
+    with store_errors(what), pymongo.timeout(seconds):
+        yield
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """`items` in consecutive slices of at most `size` (the bound of one bulk write)."""
+    if size < 1:
+        raise ValueError("a batch holds at least one item")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def ping(client: AsyncMongoClient[Document], settings: Settings) -> None:
+    """Raise `StoreUnavailable` unless the server answers within `mongo_timeout_s`."""
+    try:
+        # With timeoutMS set, PyMongo's server selection waits for the whole operation
+        # deadline instead of serverSelectionTimeoutMS: bound the first contact explicitly.
+        with pymongo.timeout(settings.mongo_timeout_s):
+            await client.admin.command("ping")
     except PyMongoError as exc:
         raise StoreUnavailable(
             f"cannot reach MongoDB at {settings.mongo_url_redacted} within {settings.mongo_timeout_s:g}s "

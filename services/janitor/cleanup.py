@@ -27,11 +27,17 @@ from shared.names import Collections
 from shared.runtime import Checkpoint, no_checkpoint
 from shared.schemas import RunStatus
 from shared.settings import Settings
-from shared.store import Database, Document
+from shared.store import Database, Document, store_deadline
 
 #: Terminal statuses kept for `runs_retention_days`; failures are kept longer, for diagnosis.
 ORDINARY_END_STATUSES = (RunStatus.COMPLETED, RunStatus.SKIPPED, RunStatus.CANCELED)
 FAILED_END_STATUSES = (RunStatus.FAILED, RunStatus.TIMED_OUT)
+#: Deadline of the scan for expired ids of one collection (one read of the ids, in `_id`
+#: order, with heartbeats between cursor batches): 600 s leaves most of cleanup's 1800 s
+#: attempt for the deletes.
+SCAN_DEADLINE_S = 600.0
+#: Deadline of one delete of at most `PULSE_CLEANUP_BATCH_SIZE` (30,000) documents.
+BATCH_DEADLINE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -118,16 +124,17 @@ async def expired_ranges(
     first: Any = None
     last: Any = None
     in_range = 0
-    cursor = db[sweep.collection].find(sweep.expired, {"_id": 1}).sort("_id", 1).batch_size(batch_size)
-    async for doc in cursor:
-        last = doc["_id"]
-        if in_range == 0:
-            first = last
-        in_range += 1
-        if in_range == batch_size:
-            ranges.append((first, last))
-            in_range = 0
-            await checkpoint({"sweep": sweep.label, "scanned": len(ranges) * batch_size})
+    with store_deadline(SCAN_DEADLINE_S, f"cleanup scan of {sweep.collection}"):
+        cursor = db[sweep.collection].find(sweep.expired, {"_id": 1}).sort("_id", 1).batch_size(batch_size)
+        async for doc in cursor:
+            last = doc["_id"]
+            if in_range == 0:
+                first = last
+            in_range += 1
+            if in_range == batch_size:
+                ranges.append((first, last))
+                in_range = 0
+                await checkpoint({"sweep": sweep.label, "scanned": len(ranges) * batch_size})
     if in_range:
         ranges.append((first, last))
     return ranges
@@ -154,7 +161,8 @@ async def delete_in_batches(
     for first, last in await expired_ranges(db, sweep, batch_size=batch_size, checkpoint=checkpoint):
         # The filter is repeated: only documents still expired go, and a document that
         # expired since the scan and falls in the range goes too (it is past retention).
-        result = await db[sweep.collection].delete_many({**sweep.expired, "_id": {"$gte": first, "$lte": last}})
+        with store_deadline(BATCH_DEADLINE_S, f"cleanup batch of {sweep.collection}"):
+            result = await db[sweep.collection].delete_many({**sweep.expired, "_id": {"$gte": first, "$lte": last}})
         deleted += result.deleted_count
         await checkpoint({"sweep": sweep.label, "deleted": deleted})
     return deleted

@@ -13,7 +13,7 @@ from shared.runtime import JobContext, job, run_service
 async def market_sync(ctx: JobContext) -> dict[str, Any]:
     """Stream the provider's catalogue into `markets`; the summary holds the counts."""
     provider = make_provider(ctx.settings, ctx.http, ctx)
-    counts = await sync_markets(ctx.db, provider, checkpoint=ctx.checkpoint)
+    counts = await sync_markets(ctx.db, provider, checkpoint=ctx.checkpoint, chunk_size=ctx.settings.store_write_batch)
     return counts.as_summary()
 
 

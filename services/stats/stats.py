@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.names import Collections
 from shared.runtime import Checkpoint, no_checkpoint
-from shared.store import Database, Document
+from shared.store import Database, Document, store_deadline
 
 #: Markets listed in `top_markets`.
 TOP_MARKETS = 10
@@ -34,6 +34,10 @@ WHALE_WINDOW = timedelta(hours=1)
 #: above null in BSON order; a missing field is not above null either. (`$isNumber` and the
 #: `$type` expression would say it more directly, but mongo-java-server 1.47 has neither.)
 _HAS_YES_PRICE: Document = {"$gt": ["$yes_price", None]}
+#: Deadline of one snapshot's aggregations (passes over `markets` and the hour's whale
+#: trades), which on a large catalogue exceed the client's per-call deadline: 100 s stays
+#: inside the stats attempt's 120 s, so a hung store fails as unavailable.
+STATS_DEADLINE_S = 100.0
 
 
 class TopMarket(BaseModel):
@@ -148,7 +152,15 @@ async def compute_stats(db: Database, *, window_end: datetime) -> MarketStats:
 
     Returns:
         The figures; an empty database gives zero counts and sums and None averages.
+
+    Raises:
+        StoreUnavailable: the store did not answer within `STATS_DEADLINE_S`.
     """
+    with store_deadline(STATS_DEADLINE_S, "stats aggregation"):
+        return await _compute_stats(db, window_end=window_end)
+
+
+async def _compute_stats(db: Database, *, window_end: datetime) -> MarketStats:
     markets = await _market_figures(db)
     top = await _top_markets(db)
     window: Document = {"traded_at": {"$gte": window_end - WHALE_WINDOW, "$lt": window_end}}

@@ -21,7 +21,7 @@ from faststream.asgi import AsgiFastStream
 from services.ticker.metrics import TickerMetrics
 from services.ticker.ticker import Ticker, default_replica_id
 from shared.bus import connect_broker, ensure_topology
-from shared.runtime import ServiceBroker, build_http_app, run_app
+from shared.runtime import ServiceBroker, build_http_app, kv_readable, run_app
 from shared.settings import Settings
 
 log = logging.getLogger("services.ticker")
@@ -63,6 +63,12 @@ class TickerService:
         """Readiness check: the broker's NATS connection is up."""
         return self.ticker is not None and self.broker.connection.is_connected
 
+    async def jetstream_ready(self) -> bool:
+        """Readiness check: a real read of the ticker's KV bucket answers within its deadline."""
+        if self.ticker is None or not self.broker.connection.is_connected:
+            return False
+        return await kv_readable(self.broker.connection.jetstream(), self.settings.names.ticker_bucket)
+
     async def ticker_ready(self) -> bool:
         """Readiness check: the loop ticks."""
         return self.ticker is not None and self.ticker.running
@@ -70,7 +76,7 @@ class TickerService:
     def app(self) -> AsgiFastStream:
         """The FastStream app: broker, hooks and health routes."""
         return build_http_app(
-            {"nats": self.nats_ready, "ticker": self.ticker_ready},
+            {"nats": self.nats_ready, "jetstream": self.jetstream_ready, "ticker": self.ticker_ready},
             self.metrics.registry,
             self.broker,
             on_startup=[self.setup],

@@ -19,6 +19,7 @@ async def whale_sync(ctx: JobContext) -> dict[str, Any]:
         threshold_usd=ctx.settings.whale_threshold_usd,
         overlap_s=ctx.settings.whale_overlap_s,
         checkpoint=ctx.checkpoint,
+        write_batch=ctx.settings.store_write_batch,
     )
     return counts.as_summary()
 

@@ -21,7 +21,8 @@ from shared.providers.base import Provider, RecordError, TradeParse
 from shared.providers.sanitize import check_storable
 from shared.runtime import Checkpoint
 from shared.schemas import WhaleTradeDoc, utcnow
-from shared.store import Database, Document
+from shared.settings import DEFAULT_STORE_WRITE_BATCH as WRITE_BATCH
+from shared.store import Database, Document, batches
 
 log = logging.getLogger(__name__)
 
@@ -112,24 +113,28 @@ async def read_watermark(db: Database) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-async def store_trades(db: Database, trades: list[WhaleTradeDoc]) -> int:
-    """Insert the trades not stored yet; return how many were new."""
-    if not trades:
-        return 0
+async def store_trades(db: Database, trades: list[WhaleTradeDoc], *, write_batch: int = WRITE_BATCH) -> int:
+    """Insert the trades not stored yet, at most `write_batch` per bulk write; return how many were new."""
     operations = []
     for trade in trades:
         document: Document = trade.model_dump(by_alias=True)
         check_storable(document)
         operations.append(UpdateOne({"_id": document["_id"]}, {"$setOnInsert": document}, upsert=True))
-    result = await db[Collections.WHALE_TRADES].bulk_write(operations, ordered=False)
-    return result.upserted_count
+    new = 0
+    for part in batches(operations, write_batch):
+        result = await db[Collections.WHALE_TRADES].bulk_write(part, ordered=False)
+        new += result.upserted_count
+    return new
 
 
-async def note_on_markets(db: Database, provider: str, trades: list[WhaleTradeDoc]) -> int:
-    """Set `last_whale_at`/`last_whale_notional` on each market whose latest whale is newer."""
+async def note_on_markets(
+    db: Database, provider: str, trades: list[WhaleTradeDoc], *, write_batch: int = WRITE_BATCH
+) -> int:
+    """Set `last_whale_at`/`last_whale_notional` on each market whose latest whale is newer.
+
+    At most `write_batch` updates per bulk write.
+    """
     latest = latest_per_market(trades)
-    if not latest:
-        return 0
     operations = [
         UpdateOne(
             {
@@ -141,8 +146,11 @@ async def note_on_markets(db: Database, provider: str, trades: list[WhaleTradeDo
         )
         for condition_id, trade in latest.items()
     ]
-    result = await db[Collections.MARKETS].bulk_write(operations, ordered=False)
-    return result.modified_count
+    modified = 0
+    for part in batches(operations, write_batch):
+        result = await db[Collections.MARKETS].bulk_write(part, ordered=False)
+        modified += result.modified_count
+    return modified
 
 
 async def advance_watermark(db: Database, newest: datetime, previous: datetime | None, now: datetime) -> None:
@@ -162,6 +170,7 @@ async def sync_whales(
     overlap_s: float,
     checkpoint: Checkpoint,
     now: Callable[[], datetime] = utcnow,
+    write_batch: int = WRITE_BATCH,
 ) -> WhaleSyncCounts:
     """Fetch recent large trades, store each once, and update the markets' whale activity.
 
@@ -172,6 +181,7 @@ async def sync_whales(
         overlap_s: seconds re-read before the watermark.
         checkpoint: the runtime's heartbeat (raises RunCanceled to stop the run).
         now: clock (tests pass a fixed one).
+        write_batch: most documents per bulk write (`PULSE_STORE_WRITE_BATCH`).
 
     Raises:
         ProviderUnavailable, ProviderRejected, ProviderDataError: from the provider.
@@ -185,9 +195,9 @@ async def sync_whales(
     for error in batch.invalid[:MAX_LOGGED_INVALID]:
         log.warning("whale_sync.invalid_record id=%s reason=%s", error.record_id, error.reason)
     counts = WhaleSyncCounts(fetched=len(parsed), invalid=len(batch.invalid), below_threshold=batch.below_threshold)
-    counts.new = await store_trades(db, batch.keep)
+    counts.new = await store_trades(db, batch.keep, write_batch=write_batch)
     counts.duplicate = len(batch.keep) - counts.new + batch.repeated
-    counts.markets_updated = await note_on_markets(db, provider.name, batch.keep)
+    counts.markets_updated = await note_on_markets(db, provider.name, batch.keep, write_batch=write_batch)
     if batch.newest is not None:
         await advance_watermark(db, batch.newest, watermark, started)
     log.info("whale_sync.done since=%s %s", since.isoformat(), counts.as_summary())

@@ -12,7 +12,7 @@ private (`_*.py`). Tests and benchmarks drive jobs in-process with `Worker`.
 from shared.runtime._broker import ServiceBroker
 from shared.runtime._context import JobContext
 from shared.runtime._events import publish_cancel_hint
-from shared.runtime._health import HttpServer, build_http_app
+from shared.runtime._health import HttpServer, build_http_app, kv_readable
 from shared.runtime._job import Checkpoint, job, no_checkpoint
 from shared.runtime._journal import read_steps
 from shared.runtime._monitor import failure_streak
@@ -35,6 +35,7 @@ __all__ = [
     "failure_streak",
     "get_run",
     "job",
+    "kv_readable",
     "no_checkpoint",
     "publish_cancel_hint",
     "read_steps",

@@ -1,4 +1,5 @@
-"""The NatsBroker of every service: FastStream's, with a stop that never raises.
+"""The NatsBroker of every service: FastStream's, with a stop that never raises and a
+connection that survives a revoked login.
 
 FastStream's `NatsBroker.stop` stops the subscribers and then drains the connection;
 while NATS is unreachable the drain raises `ConnectionReconnectingError` (and stopping a
@@ -6,6 +7,10 @@ subscriber may fail too), which would end a SIGTERM'd service with a traceback a
 the hooks that close the other clients. Here a stop that cannot drain logs one line,
 closes the connection and returns: the service still exits 0, and anything not acked
 comes back after the ack wait.
+
+Its connection is a `shared.bus.RelogClient`: a login the server revokes when its config
+is reloaded (a rotated password) leads to a reconnect with the password file read again,
+not to a connection closed for good.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from types import TracebackType
 from typing import Any
 
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
 
-from shared.bus import broker_options
+from shared.bus import RelogClient, broker_options
 from shared.settings import Settings
 
 log = logging.getLogger("shared.runtime")
@@ -31,6 +37,13 @@ class ServiceBroker(NatsBroker):
         # JSON log has one line per run transition instead, and /readyz reports disconnects.
         super().__init__(**broker_options(settings, name=name), logger=None, **options)
         self.client_name = name
+
+    async def _connect(self) -> NatsClient:
+        # FastStream 0.7's NatsBroker._connect, with our client class instead of nats.connect's.
+        connection = RelogClient()
+        await connection.connect(**self._connection_kwargs)
+        self.config.connect(connection)
+        return connection
 
     async def stop(
         self,

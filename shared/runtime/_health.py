@@ -31,18 +31,63 @@ import socket
 from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping, Sequence
 from typing import Any
 
+import nats.js.errors
 import uvicorn
 from faststream.asgi import AsgiFastStream
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from shared.names import Collections
+from shared.store import Database, store_deadline
 
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+#: A readiness check slower than this counts as failed (the default `check_timeout_s`).
+CHECK_TIMEOUT_S = 2.0
+#: Deadline of a readiness check's own store or KV read: inside `CHECK_TIMEOUT_S`, so the
+#: read ends as a timeout of its own (its connection cleaned up) rather than by cancellation.
+STORE_READ_TIMEOUT_S = 1.5
+#: The key readiness reads from a KV bucket; it need not exist ("not found" is an answer).
+_PROBE_KEY = "readiness-probe"
+
+
+async def kv_readable(js: JetStreamContext, bucket: str, timeout_s: float = STORE_READ_TIMEOUT_S) -> bool:
+    """Readiness: a real read of the KV `bucket` is answered within `timeout_s`.
+
+    A connected client can still face a JetStream that does not answer (no quorum, a hung
+    server); the read goes through the JetStream API. Never raises.
+    """
+    try:
+        kv = await asyncio.wait_for(js.key_value(bucket), timeout=timeout_s)
+        await asyncio.wait_for(kv.get(_PROBE_KEY), timeout=timeout_s)
+    except nats.js.errors.KeyNotFoundError:
+        return True
+    except Exception:  # an unreachable dependency is "not ready", never a 500
+        return False
+    return True
+
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def store_readable(db: Database, timeout_s: float = STORE_READ_TIMEOUT_S) -> bool:
+    """Readiness: a real read (a `find_one` by `_id` on `job_state`) answers within `timeout_s`.
+
+    A store whose storage is stuck may still answer a ping; a read goes through the query
+    path. Never raises: a store that is away, slow or hung is "not ready".
+    """
+    try:
+        with store_deadline(timeout_s, "readiness read"):
+            await db[Collections.JOB_STATE].find_one({"_id": _PROBE_KEY}, {"_id": 1})
+    except Exception:  # an unreachable dependency is "not ready", never a 500
+        return False
+    return True
 
 
 async def _run_check(check: ReadinessCheck, timeout_s: float) -> bool:
@@ -64,7 +109,10 @@ async def _respond(send: Send, status: int, body: bytes, content_type: str) -> N
 
 
 def health_routes(
-    readiness_checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry, *, check_timeout_s: float = 2.0
+    readiness_checks: Mapping[str, ReadinessCheck],
+    registry: CollectorRegistry,
+    *,
+    check_timeout_s: float = CHECK_TIMEOUT_S,
 ) -> list[tuple[str, AsgiApp]]:
     """The `(path, ASGI app)` routes of `/healthz`, `/readyz` and `/metrics` (with or without a final `/`).
 
@@ -100,7 +148,7 @@ def build_http_app(
     readiness_checks: Mapping[str, ReadinessCheck],
     registry: CollectorRegistry,
     *brokers: NatsBroker,
-    check_timeout_s: float = 2.0,
+    check_timeout_s: float = CHECK_TIMEOUT_S,
     on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),

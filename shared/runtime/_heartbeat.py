@@ -91,6 +91,11 @@ class Heartbeat:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Cancel until it is done: a cancel that lands inside a store call can be lost
+            # (PyMongo with timeoutMS on Python 3.11's asyncio.wait_for), and waiting on a
+            # loop that goes on beating would hang the attempt's end forever.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=self._interval_s)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -63,7 +63,7 @@ from shared.schemas import (
     utcnow,
 )
 from shared.settings import JobPolicy, Settings
-from shared.store import Database
+from shared.store import Database, store_errors
 
 log = logging.getLogger("shared.runtime")
 
@@ -327,7 +327,9 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
 
 
 async def _call(spec: JobSpec, ctx: JobContext) -> Any:
-    return await spec.handler(ctx)
+    # A hung or lost store inside the handler is `StoreUnavailable` (retryable), not a PyMongo error.
+    with store_errors(f"job {spec.name}"):
+        return await spec.handler(ctx)
 
 
 def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: RunControl) -> Outcome:

@@ -46,6 +46,7 @@ from shared.names import JOBS
 from shared.runtime import _monitor as monitor
 from shared.runtime import _suspend as suspend
 from shared.runtime._broker import ServiceBroker
+from shared.runtime._health import STORE_READ_TIMEOUT_S, store_readable
 from shared.runtime._job import JobSpec
 from shared.runtime._metrics import RuntimeMetrics
 from shared.runtime._ratelimit import RateLimiter
@@ -425,11 +426,10 @@ class Worker:
         return self._nats is not None and self._nats.is_connected
 
     async def readiness_mongo(self) -> bool:
-        """Readiness check: MongoDB answers a ping."""
-        if self._mongo is None:
+        """Readiness check: MongoDB answers a real read within `STORE_READ_TIMEOUT_S`."""
+        if self._runtime is None:
             return False
-        await self._mongo.admin.command("ping")
-        return True
+        return await store_readable(self._runtime.db, STORE_READ_TIMEOUT_S)
 
     async def readiness_consumers(self) -> bool:
         """Readiness check: every job's subscriber is running and its durable consumer answers."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shared.localstack import find_nats_server, free_port
 from shared.permissions import USERS, password_variable
+from tests.helpers import stop_process
 
 AUTH_CONF = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "nats" / "auth.conf"
 
@@ -70,9 +71,4 @@ def auth_server(folder: Path, *, passwords: dict[str, str] | None = None) -> Ite
     try:
         yield AuthServer(f"nats://127.0.0.1:{port}", chosen, process, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

@@ -18,7 +18,7 @@ import pytest
 
 from shared.names import SERVICES, Names
 from shared.permissions import USERS, all_permissions, password_variable, render_authorization
-from shared.settings import ENV_PREFIX, Settings
+from shared.settings import ENV_PREFIX, Settings, secret_fields
 from tests.deploy.render import K8S, OVERLAYS, ROOT, Obj, Rendered, k8s_name, rendered, settings_from_env
 
 NAMES = Names()
@@ -124,15 +124,50 @@ def secret_value(target: Rendered, name: str, key: str, optional: bool) -> str |
     return EXTERNAL_SECRETS[(name, key)]
 
 
+def pod_volumes(target: Rendered, container: Obj) -> list[Obj]:
+    """The volumes of the pod that runs `container`."""
+    for deployment in target.of_kind("Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        if any(candidate is container for candidate in spec["containers"]):
+            volumes: list[Obj] = spec.get("volumes", [])
+            return volumes
+    raise AssertionError("the container belongs to no rendered Deployment")
+
+
+def mounted_secret(target: Rendered, container: Obj, path: str) -> str | None:
+    """The content of the file at `path` when it comes from a mounted Secret (else fail)."""
+    for mount in container.get("volumeMounts", []):
+        folder = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(folder):
+            continue
+        [volume] = [v for v in pod_volumes(target, container) if v["name"] == mount["name"]]
+        assert "secret" in volume, f"{path} is mounted from {volume}, not from a Secret"
+        source = volume["secret"]
+        relative = path.removeprefix(folder)
+        keys = {item["path"]: item["key"] for item in source.get("items", [])} or {relative: relative}
+        assert relative in keys, f"{path}: the Secret volume {volume['name']} has no such file"
+        return secret_value(target, source["secretName"], keys[relative], source.get("optional", False))
+    raise AssertionError(f"{path} is not under any volume mount of the container")
+
+
 def container_env(target: Rendered, container: Obj) -> dict[str, str]:
-    """The environment the container starts with, resolved from ConfigMaps and Secrets."""
+    """The environment the container starts with, resolved from ConfigMaps and Secrets.
+
+    A secret given as a mounted file (`<SECRET>_FILE`) is resolved to the value the service
+    reads from that file (and checked to come from a mounted Secret).
+    """
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         config_map = target.get("ConfigMap", source["configMapRef"]["name"])
         assert config_map["metadata"]["name"] == source["configMapRef"]["name"], "reference without hash suffix"
         env.update(config_map["data"])
     for variable in container.get("env", []):
-        if "value" in variable:
+        secret_file = variable["name"].removeprefix(ENV_PREFIX).lower().removesuffix("_file")
+        if "value" in variable and variable["name"].endswith("_FILE") and secret_file in secret_fields():
+            value = mounted_secret(target, container, variable["value"])
+            if value is not None:
+                env[variable["name"].removesuffix("_FILE")] = value
+        elif "value" in variable:
             env[variable["name"]] = variable["value"]
         elif "secretKeyRef" in variable.get("valueFrom", {}):
             ref = variable["valueFrom"]["secretKeyRef"]
@@ -238,9 +273,16 @@ def test_each_service_logs_in_with_the_password_nats_holds_for_it(overlay: str) 
         [container] = target.get("Deployment", k8s_name(service))["spec"]["template"]["spec"]["containers"]
         env = {v["name"]: v for v in container["env"]}
         assert env["PULSE_NATS_USER"]["value"] == service
-        service_ref = env["PULSE_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert "PULSE_NATS_PASSWORD" not in env, "a mounted file, so that a rotated password reaches the pod"
+        path = env["PULSE_NATS_PASSWORD_FILE"]["value"]
+        [mount] = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        [volume] = [v for v in pod_volumes(target, container) if v["name"] == mount["name"]]
+        [item] = [i for i in volume["secret"]["items"] if i["path"] == path.removeprefix(mount["mountPath"] + "/")]
         server_ref = nats_env[f"{password_variable(service)}_RAW"]["valueFrom"]["secretKeyRef"]
-        assert (service_ref["name"], service_ref["key"]) == (server_ref["name"], server_ref["key"])
+        assert (volume["secret"]["secretName"], item["key"]) == (server_ref["name"], server_ref["key"])
+        assert mounted_secret(target, container, path) == secret_value(
+            target, server_ref["name"], server_ref["key"], False
+        )
 
 
 def test_dev_generates_a_password_for_every_user() -> None:

@@ -7,6 +7,7 @@ import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pymongo
 import pytest
 
 from services.janitor.cleanup import Retention, clean_up
@@ -106,15 +107,18 @@ async def test_cleanup_of_200k_old_runs_keeps_memory_bounded(db: Database) -> No
     total, batch = 200_000, 25_000
     oldest = NOW - timedelta(days=30)
     started = time.perf_counter()
-    for first in range(0, total, batch):
-        await db[Collections.RUNS].insert_many(
-            [
-                run(f"market_sync:{i:07d}", "completed", oldest + timedelta(seconds=i))
-                for i in range(first, first + batch)
-            ],
-            ordered=False,
-        )
-    await db[Collections.RUNS].insert_one(run("recent", "completed", NOW))
+    # Seeding 200,000 runs is test set-up, not a production write: it gets its own deadline
+    # (an insert of 25,000 can exceed the client's per-call 10 s on a loaded machine).
+    with pymongo.timeout(300):
+        for first in range(0, total, batch):
+            await db[Collections.RUNS].insert_many(
+                [
+                    run(f"market_sync:{i:07d}", "completed", oldest + timedelta(seconds=i))
+                    for i in range(first, first + batch)
+                ],
+                ordered=False,
+            )
+        await db[Collections.RUNS].insert_one(run("recent", "completed", NOW))
     seeded = time.perf_counter()
 
     tracemalloc.start()

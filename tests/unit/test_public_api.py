@@ -14,6 +14,7 @@ EXPECTED = {
     "HttpServer",
     "JobContext",
     "ServiceBroker",
+    "kv_readable",
     "Worker",
     "build_http_app",
     "dead_letter_unserved_requests",

@@ -7,8 +7,19 @@ import de.bwaldvogel.mongo.bson.Document;
 import io.netty.channel.Channel;
 import java.io.IOException;
 import java.net.BindException;
+import java.io.InputStream;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.security.GeneralSecurityException;
+import java.security.KeyFactory;
+import java.security.PrivateKey;
+import java.security.cert.Certificate;
+import java.security.cert.CertificateFactory;
+import java.security.cert.X509Certificate;
+import java.security.spec.PKCS8EncodedKeySpec;
+import java.util.ArrayList;
+import java.util.Base64;
 import java.util.List;
 import org.h2.mvstore.MVStore;
 import org.h2.mvstore.MVStoreException;
@@ -31,7 +42,10 @@ import org.h2.mvstore.MVStoreException;
  *       and exit code 2, as every marketpulse process reports them.
  * </ul>
  *
- * <p>Usage: {@code EmbeddedMongo --port N [--host 127.0.0.1] [--data DIR | --memory]}. Prints
+ * <p>Usage: {@code EmbeddedMongo --port N [--host 127.0.0.1] [--data DIR | --memory]
+ * [--tls-cert CERT.pem --tls-key KEY.pem]}. With the TLS options it accepts TLS connections
+ * only, presenting the certificate chain in CERT.pem (PEM, the server's first) and the
+ * PKCS#8 key in KEY.pem ({@code -----BEGIN PRIVATE KEY-----}, RSA or EC). Prints
  * {@code embedded-mongo ready on HOST:PORT} once it accepts connections.
  */
 public final class EmbeddedMongo {
@@ -79,13 +93,17 @@ public final class EmbeddedMongo {
     int port = -1;
     Path data = null;
     boolean memory = false;
+    Path tlsCert = null;
+    Path tlsKey = null;
     for (int i = 0; i < args.length; i++) {
       switch (args[i]) {
         case "--host" -> host = value(args, ++i, "--host");
         case "--port" -> port = parsePort(value(args, ++i, "--port"));
         case "--data" -> data = Path.of(value(args, ++i, "--data"));
         case "--memory" -> memory = true;
-        default -> fail("unknown argument " + args[i] + "; usage: --port N [--host H] [--data DIR | --memory]");
+        case "--tls-cert" -> tlsCert = Path.of(value(args, ++i, "--tls-cert"));
+        case "--tls-key" -> tlsKey = Path.of(value(args, ++i, "--tls-key"));
+        default -> fail("unknown argument " + args[i] + "; usage: --port N [--host H] [--data DIR | --memory] [--tls-cert PEM --tls-key PEM]");
       }
     }
     if (port < 0) {
@@ -94,10 +112,18 @@ public final class EmbeddedMongo {
     if (data == null && !memory) {
       fail("give --data DIR (kept on disk) or --memory (lost at exit)");
     }
+    if ((tlsCert == null) != (tlsKey == null)) {
+      fail("give --tls-cert and --tls-key together");
+    }
+    PrivateKey key = tlsKey == null ? null : readKey(tlsKey);
+    X509Certificate[] chain = tlsCert == null ? null : readCertificates(tlsCert);
     MVStore store = memory ? new MVStore.Builder().open() : openStore(data);
     DurableH2Backend backend = new DurableH2Backend(store);
     backend.version(DECLARED_VERSION);
     MongoServer server = new MongoServer(backend);
+    if (key != null) {
+      server.enableSsl(key, null, chain);
+    }
     try {
       server.bind(host, port);
     } catch (Exception exc) { // netty rethrows the checked BindException undeclared
@@ -141,6 +167,50 @@ public final class EmbeddedMongo {
       fail("the data file " + file + " cannot be opened (" + firstLine(String.valueOf(exc)) + "); move it away to start empty");
     }
     throw new AssertionError("unreachable");
+  }
+
+  static PrivateKey readKey(Path file) {
+    String pem = readText(file, "--tls-key");
+    String begin = "-----BEGIN PRIVATE KEY-----";
+    int start = pem.indexOf(begin);
+    int end = pem.indexOf("-----END PRIVATE KEY-----");
+    if (start < 0 || end < start) {
+      fail("--tls-key " + file + " holds no PKCS#8 key (-----BEGIN PRIVATE KEY-----); convert it with openssl pkcs8 -topk8 -nocrypt");
+    }
+    byte[] der = Base64.getMimeDecoder().decode(pem.substring(start + begin.length(), end));
+    for (String algorithm : List.of("RSA", "EC", "Ed25519")) {
+      try {
+        return KeyFactory.getInstance(algorithm).generatePrivate(new PKCS8EncodedKeySpec(der));
+      } catch (GeneralSecurityException exc) {
+        // not this algorithm: try the next
+      }
+    }
+    fail("--tls-key " + file + ": the key is neither RSA, EC nor Ed25519");
+    throw new AssertionError("unreachable");
+  }
+
+  static X509Certificate[] readCertificates(Path file) {
+    List<X509Certificate> chain = new ArrayList<>();
+    try (InputStream in = Files.newInputStream(file)) {
+      for (Certificate certificate : CertificateFactory.getInstance("X.509").generateCertificates(in)) {
+        chain.add((X509Certificate) certificate);
+      }
+    } catch (IOException | GeneralSecurityException exc) {
+      fail("--tls-cert " + file + " cannot be read as PEM certificates (" + exc.getClass().getSimpleName() + ")");
+    }
+    if (chain.isEmpty()) {
+      fail("--tls-cert " + file + " holds no certificate");
+    }
+    return chain.toArray(new X509Certificate[0]);
+  }
+
+  static String readText(Path file, String flag) {
+    try {
+      return Files.readString(file, StandardCharsets.US_ASCII);
+    } catch (IOException exc) {
+      fail(flag + " " + file + " cannot be read (" + exc.getClass().getSimpleName() + ")");
+      throw new AssertionError("unreachable");
+    }
   }
 
   static Throwable rootCause(Throwable exc) {
