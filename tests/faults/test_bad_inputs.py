@@ -64,9 +64,11 @@ async def test_bad_inputs_are_each_dead_lettered_once_and_block_nothing(
     settings: Settings, js: JetStreamContext, db: Database, system: System, simulator: StartSim
 ) -> None:
     sim = simulator(markets=50, frozen=False)
-    env = with_jobs({JOB: "every 1h"}, PULSE_POLYMARKET_GAMMA_URL=sim.url, PULSE_POLYMARKET_DATA_URL=sim.url)
+    # The janitor's watchdog pass is what dead-letters requests on an unknown job's subject.
+    schedules = {JOB: "every 1h", "watchdog": "every 2s"}
+    env = with_jobs(schedules, PULSE_POLYMARKET_GAMMA_URL=sim.url, PULSE_POLYMARKET_DATA_URL=sim.url)
     env[f"PULSE_JOBS__{JOB.upper()}__ENABLED"] = "false"  # only what this test publishes
-    await start_serving(system, [(JOB, env)])
+    await start_serving(system, [(JOB, env), ("janitor", env), ("ticker", env)])
 
     cases = bad_inputs(settings.names)
     for index, (_, subject, payload) in enumerate(cases):
@@ -98,7 +100,9 @@ async def test_bad_inputs_are_each_dead_lettered_once_and_block_nothing(
         return len(letters) >= len(expected) and not await queued(js, settings)
 
     with contextlib.suppress(AssertionError):  # on a time-out, the assertions below say which
-        await wait_for(all_dead_lettered, timeout_s=20, interval_s=0.5, what="every bad request dead-lettered")
+        # An unserved request is left alone for six ack waits (a new job's worker may be starting).
+        await wait_for(all_dead_lettered, timeout_s=6 * settings.ack_wait_s + 20, interval_s=0.5,
+                       what="every bad request dead-lettered")  # fmt: skip
     letters, unreadable = await dead_letters(js, settings)
     assert unreadable == 0
     matches = {what: [letter for letter in letters if letter.raw and text.startswith(letter.raw)]
