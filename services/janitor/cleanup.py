@@ -14,7 +14,10 @@ Why a range and not `_id: {$in: ids}`: FerretDB 1.24 (SQLite) evaluates `$in` ag
 every document with a linear scan of the list, so deleting 5,000 ids from 200,000 runs
 took 41 s, against 13 s for the range (one scan); on MongoDB both walk the `_id` index.
 And why batches at all, beyond memory: FerretDB 1.24 fails a delete of more than about
-32,000 documents at once ("too many SQL variables").
+32,000 documents at once ("too many SQL variables"), and on the embedded store (the
+default local one) a delete holds the collection's write lock until it ends, so one
+statement over a large backlog would stall every other writer of `runs`. The range stays
+because it costs no more than `$in` on the embedded store and MongoDB (docs/decisions.md).
 """
 
 from __future__ import annotations
