@@ -1,15 +1,23 @@
-"""Schedules and slot arithmetic: the one grammar for when a job runs (all UTC).
+"""Schedules and slot arithmetic: the one grammar for when a job runs.
 
 Forms (as written in settings, the `schedules` KV bucket and the CLI):
 
     every 30s | every 5m | every 2h | every 1d   fixed interval, slots aligned to the epoch
-    cron */5 * * * *                             5-field cron expression (croniter)
-    hourly at :15                                every hour at minute 15
-    daily at 02:00                               every day at 02:00
-    weekly on mon at 09:30                       every Monday at 09:30
-    monthly on 1 at 00:00                        day 1 of every month; months without the day are skipped
+    cron */5 * * * * [ZONE]                      5-field cron expression (croniter)
+    hourly at :15 [ZONE]                         every hour at minute 15
+    daily at 02:00 [ZONE]                        every day at 02:00
+    weekly on mon at 09:30 [ZONE]                every Monday at 09:30
+    monthly on 1 at 00:00 [ZONE]                 day 1 of every month; months without the day are skipped
 
-A *slot* is an instant the schedule names. Every replica computes the same slots from
+ZONE is an IANA time zone name (`Europe/Berlin`, `America/New_York`; zoneinfo), UTC when
+left out; the cron and calendar forms are read on that zone's wall clock. Intervals take
+no zone (they are elapsed time). Across daylight-saving changes every wall-clock time the
+schedule names is one slot: a time in a skipped hour (spring forward) runs once at the
+first valid instant after the gap (02:30 on a Berlin spring day runs at 03:00 CEST), and a
+time in a repeated hour (fall back) runs once, at its first occurrence. Wall-clock times
+that land on the same instant are one slot.
+
+A *slot* is an instant, always kept in UTC. Every replica computes the same slots from
 the same schedule, which is what makes `run_id`s deterministic: interval slots are whole
 multiples of the interval since 1970-01-01T00:00:00Z (so `every 5m` fires at :00, :05,
 ... whatever the start-up time), cron slots are whole minutes.
@@ -26,6 +34,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,10 +59,14 @@ _HOURLY_RE = re.compile(r"^hourly\s+at\s+:?(\d{1,2})$")
 _DAILY_RE = re.compile(r"^daily\s+at\s+(\d{1,2}):(\d{2})$")
 _WEEKLY_RE = re.compile(r"^weekly\s+on\s+(\S+)\s+at\s+(\d{1,2}):(\d{2})$")
 _MONTHLY_RE = re.compile(r"^monthly\s+on\s+(\d{1,2})\s+at\s+(\d{1,2}):(\d{2})$")
+#: How many whitespace-separated words each zone-taking form has before its optional zone.
+_WORDS_BEFORE_ZONE = {"cron": 6, "hourly": 3, "daily": 3, "weekly": 5, "monthly": 5}
+_ZONE_EXAMPLE = "an IANA name such as Europe/Berlin or America/New_York (UTC when left out)"
 
 GRAMMAR = (
-    "'every <n><s|m|h|d>', 'cron <5 fields>', 'hourly at :MM', 'daily at HH:MM', "
-    "'weekly on <mon..sun> at HH:MM' or 'monthly on <1-31> at HH:MM'"
+    "'every <n><s|m|h|d>', 'cron <5 fields> [ZONE]', 'hourly at :MM [ZONE]', 'daily at HH:MM [ZONE]', "
+    "'weekly on <mon..sun> at HH:MM [ZONE]' or 'monthly on <1-31> at HH:MM [ZONE]' "
+    "(ZONE: an IANA time zone such as Europe/Berlin; UTC by default)"
 )
 
 ScheduleKind = Literal["interval", "cron", "hourly", "daily", "weekly", "monthly"]
@@ -83,29 +96,81 @@ class IntervalSchedule:
         return self.previous_slot(after) + timedelta(seconds=self.seconds)
 
 
+def _first_instant(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The one UTC instant a naive wall-clock time of `zone` stands for, as a slot.
+
+    An ambiguous time (the repeated hour) is its first occurrence (fold=0); a time that
+    does not exist (the skipped hour) is the first valid instant after the gap, found
+    between the two readings PEP 495 gives it (the offsets before and after the gap).
+    """
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == wall:
+        return first  # exists (once, or first of two)
+    # In a gap the fold=0 reading uses the earlier offset, so it lies after the gap's
+    # start and the fold=1 reading before it; halve the interval down to the second.
+    before, after = wall.replace(tzinfo=zone, fold=1).astimezone(UTC), first
+    before, after = min(before, after), max(before, after)
+    while after - before > timedelta(seconds=1):
+        middle = before + (after - before) / 2
+        if middle.astimezone(zone).utcoffset() == before.astimezone(zone).utcoffset():
+            before = middle
+        else:
+            after = middle
+    return after.replace(microsecond=0)
+
+
+def _wall(moment: datetime, zone: ZoneInfo) -> datetime:
+    """The naive wall-clock time of `moment` in `zone`, to the whole minute."""
+    return _utc(moment).astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+
+
 @dataclass(frozen=True)
 class CronSchedule:
-    """A 5-field cron expression evaluated in UTC (minute resolution)."""
+    """A 5-field cron expression on the wall clock of `zone` (minute resolution).
+
+    croniter walks naive wall-clock times, and `_first_instant` maps each to its UTC
+    slot; that mapping never decreases, so slots come out in order and wall times that
+    share an instant (an hourly schedule's 02:00 and 03:00 on a spring-forward day)
+    are one slot.
+    """
 
     expression: str
     text: str
     kind: ScheduleKind = "cron"
+    zone: str = "UTC"
+
+    @property
+    def _zone(self) -> ZoneInfo:
+        return ZoneInfo(self.zone)
 
     def previous_slot(self, now: datetime) -> datetime:
         """The latest slot at or before `now`."""
-        now = _utc(now)
-        minute = now.replace(second=0, microsecond=0)
-        # croniter's get_prev is strict (< start); the minute containing `now` is a slot
-        # at or before `now` whenever the expression matches it.
-        if croniter.match(self.expression, minute):
-            return minute
-        prev: datetime = croniter(self.expression, minute).get_prev(datetime)
-        return prev.astimezone(UTC)
+        now, zone = _utc(now), self._zone
+        # In a repeated hour's second pass the wall clock reads less than the first
+        # occurrences it has already passed (whose slots are due): look back from the
+        # wall time that far ahead. Elsewhere the shift is zero; a skipped hour's slot
+        # (the gap's end) has a wall time before the clock's, so it is found too.
+        shift = now - now.astimezone(zone).replace(fold=0).astimezone(UTC)
+        start = _wall(now + shift, zone) + timedelta(minutes=1)
+        candidates = croniter(self.expression, start)
+        while True:
+            wall: datetime = candidates.get_prev(datetime)
+            slot = _first_instant(wall, zone)
+            if slot <= now:
+                return slot
 
     def next_slot(self, after: datetime) -> datetime:
         """The first slot strictly after `after`."""
-        nxt: datetime = croniter(self.expression, _utc(after)).get_next(datetime)
-        return nxt.astimezone(UTC)
+        after, zone = _utc(after), self._zone
+        # Every later slot has a later wall time (a real instant's wall time is never
+        # inside a gap); in a repeated hour's second pass the first candidates map to
+        # first occurrences already passed and are walked over.
+        candidates = croniter(self.expression, _wall(after, zone))
+        while True:
+            wall: datetime = candidates.get_next(datetime)
+            slot = _first_instant(wall, zone)
+            if slot > after:
+                return slot
 
 
 Schedule = IntervalSchedule | CronSchedule
@@ -121,7 +186,18 @@ def _check(value: int, low: int, high: int, what: str, text: str) -> int:
     return value
 
 
-def _cron(expression: str, text: str, kind: ScheduleKind = "cron") -> CronSchedule:
+def _zone_name(name: str, text: str) -> str:
+    """The IANA zone `name` as zoneinfo knows it, or a ValueError naming it."""
+    if name.upper() == "UTC":
+        return "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _invalid(text, f"unknown time zone {name!r}; use {_ZONE_EXAMPLE}") from None
+    return name
+
+
+def _cron(expression: str, text: str, kind: ScheduleKind = "cron", zone: str = "UTC") -> CronSchedule:
     fields = expression.split()
     if len(fields) != 5:
         raise _invalid(
@@ -134,7 +210,7 @@ def _cron(expression: str, text: str, kind: ScheduleKind = "cron") -> CronSchedu
         raise _invalid(text, "the cron expression never matches a real date") from None
     except (CroniterError, ValueError, KeyError) as exc:
         raise _invalid(text, f"bad cron expression ({exc})") from None
-    return CronSchedule(expression=" ".join(fields), text=text, kind=kind)
+    return CronSchedule(expression=" ".join(fields), text=text, kind=kind, zone=zone)
 
 
 def _weekday(name: str, text: str) -> int:
@@ -155,9 +231,15 @@ def parse_schedule(text: str) -> Schedule:
     Raises:
         ValueError: the text is not a schedule; the message names the fault.
     """
-    normalized = " ".join(text.strip().lower().split())
+    words = text.split()
+    zone = "UTC"
+    # Zone names are case-sensitive (Europe/Berlin), so the zone is taken off the
+    # words as written before the rest is lower-cased.
+    if words and words[0].lower() in _WORDS_BEFORE_ZONE and len(words) == _WORDS_BEFORE_ZONE[words[0].lower()] + 1:
+        zone = _zone_name(words.pop(), text)
+    normalized = " ".join(words).lower()
     if normalized.startswith("cron "):
-        return _cron(normalized.removeprefix("cron "), text)
+        return _cron(normalized.removeprefix("cron "), text, zone=zone)
     if match := _EVERY_RE.match(normalized):
         unit = _UNITS.get(match.group(2))
         if unit is None:
@@ -170,21 +252,21 @@ def parse_schedule(text: str) -> Schedule:
         return IntervalSchedule(seconds=seconds, text=text)
     if match := _HOURLY_RE.match(normalized):
         minute = _check(int(match.group(1)), 0, 59, "the minute", text)
-        return _cron(f"{minute} * * * *", text, "hourly")
+        return _cron(f"{minute} * * * *", text, "hourly", zone)
     if match := _DAILY_RE.match(normalized):
         hour = _check(int(match.group(1)), 0, 23, "the hour", text)
         minute = _check(int(match.group(2)), 0, 59, "the minute", text)
-        return _cron(f"{minute} {hour} * * *", text, "daily")
+        return _cron(f"{minute} {hour} * * *", text, "daily", zone)
     if match := _WEEKLY_RE.match(normalized):
         day = _weekday(match.group(1), text)
         hour = _check(int(match.group(2)), 0, 23, "the hour", text)
         minute = _check(int(match.group(3)), 0, 59, "the minute", text)
-        return _cron(f"{minute} {hour} * * {day}", text, "weekly")
+        return _cron(f"{minute} {hour} * * {day}", text, "weekly", zone)
     if match := _MONTHLY_RE.match(normalized):
         day = _check(int(match.group(1)), 1, 31, "the day of the month", text)
         hour = _check(int(match.group(2)), 0, 23, "the hour", text)
         minute = _check(int(match.group(3)), 0, 59, "the minute", text)
-        return _cron(f"{minute} {hour} {day} * *", text, "monthly")
+        return _cron(f"{minute} {hour} {day} * *", text, "monthly", zone)
     raise _invalid(text, f"expected {GRAMMAR}")
 
 

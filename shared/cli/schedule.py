@@ -151,13 +151,16 @@ def _spec_from_options(every: str | None, cron: str | None, spec: str | None) ->
 def set_(
     job: JobArg,
     every: Annotated[str | None, typer.Option("--every", help="Fixed interval: 30s, 5m, 2h, 1d.")] = None,
-    cron: Annotated[str | None, typer.Option("--cron", help="5-field cron expression, in UTC.")] = None,
+    cron: Annotated[
+        str | None, typer.Option("--cron", help="5-field cron expression, then an optional IANA zone (UTC by default).")
+    ] = None,
     spec: Annotated[
         str | None,
         typer.Option(
             "--spec",
             help="Any schedule form: 'hourly at :15', 'daily at 02:00', "
-            "'weekly on mon at 09:30', 'monthly on 1 at 00:00'.",
+            "'weekly on mon at 09:30', 'monthly on 1 at 00:00'; all but intervals take an "
+            "IANA zone at the end ('daily at 02:00 Europe/Berlin'), UTC by default.",
         ),
     ] = None,
 ) -> None:
@@ -170,6 +173,12 @@ def set_(
     Example: pulse schedule set stats --cron "*/15 * * * *"
 
     Example: pulse schedule set cleanup --spec "daily at 03:30"
+
+    Example: pulse schedule set stats --spec "daily at 02:00 Europe/Berlin"
+
+    Cron and calendar schedules read the zone's wall clock: a time skipped by a
+    daylight-saving change runs once at the first valid time after it, a repeated
+    time runs once (its first occurrence). Slots and run ids stay in UTC.
     """
     settings = cli_settings()
     check_job(settings, job)

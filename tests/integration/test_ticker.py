@@ -334,3 +334,47 @@ async def test_claim_ahead_by_a_replica_that_dies_is_published_by_another(
     assert [(f.slot, f.republished) for f in fired] == [(next_slot, True)]
     run_ids = [r.run_id for r in await read_requests(js, settings)]
     assert run_ids.count(scheduled_run_id("whale_sync", next_slot)) == 1
+
+
+@pytest.mark.parametrize(
+    ("start", "hours", "schedules", "expected"),
+    [
+        # Berlin springs forward at 01:00Z on 29 March: 02:30 is skipped and runs at 03:00 CEST.
+        (
+            datetime(2026, 3, 28, 23, 5, 0, 500000, tzinfo=UTC), 4,
+            {"whale_sync": "hourly at :30 Europe/Berlin", "market_sync": "daily at 02:30 Europe/Berlin"},
+            {"whale_sync": ["2026-03-28T22:30:00Z", "2026-03-28T23:30:00Z", "2026-03-29T00:30:00Z",
+                            "2026-03-29T01:00:00Z", "2026-03-29T01:30:00Z", "2026-03-29T02:30:00Z"],
+             "market_sync": ["2026-03-28T01:30:00Z", "2026-03-29T01:00:00Z"]},
+        ),
+        # New York falls back at 06:00Z on 1 November: 01:30 happens twice and runs once (EDT).
+        (
+            datetime(2026, 11, 1, 4, 5, 0, 500000, tzinfo=UTC), 5,
+            {"whale_sync": "hourly at :30 America/New_York", "market_sync": "daily at 01:30 America/New_York"},
+            {"whale_sync": ["2026-11-01T03:30:00Z", "2026-11-01T04:30:00Z", "2026-11-01T05:30:00Z",
+                            "2026-11-01T07:30:00Z", "2026-11-01T08:30:00Z"],
+             "market_sync": ["2026-10-31T05:30:00Z", "2026-11-01T05:30:00Z"]},
+        ),
+    ],
+)  # fmt: skip
+async def test_zoned_schedules_request_each_slot_once_across_a_dst_change(
+    make_settings: Any,
+    js: JetStreamContext,
+    make_ticker: Any,
+    start: datetime,
+    hours: int,
+    schedules: dict[str, str],
+    expected: dict[str, list[str]],
+) -> None:
+    """Ticking every 5 minutes (twice each time) through a transition: one request per slot, in UTC."""
+    settings = settings_with(make_settings, schedules)
+    clock = FakeClock(start)
+    ticker = await make_ticker(settings, clock=clock)
+    for _ in range(hours * 12):
+        await ticker.tick()
+        await ticker.tick()
+        clock.advance(minutes=5)
+
+    requested = await read_requests(js, settings)
+    for job, slots in expected.items():
+        assert [r.run_id for r in requested if r.job == job] == [f"{job}:{slot}" for slot in slots]

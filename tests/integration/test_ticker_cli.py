@@ -123,6 +123,10 @@ async def test_set_keeps_a_pause_and_reset_of_a_paused_job_fences_the_skipped_sl
         (["set", "whale_sync", "--every", "0s"], "at least 1s"),
         (["set", "whale_sync", "--cron", "61 * * * *"], "bad cron expression"),
         (["set", "whale_sync", "--spec", "weekly on 31 at 09:00"], "day of the week"),
+        (
+            ["set", "whale_sync", "--cron", "0 2 * * * Europe/Berln"],
+            "unknown time zone 'Europe/Berln'; use an IANA name such as Europe/Berlin",
+        ),
         (["set", "whale_sync", "--every", "5s", "--cron", "* * * * *"], "exactly one of --every, --cron or --spec"),
         (["set", "whale_sync"], "exactly one of --every, --cron or --spec"),
         (["pause", "nojob"], "unknown job 'nojob'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -337,3 +338,132 @@ def test_decide_publishes_its_own_claim_made_ahead_of_the_slot_at_once() -> None
     before = plan_slot(EVERY_MIN, slot - timedelta(minutes=1), ahead, slot - timedelta(milliseconds=100),
                     claim_grace_s=2, replica="r1")  # fmt: skip
     assert before.action is Action.IDLE
+
+
+# -- time zones and daylight saving ----------------------------------------------------
+# 2026 transitions: Europe/Berlin springs forward at 01:00Z on 29 March (02:00 CET ->
+# 03:00 CEST) and falls back at 01:00Z on 25 October (03:00 CEST -> 02:00 CET);
+# America/New_York at 07:00Z on 8 March (02:00 EST -> 03:00 EDT) and at 06:00Z on
+# 1 November (02:00 EDT -> 01:00 EST). The expected slots are written out by hand.
+
+
+def slots_from(text: str, start: datetime, count: int) -> list[datetime]:
+    schedule = parse_schedule(text)
+    found, moment = [], start
+    for _ in range(count):
+        moment = schedule.next_slot(moment)
+        found.append(moment)
+    return found
+
+
+def at(month: int, day: int, hour: int, minute: int = 0) -> datetime:
+    return utc(2026, month, day, hour, minute)
+
+
+DST_CASES = [
+    # Berlin, spring: 02:30 does not exist on the 29th, so it runs at 03:00 CEST (01:00Z).
+    ("daily at 02:30 Europe/Berlin", at(3, 27, 12), [at(3, 28, 1, 30), at(3, 29, 1), at(3, 30, 0, 30)]),
+    ("hourly at :30 Europe/Berlin", at(3, 28, 23), [
+        at(3, 28, 23, 30), at(3, 29, 0, 30), at(3, 29, 1), at(3, 29, 1, 30), at(3, 29, 2, 30),
+    ]),
+    # 02:00 (skipped, runs at 03:00 CEST) and 03:00 CEST are the same instant: one slot.
+    ("hourly at :00 Europe/Berlin", at(3, 28, 23), [at(3, 29, 0), at(3, 29, 1), at(3, 29, 2)]),
+    # Berlin, autumn: 02:30 happens twice on the 25th and runs at the first (CEST, 00:30Z).
+    ("daily at 02:30 Europe/Berlin", at(10, 23, 12), [at(10, 24, 0, 30), at(10, 25, 0, 30), at(10, 26, 1, 30)]),
+    ("hourly at :30 Europe/Berlin", at(10, 24, 22), [
+        at(10, 24, 22, 30), at(10, 24, 23, 30), at(10, 25, 0, 30), at(10, 25, 2, 30), at(10, 25, 3, 30),
+    ]),
+    # New York, spring: 02:30 does not exist on the 8th, so it runs at 03:00 EDT (07:00Z).
+    ("daily at 02:30 America/New_York", at(3, 6, 12), [at(3, 7, 7, 30), at(3, 8, 7), at(3, 9, 6, 30)]),
+    ("cron 30 * * * * America/New_York", at(3, 8, 5), [
+        at(3, 8, 5, 30), at(3, 8, 6, 30), at(3, 8, 7), at(3, 8, 7, 30), at(3, 8, 8, 30),
+    ]),
+    # New York, autumn: the repeated hour is 01:00-02:00, so 02:30 is unambiguous (EDT, then EST)...
+    ("daily at 02:30 America/New_York", at(10, 30, 12), [at(10, 31, 6, 30), at(11, 1, 7, 30), at(11, 2, 7, 30)]),
+    # ... and 01:30 happens twice on 1 November and runs at the first (EDT, 05:30Z).
+    ("daily at 01:30 America/New_York", at(10, 30, 12), [at(10, 31, 5, 30), at(11, 1, 5, 30), at(11, 2, 6, 30)]),
+    ("hourly at :30 America/New_York", at(11, 1, 3), [
+        at(11, 1, 3, 30), at(11, 1, 4, 30), at(11, 1, 5, 30), at(11, 1, 7, 30), at(11, 1, 8, 30),
+    ]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "start", "expected"), DST_CASES)
+def test_zoned_slots_across_daylight_saving_changes(text: str, start: datetime, expected: list[datetime]) -> None:
+    schedule = parse_schedule(text)
+    assert slots_from(text, start, len(expected)) == expected
+    for slot in expected:
+        assert schedule.previous_slot(slot) == slot
+    for earlier, later in itertools.pairwise(expected):
+        assert schedule.previous_slot(later - timedelta(microseconds=1)) == earlier
+
+
+def test_previous_slot_inside_the_repeated_hour_is_its_first_occurrence() -> None:
+    """At 02:45 CET (the second 02:45 in Berlin) the 02:30 slot is the one that ran at 00:30Z."""
+    schedule = parse_schedule("daily at 02:30 Europe/Berlin")
+    assert schedule.previous_slot(utc(2026, 10, 25, 1, 45)) == utc(2026, 10, 25, 0, 30)
+    assert schedule.next_slot(utc(2026, 10, 25, 1, 45)) == utc(2026, 10, 26, 1, 30)
+
+
+@pytest.mark.parametrize(
+    ("text", "zone", "expression"),
+    [
+        ("daily at 02:00 Europe/Berlin", "Europe/Berlin", "0 2 * * *"),
+        ("cron 0 2 * * * America/New_York", "America/New_York", "0 2 * * *"),
+        ("Weekly on Mon at 09:30 Asia/Kolkata", "Asia/Kolkata", "30 9 * * 1"),
+        ("hourly at :15 UTC", "UTC", "15 * * * *"),
+        ("monthly on 1 at 00:00 utc", "UTC", "0 0 1 * *"),
+        ("daily at 02:00", "UTC", "0 2 * * *"),
+    ],
+)
+def test_zone_is_read_off_the_end_as_written(text: str, zone: str, expression: str) -> None:
+    schedule = parse_schedule(text)
+    assert isinstance(schedule, CronSchedule)
+    assert (schedule.zone, schedule.expression, schedule.text) == (zone, expression, text)
+
+
+def test_utc_stays_the_default_and_slots_are_utc() -> None:
+    berlin = parse_schedule("daily at 02:00 Europe/Berlin").next_slot(utc(2026, 6, 30, 12))
+    assert berlin == utc(2026, 7, 1, 0)
+    assert berlin.tzinfo is UTC
+    assert scheduled_run_id("stats", berlin) == "stats:2026-07-01T00:00:00Z"
+    assert parse_schedule("daily at 02:00").next_slot(utc(2026, 7, 1)) == utc(2026, 7, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "text", ["daily at 02:00 Europe/Berln", "cron 0 2 * * * europe/berlin", "hourly at :00 Mars/Olympus_Mons"]
+)
+def test_unknown_zone_is_named_with_an_example(text: str) -> None:
+    zone = text.split()[-1]
+    with pytest.raises(ValueError, match="unknown time zone") as caught:
+        parse_schedule(text)
+    assert str(caught.value) == (
+        f"invalid schedule {text!r}: unknown time zone {zone!r}; "
+        "use an IANA name such as Europe/Berlin or America/New_York (UTC when left out)"
+    )
+
+
+def test_intervals_take_no_zone() -> None:
+    with pytest.raises(ValueError, match=r"expected 'every <n><s\|m\|h\|d>'"):
+        parse_schedule("every 5m Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["daily at 02:30", "hourly at :00", "cron */7 * * * *", "cron 0,30 1-3 * * *", "weekly on sun at 02:30",
+     "monthly on 31 at 01:30"],
+)  # fmt: skip
+@given(
+    zone=st.timezone_keys(),
+    moment=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2060, 1, 1), timezones=st.just(UTC)),
+)
+def test_zoned_slots_are_increasing_and_consistent_in_any_zone(text: str, zone: str, moment: datetime) -> None:
+    schedule = parse_schedule(f"{text} {zone}")
+    previous = schedule.previous_slot(moment)
+    following = schedule.next_slot(moment)
+    assert previous <= moment < following
+    assert schedule.next_slot(previous) == following
+    assert schedule.previous_slot(following) == following
+    assert schedule.previous_slot(following - timedelta(microseconds=1)) == previous
+    assert schedule.next_slot(following) > following
+    assert all(slot.tzinfo is UTC for slot in (previous, following))
