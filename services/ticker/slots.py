@@ -3,6 +3,8 @@
 No I/O here, so the catch-up rules are unit-tested with plain values:
 
 - no state yet (a schedule seen for the first time): fire the latest slot, once;
+- the last claimed slot was never confirmed published and a newer slot is due: publish
+  the claimed one first (its claimer died between claim and publish), then go on;
 - the latest due slot is newer than the last claimed slot: fire it (after downtime this
   is the latest missed slot only; the ones before it are skipped on purpose);
 - the latest due slot is the claimed one, claimed by this replica ahead of time and not
@@ -82,6 +84,15 @@ def plan_slot(
     """
     if due is None:
         return IDLE
+    if state is not None and state.slot < due and not state.published:
+        # A claimed slot whose publish was never confirmed, and a newer slot is due: the
+        # claimer died (or is far behind). Publish the claimed slot before moving on, or it
+        # would be overwritten by the newer claim and never requested. Its grace is over
+        # whatever `claim_grace_s` says: a whole slot has passed since. A repeat is harmless
+        # (`Nats-Msg-Id` = `run_id`); a request that arrives late is judged by the runtime.
+        if replica is not None and state.claimed_by == replica:
+            return SlotPlan(Action.PUBLISH, state.slot, catch_up=True)
+        return SlotPlan(Action.REPUBLISH, state.slot, catch_up=True)
     if state is None or state.slot < due:
         return SlotPlan(Action.FIRE, due, catch_up=is_catch_up(schedule, due, state))
     if state.slot != due or state.published:

@@ -316,7 +316,8 @@ class Ticker:
     async def _claim_ahead(self, job: str, slot: datetime, now: datetime) -> bool:
         assert self._store is not None
         stored = self._cache.get(job) or await self._store.read(job)
-        if stored.state is not None and stored.state.slot >= slot:
+        if stored.state is not None and (stored.state.slot >= slot or not stored.state.published):
+            # Never claim over an unconfirmed claim: that slot is published first (plan_slot).
             return False
         claim = SlotState(
             slot=slot, run_id=scheduled_run_id(job, slot), published=False, claimed_at=now, claimed_by=self.replica

@@ -314,11 +314,15 @@ def test_decide_republishes_an_unconfirmed_claim_only_after_the_grace() -> None:
     assert plan_slot(EVERY_MIN, slot, claimed, slot + timedelta(seconds=1), claim_grace_s=2).action is Action.IDLE
     plan = plan_slot(EVERY_MIN, slot, claimed, slot + timedelta(seconds=2), claim_grace_s=2)
     assert (plan.action, plan.slot) == (Action.REPUBLISH, slot)
-    # A newer slot supersedes the unconfirmed one: fire the new slot instead.
-    assert (
-        plan_slot(EVERY_MIN, slot + timedelta(minutes=1), claimed, slot + timedelta(minutes=1), claim_grace_s=2).action
-        is Action.FIRE
-    )
+    # A newer slot is due: the unconfirmed one is published first (its claimer died), not
+    # overwritten by the newer claim; once it is confirmed, the newer slot fires.
+    newer = slot + timedelta(minutes=1)
+    plan = plan_slot(EVERY_MIN, newer, claimed, newer, claim_grace_s=2)
+    assert (plan.action, plan.slot) == (Action.REPUBLISH, slot)
+    plan = plan_slot(EVERY_MIN, newer, claimed, newer, claim_grace_s=2, replica="r1")
+    assert (plan.action, plan.slot) == (Action.PUBLISH, slot)
+    confirmed = state(slot, published=True, claimed_at=slot)
+    assert plan_slot(EVERY_MIN, newer, confirmed, newer, claim_grace_s=2).action is Action.FIRE
 
 
 def timezone_offset(hours: int) -> object:
