@@ -279,6 +279,10 @@ class Settings(BaseSettings):
     # -- runtime ---------------------------------------------------------------
     http_host: str = Field("0.0.0.0", description="address of /healthz, /readyz and /metrics")
     http_port: int = Field(8080, ge=0, le=65535, description="port of /healthz, /readyz and /metrics (0 = any)")
+    stack_file: Path = Field(
+        Path(".data/stack.json"),
+        description="where pulse up records its servers; other pulse commands read it when no URL is set",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_json: bool = Field(True, description="one JSON object per log line (False: plain text)")
     heartbeat_interval_s: float = Field(5.0, gt=0, description="how often a running handler reports progress")

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import getpass
 import json
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +40,8 @@ from shared.readmodel import timetext
 from shared.settings import Settings, load_settings
 from shared.store import Database, Document, connect_store
 
+from .stack import live_stack
+
 T = TypeVar("T")
 
 console = Console()
@@ -56,10 +59,33 @@ def fail(message: str, code: int = EXIT_UNREACHABLE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def cli_settings() -> Settings:
-    """The settings from the environment, or exit 2 naming every bad variable."""
+#: Settings a running `pulse up` provides, by environment variable.
+_STACK_FIELDS = {
+    "PULSE_NATS_URL": "nats_url",
+    "PULSE_MONGO_URL": "mongo_url",
+    "PULSE_MONGO_DB": "mongo_db",
+    "PULSE_NAMESPACE": "namespace",
+}
+
+
+def cli_settings(*, use_stack: bool = True) -> Settings:
+    """The settings from the environment, or exit 2 naming every bad variable.
+
+    When neither PULSE_NATS_URL nor PULSE_MONGO_URL is set and a `pulse up` is running
+    (its record at PULSE_STACK_FILE names a live pid), its servers are used: a second
+    shell needs no environment at all. Variables that are set always win.
+    """
     try:
-        return load_settings()
+        settings = load_settings()
+        if not use_stack or "PULSE_NATS_URL" in os.environ or "PULSE_MONGO_URL" in os.environ:
+            return settings
+        record = live_stack(settings.stack_file)
+        if record is None:
+            return settings
+        from_stack = record.env()
+        return load_settings(
+            **{field: from_stack[name] for name, field in _STACK_FIELDS.items() if name not in os.environ}
+        )
     except ConfigError as exc:
         fail(str(exc))
 
