@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from shared.delayed import cancel_delayed, list_delayed, schedule_delayed
 from shared.errors import InvalidRequest
+from shared.jobargs import check_args
 from shared.names import Names
 from shared.requests import MSG_ID_HEADER, publish_request
 from shared.runtime import get_run, publish_cancel_hint, request_cancel
@@ -65,8 +66,12 @@ def build_request(
     """A manual (or, with `at`, delayed) request for `job`.
 
     Raises:
-        InvalidRequest: the request would not validate (e.g. args too large).
+        InvalidRequest: the request would not validate (e.g. args too large), or its args
+            do not fit the job's args model (checked here, before anything is published).
     """
+    problem = check_args(job, args)
+    if problem is not None:
+        raise InvalidRequest(f"{job} refuses these args, nothing was published: {problem}")
     trigger = Trigger.DELAYED if at is not None else Trigger.MANUAL
     try:
         return JobRequest(

@@ -13,6 +13,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
+from pydantic import BaseModel
+
+from shared import jobargs
+
 T = TypeVar("T")
 
 #: Property tests run their full number of examples in CI (CI=true), a tenth locally.
@@ -83,3 +88,8 @@ async def pulse_up(args: list[str], *, env: dict[str, str], log: Path, cwd: Path
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def register_args_model(monkeypatch: pytest.MonkeyPatch, job: str, model: type[BaseModel]) -> None:
+    """Give `job` an args model for this test (today's jobs take none), as the CLI and workers see it."""
+    monkeypatch.setattr(jobargs, "ARGS_MODELS", {**jobargs.ARGS_MODELS, job: model})

@@ -56,13 +56,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 # -- input parsing -----------------------------------------------------------------------
 
 
-def parse_args(pairs: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs into a dict; VALUE is JSON when it parses (numbers, true, lists), else text."""
+def parse_args(pairs: list[str], *, option: str = "--arg", prefix: str = "") -> dict[str, Any]:
+    """`KEY=VALUE` pairs into a dict; VALUE is JSON when it parses (numbers, true, lists), else text.
+
+    `prefix` is a required start of each pair (`args.` for `dlq replay --set`), not part of the key.
+    """
     args: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not _ARG_KEY_RE.match(key):
-            fail(f"--arg {pair!r}: expected KEY=VALUE with KEY made of letters, digits, '_' or '-'")
+        key, sep, raw = pair.removeprefix(prefix).partition("=")
+        if not pair.startswith(prefix) or not sep or not _ARG_KEY_RE.match(key):
+            fail(f"{option} {pair!r}: expected {prefix}KEY=VALUE with KEY made of letters, digits, '_' or '-'")
         try:
             args[key] = json.loads(raw)
         except ValueError:
@@ -124,11 +127,9 @@ async def _trigger(
     if as_json:
         print_json(run_json(record))
     else:
-        console.print(
-            f"{run_id} ended [bold]{record.status.value}[/] after "
-            f"{record.attempt_count or len(record.attempts)} attempt(s)",
-            highlight=False,
-        )
+        attempts = record.attempt_count or len(record.attempts)
+        how = f"after {attempts} attempt(s)" if attempts else "without running (the request was refused)"
+        console.print(f"{run_id} ended [bold]{record.status.value}[/] {how}", highlight=False)
         if record.error:
             console.print(f"error: {record.error}", highlight=False, markup=False)
     return EXIT_OK if record.status is RunStatus.COMPLETED else EXIT_FAILED

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.delayed import SCHEDULER_HEADER
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
+from shared.jobargs import args_problem
 from shared.logs import bind
 from shared.names import Names
 from shared.overrides import current_schedule
@@ -211,9 +212,8 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
     try:
         args = spec.args_model.model_validate(request.args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
         return Invalid(
-            f"invalid args for job {spec.name}: {problems}. Expected the fields of {spec.args_model.__name__}.",
+            f"invalid args for job {spec.name}: {args_problem(spec.name, spec.args_model, exc)}",
             request,
             request.run_id,
         )
@@ -440,7 +440,9 @@ async def record_terminal(
         return None
     try:
         if decision.dead_letter is not None:
-            letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, attempt, decision.dead_letter)
+            # Attempts that ran, as the run record counts them: a request refused as invalid ran none.
+            ran = 0 if outcome.kind is OutcomeKind.INVALID else attempt
+            letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, ran, decision.dead_letter)
             await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
         await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
         await publish_run_event(rt.js, rt.names, record)
@@ -521,7 +523,7 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
         await record_terminal(rt, job, invalid.request, outcome, decision, attempt=attempt, attempt_doc=None)
     else:  # no run of this job to record: only the dead letter, with the raw payload
         letter = dead_letter(
-            job.spec.name, invalid.run_id, invalid.request, invalid.error, attempt, "invalid", raw=msg.data
+            job.spec.name, invalid.run_id, invalid.request, invalid.error, 0, "invalid", raw=msg.data
         )
         # A foreign request's run id belongs to another job's run: key its letter by message.
         keyed_by_run = invalid.run_id and not invalid.foreign

@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import nats.js.errors
+import pytest
 from nats.js import JetStreamContext
+from pydantic import BaseModel, ConfigDict
 from typer.testing import Result
 
 from shared.bus import connect_nats, ensure_topology
@@ -25,7 +27,7 @@ from shared.requests import MSG_ID_HEADER
 from shared.schemas import JobRequest, RunEvent, RunStatus
 from shared.settings import Settings
 from shared.store import Database, make_client
-from tests.helpers import wait_for
+from tests.helpers import register_args_model, wait_for
 from tests.integration.test_cli_common import invoke
 
 T = TypeVar("T")
@@ -123,7 +125,16 @@ def stdout_json(result: Result) -> Any:
 # -- trigger -----------------------------------------------------------------------------
 
 
-def test_trigger_publishes_a_manual_request_and_prints_its_run_id(settings: Settings) -> None:
+class LimitArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int
+    label: str
+
+
+def test_trigger_publishes_a_manual_request_and_prints_its_run_id(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_args_model(monkeypatch, "stats", LimitArgs)
     result = invoke(settings, "trigger", "stats", "--arg", "limit=5", "--arg", "label=nightly run")
     assert result.exit_code == 0, result.output
     run_id = result.stdout.strip()

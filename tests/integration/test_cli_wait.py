@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from shared.errors import PermanentError
 from shared.runtime import JobContext, Worker, job
 from shared.settings import JobPolicy, RetryPolicy, Settings
+from tests.helpers import register_args_model
 from tests.integration.test_cli_common import invoke
 
 
@@ -21,8 +22,9 @@ class Args(BaseModel):
 
 
 @pytest.fixture
-async def stats_worker(settings: Settings) -> AsyncIterator[None]:
+async def stats_worker(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """A worker whose `stats` job succeeds unless asked to fail (`--arg fail=true`)."""
+    register_args_model(monkeypatch, "stats", Args)
     fast = JobPolicy(
         schedule="every 1m",
         retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.2, jitter=0),
