@@ -16,8 +16,9 @@ What each role may do (subjects shown without a namespace):
                  never DELETE or PURGE)
     ticker       publish `jobs.<job>` for every job; write KV `ticker`; read KV `schedules`
     job service  bind its own consumers (`<job>` on JOBS): fetch, ack, nak, in-progress;
-                 publish `events.runs.<job>.*`, `events.alerts.<job>`, `dlq.<job>` for the
-                 jobs it reports on; subscribe `control.cancel.<job>` and `signals.<job>`;
+                 publish `events.runs.<job>.*`, `events.alerts.<job>`, `dlq.<job>` and
+                 `logs.<job>` (run log lines) for the jobs it reports on; subscribe
+                 `control.cancel.<job>` and `signals.<job>`;
                  publish `delayed.<job>.*` and `jobs.<job>`, read and delete its holding
                  messages (workflow wake-ups and resumes); write KV
                  `ratelimit`; read KV `schedules`
@@ -91,7 +92,7 @@ def _topology_setup(names: Names) -> list[str]:
     INFO, CREATE and UPDATE only: a service may create what is missing or re-apply the
     configuration, but no service user can delete or purge a stream.
     """
-    streams = [names.jobs_stream, names.events_stream, names.dlq_stream]
+    streams = list(names.streams)
     streams += [_kv_stream(bucket) for bucket in names.kv_buckets]
     subjects = [f"{_JS_API}.INFO", f"{_JS_API}.STREAM.NAMES"]
     for stream in streams:
@@ -151,8 +152,8 @@ def _kv_write(bucket: str) -> list[str]:
 
 
 def _reports(names: Names, job: str) -> list[str]:
-    """Record the outcome of a run of `job`: its run events, alerts and dead letters."""
-    return [names.run_events_wildcard(job), names.alert_subject(job), names.dlq_subject(job)]
+    """Record the outcome of a run of `job`: its run events, alerts, dead letters and log lines."""
+    return [names.run_events_wildcard(job), names.alert_subject(job), names.dlq_subject(job), names.log_subject(job)]
 
 
 def _unserved_sweep(names: Names) -> list[str]:
@@ -217,7 +218,7 @@ def operator_permissions(names: Names) -> Permissions:
     Operators administer the system, so they get the whole JetStream API of the account;
     the namespace still bounds the plain subjects they can reach.
     """
-    streams = [names.jobs_stream, names.events_stream, names.dlq_stream]
+    streams = list(names.streams)
     streams += [_kv_stream(bucket) for bucket in names.kv_buckets]
     publish = [
         f"{_JS_API}.>",

@@ -252,6 +252,12 @@ class Settings(BaseSettings):
     )
     events_max_age_days: float = Field(7, gt=0, description="how long EVENTS keeps run events and alerts")
     dlq_max_age_days: float = Field(30, gt=0, description="how long DLQ keeps dead letters")
+    logs_max_age_days: float = Field(3, gt=0, description="how long LOGS keeps the log lines of runs")
+    logs_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="size cap of LOGS; the oldest lines go first"
+    )
+    log_lines_per_run: int = Field(2000, ge=10, description="log lines kept per run attempt and process")
+    log_line_max_chars: int = Field(2000, ge=200, description="longer log messages are cut to this length")
 
     # -- MongoDB ---------------------------------------------------------------
     mongo_url: SecretStr = Field(

@@ -1,8 +1,9 @@
 """The `pulse` command: one typer app, commands registered from one module per topic.
 
-up        shared/cli/up.py         run the whole system locally
+up, env   shared/cli/up.py         run the whole system locally; export its URLs
 trigger, status, watch, runs, run, cancel
           shared/cli/jobs.py       start and inspect runs
+logs      shared/cli/logs.py       one run's log lines
 dlq       shared/cli/dlq.py        dead letters
 schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
 simulate  shared/cli/simulate.py   the provider simulator
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import dlq, jobs, schedule, simulate, stats, up, workflows
+from shared.cli import dlq, jobs, logs, schedule, simulate, stats, up, workflows
 
 app = typer.Typer(
     name="pulse",
@@ -24,7 +25,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (up, jobs, dlq, schedule, simulate, stats, workflows):
+for module in (up, jobs, logs, dlq, schedule, simulate, stats, workflows):
     module.register(app)
 
 

@@ -66,8 +66,10 @@ def as_utc(moment: datetime | None) -> datetime | None:
 
 
 def iso(moment: datetime | None) -> str | None:
-    """ISO-8601 UTC with a `Z` (None stays None)."""
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+    """The one time format operators see (CLI tables, `--json`, the dashboard): UTC to the second
+    with a `Z`, e.g. `2026-12-01T09:00:00Z` (None stays None)."""
+    moment = as_utc(moment)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from shared.delayed import SCHEDULER_HEADER
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
 from shared.jobargs import args_problem
-from shared.logs import bind
+from shared.logs import bind, run_context
 from shared.names import Names
 from shared.overrides import current_schedule
 from shared.requests import MSG_ID_HEADER
@@ -311,7 +311,9 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             _control=control,
             _scrub=rt.scrub,
         )
-        task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
+        # The task copies the context now: every line the job (or a library) logs carries the run.
+        with run_context(job=request.job, run_id=request.run_id, attempt=attempt):
+            task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
         control.attach(task)
         rt.controls[request.run_id] = control
         try:
@@ -522,9 +524,7 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
     if invalid.request is not None and not invalid.foreign:  # parsed, not runnable: a failed run, a dead letter
         await record_terminal(rt, job, invalid.request, outcome, decision, attempt=attempt, attempt_doc=None)
     else:  # no run of this job to record: only the dead letter, with the raw payload
-        letter = dead_letter(
-            job.spec.name, invalid.run_id, invalid.request, invalid.error, 0, "invalid", raw=msg.data
-        )
+        letter = dead_letter(job.spec.name, invalid.run_id, invalid.request, invalid.error, 0, "invalid", raw=msg.data)
         # A foreign request's run id belongs to another job's run: key its letter by message.
         keyed_by_run = invalid.run_id and not invalid.foreign
         msg_id = f"{invalid.run_id}:dlq" if keyed_by_run else f"dlq:seq:{msg.metadata.sequence.stream}"
