@@ -148,6 +148,11 @@ class Names:
         return check_job_name(job)
 
     @property
+    def alert_delivery_consumer(self) -> str:
+        """The durable consumer (on EVENTS) that delivers alerts to the configured sinks, once each."""
+        return "alert_delivery"
+
+    @property
     def schedules_bucket(self) -> str:
         return self._resource("schedules")
 

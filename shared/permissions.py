@@ -25,7 +25,8 @@ What each role may do (subjects shown without a namespace):
     janitor      also reports on every job: its watchdog marks any job's dead runs
                  `timed_out`, which publishes that job's run event and alert; and it
                  moves requests on subjects no job serves to `dlq.>` (list JOBS'
-                 consumers, get and delete single JOBS messages, never purge)
+                 consumers, get and delete single JOBS messages, never purge); and it
+                 delivers alerts: the durable consumer `alert_delivery` on EVENTS
     dashboard    the operators' dashboard: read streams, consumers and buckets; publish
                  requests (trigger, re-run, replay) and cancel hints; write KV `schedules`;
                  delete dead letters and held delayed requests, purge DLQ; subscribe to
@@ -57,6 +58,9 @@ USERS: tuple[str, ...] = (*SERVICES, DASHBOARD, OPERATOR)
 #: (janitor) times out stalled runs of any job, and a timed-out run ends with its job's
 #: run event and, past the failure threshold, its alert.
 _REPORTS_ON_EVERY_JOB: frozenset[str] = frozenset({"janitor"})
+
+#: The service that delivers alerts to the sinks in settings (shared/alerting.py).
+_DELIVERS_ALERTS: frozenset[str] = frozenset({"janitor"})
 
 _JS_API = "$JS.API"
 
@@ -102,11 +106,15 @@ def _topology_setup(names: Names) -> list[str]:
 
 def _consume(names: Names, job: str) -> list[str]:
     """Bind, fetch from and acknowledge on the durable consumer of `job` only."""
-    stream, consumer = names.jobs_stream, names.consumer_name(job)
+    return _consume_from(names.jobs_stream, names.consumer_name(job), names.job_subject(job))
+
+
+def _consume_from(stream: str, consumer: str, filter_subject: str) -> list[str]:
+    """Create, bind, fetch from and acknowledge on one durable consumer of `stream`."""
     return [
         # nats-py picks one of three create subjects by server version and filter.
         f"{_JS_API}.CONSUMER.CREATE.{stream}.{consumer}",
-        f"{_JS_API}.CONSUMER.CREATE.{stream}.{consumer}.{names.job_subject(job)}",
+        f"{_JS_API}.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}",
         f"{_JS_API}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
         f"{_JS_API}.CONSUMER.INFO.{stream}.{consumer}",
         f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
@@ -208,6 +216,8 @@ def service_permissions(names: Names, service: str) -> Permissions:
             publish += _reports(names, job)
         if service in _REPORTS_ON_EVERY_JOB:
             publish += _unserved_sweep(names)
+        if service in _DELIVERS_ALERTS:
+            publish += _consume_from(names.events_stream, names.alert_delivery_consumer, names.alerts_wildcard())
         publish += _kv_write(names.ratelimit_bucket) + _kv_read(names.schedules_bucket)
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
 

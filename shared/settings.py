@@ -285,6 +285,15 @@ class Settings(BaseSettings):
     # -- runtime ---------------------------------------------------------------
     http_host: str = Field("0.0.0.0", description="address of /healthz, /readyz and /metrics")
     http_port: int = Field(8080, ge=0, le=65535, description="port of /healthz, /readyz and /metrics (0 = any)")
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="generic alert webhook: each alert POSTed as JSON, signed (docs/alerts.md)"
+    )
+    alert_webhook_secret: SecretStr | None = Field(
+        None, description="shared secret of the webhook's HMAC-SHA256 signature (required with the URL)"
+    )
+    alert_slack_webhook_url: SecretStr | None = Field(None, description="Slack-compatible incoming webhook URL")
+    alert_delivery_attempts: int = Field(6, ge=1, le=20, description="tries per alert and sink, with backoff")
+    alert_delivery_timeout_s: float = Field(10.0, gt=0, description="per-request timeout to an alert sink")
     stack_file: Path = Field(
         Path(".data/stack.json"),
         description="where pulse up records its servers; other pulse commands read it when no URL is set",
@@ -413,6 +422,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PULSE_DASHBOARD_TOKEN must be at least 16 characters (or unset for a read-only dashboard)"
             )
+        if self.alert_webhook_url is not None and self.alert_webhook_secret is None:
+            raise ValueError(
+                "PULSE_ALERT_WEBHOOK_URL is set but PULSE_ALERT_WEBHOOK_SECRET is not: "
+                "alerts are signed, so set a shared secret the receiver checks"
+            )
+        for url in (self.alert_webhook_url, self.alert_slack_webhook_url):
+            if url is not None and urlsplit(url.get_secret_value()).scheme not in ("http", "https"):
+                raise ValueError("PULSE_ALERT_WEBHOOK_URL and PULSE_ALERT_SLACK_WEBHOOK_URL must be http(s) URLs")
         if bool(self.nats_tls_cert_file) != bool(self.nats_tls_key_file):
             raise ValueError("set PULSE_NATS_TLS_CERT_FILE and PULSE_NATS_TLS_KEY_FILE together")
         if bool(self.mongo_tls_cert_file) != bool(self.mongo_tls_key_file):

@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
-import nats.errors
 import typer
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared.names import Collections
 from shared.readmodel.timetext import iso
@@ -33,11 +31,10 @@ from .common import (
     fail,
     run_async,
 )
+from .tail import FollowTimeout, tail
 
 #: Fields every line has, shown in fixed places; anything else is printed as key=value.
 _PLACED = ("ts", "level", "logger", "msg", "job", "run_id", "attempt", "exc")
-#: Lines published just before a run ended arrive within the shipper's flush interval.
-_SETTLE_S = 1.0
 #: Start reading this long before the run's recorded start (clock skew between hosts).
 _START_SLACK = timedelta(seconds=30)
 
@@ -75,42 +72,33 @@ async def stream_logs(
     conns: Connections, run_id: str, job: str, *, follow: bool, timeout_s: float | None, as_json: bool
 ) -> int:
     """Print the run's lines; with `follow`, keep printing until the run ends (or `timeout_s`)."""
-    settings = conns.settings
+    names = conns.settings.names
     record = await _record(conns, run_id)
-    started: datetime | None = record.started_at if record is not None else None
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_TIME if started else DeliverPolicy.ALL,
-        opt_start_time=started - _START_SLACK if started else None,
-    )
-    sub = await conns.js.subscribe(
-        settings.names.log_subject(job), stream=settings.names.logs_stream, ordered_consumer=True, config=config
-    )
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    started = record.started_at - _START_SLACK if record is not None and record.started_at else None
+
+    async def ended() -> bool:
+        current = await _record(conns, run_id)
+        return current is not None and current.status.is_terminal
+
     found = 0
-    ended_at: float | None = None
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        while deadline is None or time.monotonic() < deadline:
-            wait = _SETTLE_S if deadline is None else max(0.01, min(_SETTLE_S, deadline - time.monotonic()))
-            try:
-                msg = await sub.next_msg(timeout=wait)
-            except (nats.errors.TimeoutError, TimeoutError):
-                if not follow:
-                    break  # caught up
-                if ended_at is None and (record := await _record(conns, run_id)) and record.status.is_terminal:
-                    ended_at = time.monotonic()  # read on for a moment: its last lines may still be in flight
-                if ended_at is not None and time.monotonic() - ended_at >= _SETTLE_S:
-                    break
+        async for msg in tail(
+            conns.js,
+            names.log_subject(job),
+            names.logs_stream,
+            since=started,
+            follow=follow,
+            deadline=deadline,
+            done=ended,
+        ):
+            if (msg.headers or {}).get(RUN_ID_HEADER) != run_id or (line := parse_line(msg.data)) is None:
                 continue
-            if (msg.headers or {}).get(RUN_ID_HEADER) == run_id and (line := parse_line(msg.data)) is not None:
-                found += 1
-                sys.stdout.write((json.dumps(line, ensure_ascii=False) if as_json else format_line(line)) + "\n")
-                sys.stdout.flush()
-            if not follow and msg.metadata.num_pending == 0:
-                break
-        else:
-            fail(f"stopped following {run_id} after {timeout_s:g}s; the run goes on", EXIT_FAILED)
-    finally:
-        await sub.unsubscribe()
+            found += 1
+            sys.stdout.write((json.dumps(line, ensure_ascii=False) if as_json else format_line(line)) + "\n")
+            sys.stdout.flush()
+    except FollowTimeout:
+        fail(f"stopped following {run_id} after {timeout_s:g}s; the run goes on", EXIT_FAILED)
     if found == 0 and record is None:
         fail(f"no run {run_id!r} is recorded and no log lines of it are kept; list runs with: pulse runs", EXIT_FAILED)
     if found == 0 and not as_json:

@@ -189,7 +189,8 @@ async def test_permanent_error_fails_at_once_and_alerts(
     await worker.run_until_idle(timeout_s=10)
     alerts = await collect(js, settings.names.alert_subject("rejected"), settings.names.events_stream, 1)
     kinds = [json.loads(a)["kind"] for a in alerts]
-    assert kinds == ["permanent_error"]
+    assert kinds == ["dead_letter"]
+    assert "dead-lettered (permanent)" in json.loads(alerts[0])["detail"]
     letters = await collect(js, settings.names.dlq_subject("rejected"), settings.names.dlq_stream, 1)
     assert [DeadLetter.model_validate_json(x).reason for x in letters] == ["permanent"]
 

@@ -14,7 +14,8 @@ import logging
 import os
 from typing import Any
 
-from shared.runtime import JobContext, JobPolicy, RetryPolicy, job, run_service
+from shared.runtime import JobContext, job, run_service
+from shared.settings import JobPolicy, RetryPolicy
 
 WAIT = os.environ.get("CHATTY_WAIT") == "1"
 POLICY = JobPolicy(
