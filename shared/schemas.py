@@ -210,7 +210,12 @@ class RunRecord(BaseModel):
     error: str | None = None
     reason: str | None = None
     summary: dict[str, Any] = Field(default_factory=dict)
+    #: What the job last reported at a check point (`ctx.checkpoint(progress)`), while it runs.
+    progress: dict[str, Any] = Field(default_factory=dict)
     cancel_requested: bool = False
+    #: Who asked for the cancel (CLI: `pulse:<user>@<host>`), and when.
+    canceled_by: str | None = None
+    cancel_requested_at: datetime | None = None
     updated_at: datetime | None = None
     #: A sleeping or waiting workflow: when it wakes (a sleep's end, a wait's timeout).
     wake_at: datetime | None = None

@@ -21,6 +21,7 @@ from shared.names import JOBS
 from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, trigger_run
 from shared.readmodel.runs import RunFilter, find_run, list_runs
 from shared.readmodel.status import collect_status, queue_info, status_json
+from shared.readmodel.timetext import human_seconds, key_values
 from shared.runtime import read_steps
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import Settings
@@ -77,16 +78,24 @@ def parse_args(pairs: list[str], *, option: str = "--arg", prefix: str = "") -> 
 
 
 async def wait_for_run(conns: Connections, run_id: str, job: str, timeout_s: float | None) -> RunRecord | None:
-    """Show the progress of `run_id` until it ends; None when `timeout_s` passed first."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    """Show the progress of `run_id` until it ends; None when `timeout_s` passed first.
+
+    The deadline is around every wait (store reads, NATS queries, sleeps), not checked
+    between polls: a server that stops answering cannot hold the command past `timeout_s`.
+    """
+    started = time.monotonic()
     with err_console.status(f"{run_id}: queued") as spinner:
-        while deadline is None or time.monotonic() < deadline:
-            record = await find_run(conns.db, run_id)
-            if record is not None and record.status.is_terminal:
-                return record
-            spinner.update(await _progress_text(conns, run_id, job, record))
-            await asyncio.sleep(_POLL_S)
-    return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    record = await find_run(conns.db, run_id)
+                    if record is not None and record.status.is_terminal:
+                        return record
+                    text = await _progress_text(conns, run_id, job, record)
+                    spinner.update(f"{human_seconds(time.monotonic() - started)}  {text}")
+                    await asyncio.sleep(_POLL_S)
+        except TimeoutError:
+            return None
 
 
 async def _progress_text(conns: Connections, run_id: str, job: str, record: RunRecord | None) -> str:
@@ -96,9 +105,21 @@ async def _progress_text(conns: Connections, run_id: str, job: str, record: RunR
         return f"{run_id}: queued ({where})"
     attempt = record.attempt_count or len(record.attempts)
     text = f"{run_id}: {record.status.value}, attempt {attempt}"
+    if record.progress and record.status is RunStatus.RUNNING:
+        text += f": {key_values(record.progress)}"
     if record.status is RunStatus.RETRYING and record.error:
         text += f" (last error: {record.error.splitlines()[0][:80]})"
     return text
+
+
+def ended_text(record: RunRecord) -> str:
+    """The last line of `--wait`: status, duration, attempts, and the summary as key=value."""
+    attempts = record.attempt_count or len(record.attempts)
+    how = f"after {attempts} attempt(s)" if attempts else "without running (the request was refused)"
+    duration = record.duration_ms
+    took = f" in {human_seconds(duration / 1000)}" if duration is not None else ""
+    summary = f": {key_values(record.summary)}" if record.summary else ""
+    return f"{record.run_id} ended {record.status.value}{took} {how}{summary}"
 
 
 async def _trigger(
@@ -123,13 +144,14 @@ async def _trigger(
         record = existing if existing is not None and existing.status.is_terminal else None
         record = record or await wait_for_run(conns, run_id, job, timeout_s)
     if record is None:
-        fail(f"{run_id} did not end within {timeout_s:g}s; follow it with: pulse run {run_id}", EXIT_FAILED)
+        fail(
+            f"{run_id} did not end within {timeout_s:g}s (it goes on); follow it with: pulse logs {run_id} --follow",
+            EXIT_FAILED,
+        )
     if as_json:
         print_json(run_json(record))
     else:
-        attempts = record.attempt_count or len(record.attempts)
-        how = f"after {attempts} attempt(s)" if attempts else "without running (the request was refused)"
-        console.print(f"{run_id} ended [bold]{record.status.value}[/] {how}", highlight=False)
+        console.print(ended_text(record), highlight=False, markup=False, soft_wrap=True)
         if record.error:
             console.print(f"error: {record.error}", highlight=False, markup=False)
     return EXIT_OK if record.status is RunStatus.COMPLETED else EXIT_FAILED

@@ -8,6 +8,7 @@ bounded by the deadline: a silent server cannot hold the command past `--timeout
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -62,7 +63,7 @@ async def tail(
             except (nats.errors.TimeoutError, TimeoutError):
                 if not follow:
                     return  # caught up
-                if finished_at is None and done is not None and await done():
+                if finished_at is None and done is not None and await _within(done(), deadline):
                     finished_at = time.monotonic()
                 elif finished_at is not None:
                     return
@@ -72,3 +73,13 @@ async def tail(
                 return
     finally:
         await sub.unsubscribe()
+
+
+async def _within(check: Awaitable[bool], deadline: float | None) -> bool:
+    """`await check`, but never past `deadline` (then: FollowTimeout)."""
+    if deadline is None:
+        return await check
+    try:
+        return await asyncio.wait_for(check, timeout=max(0.01, deadline - time.monotonic()))
+    except TimeoutError:
+        raise FollowTimeout from None

@@ -95,3 +95,16 @@ def human_seconds(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+def key_values(data: dict[str, object]) -> str:
+    """A summary or progress dict as `key=value` text (nested dicts as `key.sub=value`)."""
+    parts: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            parts += [f"{key}.{item}" for item in key_values(value).split(" ") if item]
+        elif isinstance(value, list):
+            parts.append(f"{key}={','.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)

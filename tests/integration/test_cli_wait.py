@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,13 +55,11 @@ async def test_wait_exits_0_when_the_run_completes(settings: Settings, stats_wor
     assert record["summary"] == {"snapshots": 1}
 
 
-async def test_wait_exits_1_when_the_run_fails(settings: Settings, stats_worker: None) -> None:
-    result = await asyncio.to_thread(
-        invoke, settings, "trigger", "stats", "--arg", "fail=true", "--wait", "--timeout", "30"
-    )
-    assert result.exit_code == 1, result.output
-    assert "ended failed" in result.stdout
-    assert "asked to fail" in result.stdout
+async def test_wait_ends_with_duration_and_the_summary_as_key_values(settings: Settings, stats_worker: None) -> None:
+    result = await asyncio.to_thread(invoke, settings, "trigger", "stats", "--wait", "--timeout", "30")
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"stats:manual:\S+ ended completed in \d+(\.\d)?s after 1 attempt\(s\): snapshots=1", last), last
 
 
 async def test_wait_gives_up_after_its_timeout_without_a_worker(settings: Settings) -> None:
