@@ -381,7 +381,7 @@ def cancel(
     async def _run() -> int:
         async with connect(settings) as conns:
             try:
-                done = await cancel_run(conns.nats, conns.js, conns.db, settings.names, run_id)
+                done = await cancel_run(conns.nats, conns.js, conns.db, settings.names, run_id, by=operator())
             except RunAlreadyEnded as exc:
                 fail(str(exc), EXIT_FAILED)
             except RunNotFound as exc:

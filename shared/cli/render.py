@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.readmodel.status import JobStatus, collect_status
-from shared.readmodel.timetext import ago, as_utc, human_seconds
+from shared.readmodel.timetext import ago, as_utc, human_seconds, key_values
 from shared.readmodel.timetext import iso as _iso
 from shared.schemas import RunRecord
 from shared.settings import Settings
@@ -130,7 +130,7 @@ def runs_table(records: list[RunRecord]) -> Table:
             str(record.attempt_count or len(record.attempts)),
             ago(record.started_at, now),
             _duration(record),
-            _short(record.error or record.reason or (json.dumps(record.summary) if record.summary else "")),
+            _short(record.error or record.reason or key_values(record.summary)),
         )
     return table
 
@@ -172,7 +172,11 @@ def run_detail(record: RunRecord) -> Group:
     if record.args:
         facts.add_row("args", json.dumps(record.args))
     if record.cancel_requested:
-        facts.add_row("cancel", Text("requested", style="magenta"))
+        who = f" by {record.canceled_by}" if record.canceled_by else ""
+        when = f" at {_iso(as_utc(record.cancel_requested_at))}" if record.cancel_requested_at else ""
+        facts.add_row("cancel", Text(f"requested{who}{when}", style="magenta"))
+    if record.progress and not record.status.is_terminal:
+        facts.add_row("progress", key_values(record.progress))
     parts: list[Any] = [facts]
     if record.error:
         parts.append(Panel(record.error, title="error", border_style="red", expand=False))
@@ -192,7 +196,7 @@ def run_detail(record: RunRecord) -> Group:
         )
     parts.append(attempts)
     if record.summary:
-        parts.append(Panel(json.dumps(record.summary, indent=2, default=str), title="summary", expand=False))
+        parts.append(Panel(key_values(record.summary), title="summary", expand=False))
     return Group(*parts)
 
 

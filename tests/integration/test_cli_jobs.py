@@ -176,6 +176,13 @@ def test_trigger_in_holds_a_delayed_run_that_cancel_removes(settings: Settings) 
     cancel = stdout_json(invoke(settings, "cancel", run_id, "--json"))
     assert cancel["delayed_request_removed"] is True
     assert with_js(settings, lambda js: list_delayed(js, settings.names, "cleanup")) == []
+    doc = with_db(settings, lambda db: db[Collections.RUNS].find_one({"_id": run_id}))
+    assert doc is not None  # who canceled it, and when, outlive the removed request
+    assert (doc["status"], doc["reason"]) == ("canceled", "canceled before it fired")
+    assert doc["canceled_by"].startswith("pulse:")
+    assert doc["cancel_requested_at"] is not None
+    shown = invoke(settings, "run", run_id)
+    assert "cancel requested by pulse:" in " ".join(shown.stdout.split())
 
 
 def test_cancel_of_a_queued_run_records_the_request(settings: Settings) -> None:
@@ -185,6 +192,7 @@ def test_cancel_of_a_queued_run_records_the_request(settings: Settings) -> None:
     doc = with_db(settings, lambda db: db[Collections.RUNS].find_one({"_id": run_id}))
     assert doc is not None
     assert doc["cancel_requested"] is True
+    assert doc["canceled_by"].startswith("pulse:")
 
 
 def test_cancel_refuses_unknown_and_finished_runs(settings: Settings) -> None:

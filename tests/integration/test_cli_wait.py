@@ -59,7 +59,8 @@ async def test_wait_ends_with_duration_and_the_summary_as_key_values(settings: S
     result = await asyncio.to_thread(invoke, settings, "trigger", "stats", "--wait", "--timeout", "30")
     assert result.exit_code == 0, result.output
     last = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"stats:manual:\S+ ended completed in \d+(\.\d)?s after 1 attempt\(s\): snapshots=1", last), last
+    pattern = r"stats:manual:\S+ ended completed in \d+(\.\d)?s after 1 attempt\(s\): snapshots=1"
+    assert re.fullmatch(pattern, last), last
 
 
 async def test_wait_gives_up_after_its_timeout_without_a_worker(settings: Settings) -> None:
