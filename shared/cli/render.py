@@ -62,7 +62,8 @@ def styled_status(status: str | None) -> Text:
 
 def _freshness(row: JobStatus, now: datetime) -> Text:
     if row.last_success_at is None:
-        return Text("never", style="red" if row.last_run_id else "dim")
+        # pending: its first freshness window has not passed yet; no alarm colour
+        return Text("never", style="bold red") if row.freshness == "never_succeeded" else Text("pending", style="dim")
     text = ago(row.last_success_at, now)
     return Text(text, style="green" if row.fresh else "bold red")
 
@@ -74,7 +75,7 @@ def _count(value: int | None) -> Text:
 
 
 def _schedule_cell(row: JobStatus, now: datetime) -> Text:
-    text = Text(row.schedule + ("*" if row.schedule_source == "kv" else ""))
+    text = Text(row.schedule + ("*" if row.schedule_source == "override" else ""))
     if not row.enabled:
         text.append("  disabled", style="dim")
     elif row.paused:
@@ -110,7 +111,7 @@ def status_table(rows: list[JobStatus], *, title: str | None = None) -> Table:
         )
     table.caption = (
         "* schedule overridden at runtime (schedules KV bucket)"
-        if any(r.schedule_source == "kv" for r in rows)
+        if any(r.schedule_source == "override" for r in rows)
         else None
     )
     return table

@@ -124,7 +124,7 @@ def list_(as_json: JsonOpt = False) -> None:
     for row in rows:
         state = "disabled" if not row["enabled"] else "paused" if row["paused"] else "active"
         table.add_row(
-            row["job"], row["schedule"], row["source"], state, row["next_fire"] or "-", row["last_slot"] or "-"
+            row["job"], row["schedule"], row["schedule_source"], state, row["next_fire"] or "-", row["last_slot"] or "-"
         )
     console.print(table)
 

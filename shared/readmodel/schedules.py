@@ -181,7 +181,7 @@ async def list_schedules(
                 "job": job,
                 "schedule": eff.schedule.text,
                 "kind": eff.schedule.kind,
-                "source": eff.source,
+                "schedule_source": eff.source,
                 "default": policy.schedule,
                 "paused": eff.paused,
                 "enabled": eff.enabled,

@@ -240,13 +240,17 @@ def test_status_reports_schedule_freshness_failures_and_queue(settings: Settings
     assert rows["whale_sync"]["fresh"] is False
     assert "stale" in rows["whale_sync"]["alerts"]
     market = rows["market_sync"]
-    assert (market["schedule"], market["schedule_source"], market["paused"]) == ("every 30s", "kv", True)
+    assert (market["schedule"], market["schedule_source"], market["paused"]) == ("every 30s", "override", True)
     assert market["next_fire"] is None
     assert rows["cleanup"]["last_run_id"] is None
     assert rows["cleanup"]["fresh"] is None
+    assert (rows["stats"]["freshness"], rows["whale_sync"]["freshness"]) == ("fresh", "stale")
+    # Never run and never served: its first window has not even started, so not stale.
+    assert (rows["cleanup"]["freshness"], rows["cleanup"]["alerts"]) == ("pending", [])
 
     text = invoke(settings, "status")
     assert text.exit_code == 0
+    assert "pending" in text.stdout
     assert "paused" in text.stdout
     assert "timed_out" in text.stdout
 
@@ -332,3 +336,23 @@ def test_watch_shows_run_events_as_they_arrive(settings: Settings) -> None:
     result = outcome["r"]
     assert result.exit_code == 0, result.output
     assert "stats:manual:evt1" in result.stdout
+
+
+def test_a_job_without_success_is_pending_until_its_first_window_passes(settings: Settings) -> None:
+    """A failed first run inside the window is `pending`; past the window it is `never_succeeded`."""
+    insert_runs(settings, run_doc("whale_sync:manual:x", "failed", 30, error="boom"))
+    served = datetime.now(UTC) - timedelta(seconds=30)
+
+    async def _first_served(db: Any, at: datetime) -> None:
+        await db[Collections.JOB_STATE].update_one(
+            {"_id": "runtime:whale_sync"}, {"$set": {"first_seen_at": at}}, upsert=True
+        )
+
+    with_db(settings, lambda db: _first_served(db, served))
+    row = next(r for r in stdout_json(invoke(settings, "status", "--json")) if r["job"] == "whale_sync")
+    assert (row["freshness"], row["alerts"]) == ("pending", [])  # whale_sync's window is 5 minutes
+
+    with_db(settings, lambda db: _first_served(db, datetime.now(UTC) - timedelta(hours=1)))
+    row = next(r for r in stdout_json(invoke(settings, "status", "--json")) if r["job"] == "whale_sync")
+    assert row["freshness"] == "never_succeeded"
+    assert "never succeeded" in row["alerts"]

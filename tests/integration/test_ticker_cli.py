@@ -72,7 +72,7 @@ async def test_set_pause_resume_and_reset_apply_to_a_running_ticker(
 
     listed = json.loads((await pulse(settings, "schedule", "list", "--json")).output)
     whale = next(row for row in listed if row["job"] == "whale_sync")
-    assert (whale["schedule"], whale["source"], whale["paused"], whale["next_fire"]) == (
+    assert (whale["schedule"], whale["schedule_source"], whale["paused"], whale["next_fire"]) == (
         "every 1s",
         "override",
         True,
@@ -92,7 +92,7 @@ async def test_set_pause_resume_and_reset_apply_to_a_running_ticker(
     await wait_for(lambda: _source_is(running_ticker, "default"), timeout_s=5, what="the reset applied")
     listed = json.loads((await pulse(settings, "schedule", "list", "--json")).output)
     whale = next(row for row in listed if row["job"] == "whale_sync")
-    assert (whale["schedule"], whale["source"], whale["paused"]) == ("every 1m", "default", False)
+    assert (whale["schedule"], whale["schedule_source"], whale["paused"]) == ("every 1m", "default", False)
     assert whale["last_slot"] is not None
 
 
