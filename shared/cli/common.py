@@ -44,8 +44,19 @@ from .stack import live_stack
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of output that goes to a pipe or file (no COLUMNS set): wide enough that table
+#: cells are never wrapped or cut, so piped output keeps full values (run ids, errors).
+PIPE_WIDTH = 10_000
+
+
+def _console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPE_WIDTH if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

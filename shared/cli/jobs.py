@@ -21,7 +21,7 @@ from shared.names import JOBS
 from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, trigger_run
 from shared.readmodel.runs import RunFilter, find_run, list_runs
 from shared.readmodel.status import collect_status, queue_info, status_json
-from shared.readmodel.timetext import human_seconds, key_values
+from shared.readmodel.timetext import human_seconds, iso, key_values
 from shared.runtime import read_steps
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import Settings
@@ -173,7 +173,7 @@ def _report_trigger(
             {
                 "run_id": run_id,
                 "job": job,
-                "at": at.isoformat() if at else None,
+                "at": iso(at),
                 "duplicate": duplicate,
                 "status": existing.status.value if existing else None,
             }
@@ -186,7 +186,7 @@ def _report_trigger(
     elif duplicate:
         err_console.print("same --key as a request already queued; not started again")
     elif at is not None:
-        err_console.print(f"{job} will run at {at.isoformat()} (cancel with: pulse cancel {run_id})")
+        err_console.print(f"{job} will run at {iso(at)} (cancel with: pulse cancel {run_id})")
 
 
 def trigger(

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.readmodel.status import JobStatus, collect_status
-from shared.readmodel.timetext import ago, as_utc, human_seconds, key_values
+from shared.readmodel.timetext import ago, as_utc, human_seconds, key_values, plain_times
 from shared.readmodel.timetext import iso as _iso
 from shared.schemas import RunRecord
 from shared.settings import Settings
@@ -46,8 +46,13 @@ STATUS_STYLE = {
 
 
 def run_json(record: RunRecord) -> dict[str, Any]:
-    """`--json` form of a run record (`run_id` instead of `_id`)."""
+    """`--json` form of a run record (`run_id` instead of `_id`; times as `iso`, to the second)."""
     data: dict[str, Any] = json.loads(record.model_dump_json())
+    for name in type(record).model_fields:
+        value = getattr(record, name)
+        if isinstance(value, datetime):
+            data[name] = _iso(value)
+    data["attempts"] = [plain_times(attempt.model_dump()) for attempt in record.attempts]
     return data
 
 

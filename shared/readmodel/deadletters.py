@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from shared.jobargs import check_args
 from shared.names import JOBS, Collections, Names
+from shared.readmodel.timetext import plain_times
 from shared.requests import publish_request
 from shared.schemas import DeadLetter, JobRequest, Trigger, new_run_id, utcnow
 from shared.store import Database
@@ -38,7 +39,10 @@ class StoredLetter:
     def as_json(self) -> dict[str, Any]:
         if self.letter is None:
             return {"seq": self.seq, "unreadable": self.raw.decode(errors="replace")[:2000]}
-        return {"seq": self.seq, **self.letter.model_dump(mode="json")}
+        data = plain_times({"seq": self.seq, **self.letter.model_dump()})
+        assert isinstance(data, dict)
+        plain: dict[str, Any] = json.loads(json.dumps(data, default=str))  # the nested request as plain JSON
+        return plain
 
 
 def check_job(job: str | None) -> str | None:

@@ -108,3 +108,14 @@ def key_values(data: dict[str, object]) -> str:
         else:
             parts.append(f"{key}={value}")
     return " ".join(parts)
+
+
+def plain_times(data: object) -> object:
+    """`data` with every datetime (at any depth) as `iso` text: the one time format of `--json`."""
+    if isinstance(data, datetime):
+        return iso(data)
+    if isinstance(data, dict):
+        return {key: plain_times(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [plain_times(value) for value in data]
+    return data
