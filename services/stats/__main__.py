@@ -13,8 +13,9 @@ import time
 from typing import Any
 
 from services.stats.stats import take_snapshot
+from shared.errors import RetryableError
 from shared.names import Collections
-from shared.runtime import JobContext, RetryableError, job, run_service
+from shared.runtime import JobContext, job, run_service
 from shared.schemas import RunStatus, utcnow
 
 #: How often a waiting stats attempt looks for the first completed market sync.

@@ -20,6 +20,7 @@ from shared.overrides import resolve
 from shared.readmodel.schedules import read_override
 from shared.readmodel.timetext import as_utc, iso
 from shared.runtime import failure_streak
+from shared.runtime._monitor import state_id
 from shared.schemas import RunStatus
 from shared.settings import Settings
 from shared.store import Database
@@ -125,7 +126,7 @@ async def collect_job_status(
     if status.fresh is not None:
         status.freshness = "fresh" if status.fresh else "stale"
     else:
-        state = await db[Collections.JOB_STATE].find_one({"_id": monitor.state_id(job)}, {"first_seen_at": 1})
+        state = await db[Collections.JOB_STATE].find_one({"_id": state_id(job)}, {"first_seen_at": 1})
         first_seen = as_utc(state.get("first_seen_at")) if state else None
         waited = (now - first_seen).total_seconds() if first_seen is not None else 0.0
         status.freshness = "never_succeeded" if waited > policy.stale_after_s else "pending"
