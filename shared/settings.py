@@ -292,6 +292,9 @@ class Settings(BaseSettings):
         None, description="shared secret of the webhook's HMAC-SHA256 signature (required with the URL)"
     )
     alert_slack_webhook_url: SecretStr | None = Field(None, description="Slack-compatible incoming webhook URL")
+    alert_webhook_url_file: Path | None = Field(None, description="file holding the alert webhook URL")
+    alert_webhook_secret_file: Path | None = Field(None, description="file holding the alert webhook secret")
+    alert_slack_webhook_url_file: Path | None = Field(None, description="file holding the Slack webhook URL")
     alert_delivery_attempts: int = Field(6, ge=1, le=20, description="tries per alert and sink, with backoff")
     alert_delivery_timeout_s: float = Field(10.0, gt=0, description="per-request timeout to an alert sink")
     stack_file: Path = Field(
