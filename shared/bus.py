@@ -265,8 +265,25 @@ async def connect_nats(settings: Settings, *, name: str, timeout_s: float | None
 # -- streams ------------------------------------------------------------------------
 
 
+def _limits_stream(
+    settings: Settings, name: str, subjects: list[str], max_age_days: float, **more: Any
+) -> StreamConfig:
+    """A history stream: file storage, kept `max_age_days`, oldest messages dropped first."""
+    return StreamConfig(
+        name=name,
+        subjects=subjects,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.stream_replicas,
+        max_age=max_age_days * _DAY_S,
+        discard=DiscardPolicy.OLD,
+        allow_direct=True,
+        **more,
+    )
+
+
 def stream_configs(settings: Settings) -> list[StreamConfig]:
-    """The JOBS, EVENTS and DLQ streams as DESIGN.md defines them."""
+    """The JOBS, EVENTS and DLQ streams as DESIGN.md defines them, and LOGS (per-run log lines)."""
     names = settings.names
     replicas = settings.stream_replicas
     return [
@@ -280,27 +297,27 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             allow_msg_schedules=True,  # one-off delayed requests (Nats-Schedule: @at ...)
             allow_direct=True,
         ),
-        StreamConfig(
-            name=names.events_stream,
-            subjects=names.events_stream_subjects,
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            max_age=settings.events_max_age_days * _DAY_S,
+        _limits_stream(
+            settings,
+            names.events_stream,
+            names.events_stream_subjects,
+            settings.events_max_age_days,
             duplicate_window=settings.duplicate_window_s,
-            discard=DiscardPolicy.OLD,
-            allow_direct=True,
         ),
-        StreamConfig(
-            name=names.dlq_stream,
-            subjects=names.dlq_stream_subjects,
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            max_age=settings.dlq_max_age_days * _DAY_S,
+        _limits_stream(
+            settings,
+            names.dlq_stream,
+            names.dlq_stream_subjects,
+            settings.dlq_max_age_days,
             duplicate_window=settings.duplicate_window_s,
-            discard=DiscardPolicy.OLD,
-            allow_direct=True,
+        ),
+        # Per-run log lines (shared/runlogs.py): bounded by age and size, oldest dropped.
+        _limits_stream(
+            settings,
+            names.logs_stream,
+            names.logs_stream_subjects,
+            settings.logs_max_age_days,
+            max_bytes=settings.logs_max_bytes,
         ),
     ]
 

@@ -76,6 +76,15 @@ class Names:
         return self._resource("DLQ")
 
     @property
+    def logs_stream(self) -> str:
+        return self._resource("LOGS")
+
+    @property
+    def streams(self) -> list[str]:
+        """Every stream of the system (KV buckets' streams aside)."""
+        return [self.jobs_stream, self.events_stream, self.dlq_stream, self.logs_stream]
+
+    @property
     def jobs_stream_subjects(self) -> list[str]:
         return [self._subject("jobs.>"), self._subject("delayed.>")]
 
@@ -86,6 +95,10 @@ class Names:
     @property
     def dlq_stream_subjects(self) -> list[str]:
         return [self._subject("dlq.>")]
+
+    @property
+    def logs_stream_subjects(self) -> list[str]:
+        return [self._subject("logs.>")]
 
     # -- subjects --------------------------------------------------------------
     def job_subject(self, job: str) -> str:
@@ -121,6 +134,10 @@ class Names:
         """Where any client signals a waiting workflow of `job` (core NATS request; run id in a header)."""
         return self._subject(f"signals.{job}")
 
+    def log_subject(self, job: str) -> str:
+        """Where the log lines of `job`'s runs go: `logs.<job>` (the run id is in a header and the body)."""
+        return self._subject(f"logs.{job}")
+
     def cancel_subject(self, job: str) -> str:
         """Core-NATS notification that a run of `job` was canceled (a hint; the record is truth)."""
         return self._subject(f"control.cancel.{job}")
@@ -129,6 +146,11 @@ class Names:
     def consumer_name(self, job: str) -> str:
         """The one durable pull consumer of `job`, shared by every replica."""
         return check_job_name(job)
+
+    @property
+    def alert_delivery_consumer(self) -> str:
+        """The durable consumer (on EVENTS) that delivers alerts to the configured sinks, once each."""
+        return "alert_delivery"
 
     @property
     def schedules_bucket(self) -> str:

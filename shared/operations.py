@@ -22,10 +22,12 @@ from pydantic import ValidationError
 
 from shared.delayed import cancel_delayed, list_delayed, schedule_delayed
 from shared.errors import InvalidRequest
+from shared.jobargs import check_args
 from shared.names import Names
 from shared.requests import MSG_ID_HEADER, publish_request
 from shared.runtime import get_run, publish_cancel_hint, request_cancel
-from shared.schemas import JobRequest, RunRecord, Trigger, new_run_id, utcnow
+from shared.runtime._records import finish_run
+from shared.schemas import JobRequest, RunRecord, RunStatus, Trigger, new_run_id, utcnow
 from shared.store import Database
 
 _SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -65,8 +67,12 @@ def build_request(
     """A manual (or, with `at`, delayed) request for `job`.
 
     Raises:
-        InvalidRequest: the request would not validate (e.g. args too large).
+        InvalidRequest: the request would not validate (e.g. args too large), or its args
+            do not fit the job's args model (checked here, before anything is published).
     """
+    problem = check_args(job, args)
+    if problem is not None:
+        raise InvalidRequest(f"{job} refuses these args, nothing was published: {problem}")
     trigger = Trigger.DELAYED if at is not None else Trigger.MANUAL
     try:
         return JobRequest(
@@ -126,8 +132,13 @@ class Canceled:
     delayed: bool
 
 
-async def cancel_run(nc: NatsClient, js: JetStreamContext, db: Database, names: Names, run_id: str) -> Canceled:
+async def cancel_run(
+    nc: NatsClient, js: JetStreamContext, db: Database, names: Names, run_id: str, *, by: str | None = None
+) -> Canceled:
     """Cancel a queued, delayed, retrying or running run; it ends `canceled` at its next check point.
+
+    `by` (who asked) and the time are recorded in the run's record, for a delayed run too
+    (its record is created `canceled` when the held request is removed).
 
     Raises:
         RunAlreadyEnded: the run is terminal.
@@ -137,14 +148,22 @@ async def cancel_run(nc: NatsClient, js: JetStreamContext, db: Database, names: 
     existing = await get_run(db, run_id)
     if existing is not None and existing.status.is_terminal:
         raise RunAlreadyEnded(existing)
-    if existing is None and await cancel_delayed(js, names, run_id):
-        # It never reached the queue: removing the held request is the whole cancel.
+    held = (
+        next((request for request, _ in await list_delayed(js, names, job) if request.run_id == run_id), None)
+        if existing is None
+        else None
+    )
+    if held is not None and await cancel_delayed(js, names, run_id):
+        # It never reached the queue: removing the held request is the whole cancel; the
+        # record says who canceled it and when.
+        await request_cancel(db, run_id, job, by=by)
+        await finish_run(db, run_id, RunStatus.CANCELED, reason="canceled before it fired", request=held)
         return Canceled(run_id, "canceled", delayed=True)
     if existing is None and not await request_queued(js, names, job, run_id):
         # request_cancel would record a typo as a queued run that never ends.
         raise RunNotFound(f"no run {run_id!r} is queued, delayed or recorded")
     try:
-        record = await request_cancel(db, run_id, job)
+        record = await request_cancel(db, run_id, job, by=by)
     except LookupError:
         raise RunNotFound(f"run {run_id!r} disappeared while canceling (removed by retention?)") from None
     # A hint so a worker holding the run can stop before its next heartbeat; the record

@@ -16,15 +16,17 @@ What each role may do (subjects shown without a namespace):
                  never DELETE or PURGE)
     ticker       publish `jobs.<job>` for every job; write KV `ticker`; read KV `schedules`
     job service  bind its own consumers (`<job>` on JOBS): fetch, ack, nak, in-progress;
-                 publish `events.runs.<job>.*`, `events.alerts.<job>`, `dlq.<job>` for the
-                 jobs it reports on; subscribe `control.cancel.<job>` and `signals.<job>`;
+                 publish `events.runs.<job>.*`, `events.alerts.<job>`, `dlq.<job>` and
+                 `logs.<job>` (run log lines) for the jobs it reports on; subscribe
+                 `control.cancel.<job>` and `signals.<job>`;
                  publish `delayed.<job>.*` and `jobs.<job>`, read and delete its holding
                  messages (workflow wake-ups and resumes); write KV
                  `ratelimit`; read KV `schedules`
     janitor      also reports on every job: its watchdog marks any job's dead runs
                  `timed_out`, which publishes that job's run event and alert; and it
                  moves requests on subjects no job serves to `dlq.>` (list JOBS'
-                 consumers, get and delete single JOBS messages, never purge)
+                 consumers, get and delete single JOBS messages, never purge); and it
+                 delivers alerts: the durable consumer `alert_delivery` on EVENTS
     dashboard    the operators' dashboard: read streams, consumers and buckets; publish
                  requests (trigger, re-run, replay) and cancel hints; write KV `schedules`;
                  delete dead letters and held delayed requests, purge DLQ; subscribe to
@@ -56,6 +58,9 @@ USERS: tuple[str, ...] = (*SERVICES, DASHBOARD, OPERATOR)
 #: (janitor) times out stalled runs of any job, and a timed-out run ends with its job's
 #: run event and, past the failure threshold, its alert.
 _REPORTS_ON_EVERY_JOB: frozenset[str] = frozenset({"janitor"})
+
+#: The service that delivers alerts to the sinks in settings (shared/alerting.py).
+_DELIVERS_ALERTS: frozenset[str] = frozenset({"janitor"})
 
 _JS_API = "$JS.API"
 
@@ -91,7 +96,7 @@ def _topology_setup(names: Names) -> list[str]:
     INFO, CREATE and UPDATE only: a service may create what is missing or re-apply the
     configuration, but no service user can delete or purge a stream.
     """
-    streams = [names.jobs_stream, names.events_stream, names.dlq_stream]
+    streams = list(names.streams)
     streams += [_kv_stream(bucket) for bucket in names.kv_buckets]
     subjects = [f"{_JS_API}.INFO", f"{_JS_API}.STREAM.NAMES"]
     for stream in streams:
@@ -101,11 +106,15 @@ def _topology_setup(names: Names) -> list[str]:
 
 def _consume(names: Names, job: str) -> list[str]:
     """Bind, fetch from and acknowledge on the durable consumer of `job` only."""
-    stream, consumer = names.jobs_stream, names.consumer_name(job)
+    return _consume_from(names.jobs_stream, names.consumer_name(job), names.job_subject(job))
+
+
+def _consume_from(stream: str, consumer: str, filter_subject: str) -> list[str]:
+    """Create, bind, fetch from and acknowledge on one durable consumer of `stream`."""
     return [
         # nats-py picks one of three create subjects by server version and filter.
         f"{_JS_API}.CONSUMER.CREATE.{stream}.{consumer}",
-        f"{_JS_API}.CONSUMER.CREATE.{stream}.{consumer}.{names.job_subject(job)}",
+        f"{_JS_API}.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}",
         f"{_JS_API}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
         f"{_JS_API}.CONSUMER.INFO.{stream}.{consumer}",
         f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
@@ -151,8 +160,8 @@ def _kv_write(bucket: str) -> list[str]:
 
 
 def _reports(names: Names, job: str) -> list[str]:
-    """Record the outcome of a run of `job`: its run events, alerts and dead letters."""
-    return [names.run_events_wildcard(job), names.alert_subject(job), names.dlq_subject(job)]
+    """Record the outcome of a run of `job`: its run events, alerts, dead letters and log lines."""
+    return [names.run_events_wildcard(job), names.alert_subject(job), names.dlq_subject(job), names.log_subject(job)]
 
 
 def _unserved_sweep(names: Names) -> list[str]:
@@ -207,6 +216,8 @@ def service_permissions(names: Names, service: str) -> Permissions:
             publish += _reports(names, job)
         if service in _REPORTS_ON_EVERY_JOB:
             publish += _unserved_sweep(names)
+        if service in _DELIVERS_ALERTS:
+            publish += _consume_from(names.events_stream, names.alert_delivery_consumer, names.alerts_wildcard())
         publish += _kv_write(names.ratelimit_bucket) + _kv_read(names.schedules_bucket)
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
 
@@ -217,7 +228,7 @@ def operator_permissions(names: Names) -> Permissions:
     Operators administer the system, so they get the whole JetStream API of the account;
     the namespace still bounds the plain subjects they can reach.
     """
-    streams = [names.jobs_stream, names.events_stream, names.dlq_stream]
+    streams = list(names.streams)
     streams += [_kv_stream(bucket) for bucket in names.kv_buckets]
     publish = [
         f"{_JS_API}.>",

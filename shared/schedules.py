@@ -197,12 +197,26 @@ def _zone_name(name: str, text: str) -> str:
     return name
 
 
+#: Name and number of values of each cron field, in order.
+_CRON_FIELDS = (("minute", 60), ("hour", 24), ("day-of-month", 31), ("month", 12), ("day-of-week", 7))
+
+
+def _check_cron_steps(fields: list[str], text: str) -> None:
+    """Refuse steps longer than their field (`*/61` minutes), which croniter accepts as 'once'."""
+    for (name, span), field_text in zip(_CRON_FIELDS, fields, strict=True):
+        for part in field_text.split(","):
+            _, slash, step = part.partition("/")
+            if slash and step.isdigit() and not 1 <= int(step) <= span:
+                raise _invalid(text, f"the {name} field has step {step}; steps of the {name} field must be 1..{span}")
+
+
 def _cron(expression: str, text: str, kind: ScheduleKind = "cron", zone: str = "UTC") -> CronSchedule:
     fields = expression.split()
     if len(fields) != 5:
         raise _invalid(
             text, f"a cron expression has 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
         )
+    _check_cron_steps(fields, text)
     try:
         # get_next finds impossible dates (Feb 30) as well as bad fields.
         croniter(expression, datetime(2026, 1, 1, tzinfo=UTC)).get_next(datetime)
@@ -277,8 +291,10 @@ class ScheduleOverride(BaseModel):
     """A job's runtime schedule override: the JSON value under its key in `schedules`.
 
     `schedule` None keeps the policy's default schedule (an override may only pause).
-    `resumed_at` fences a resume: slots before it never fire, so resuming a paused job
-    does not fire the slots it skipped while paused (the next slot fires as usual).
+    `resumed_at` is a fence: slots before it never fire. A resume sets it, so resuming a
+    paused job does not fire the slots it skipped while paused; a schedule change sets it
+    too, so a new schedule does not fire its latest past slot at once (the next slot fires
+    as usual).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")

@@ -129,8 +129,19 @@ class RunEvent(_Message):
 
 
 class AlertKind(StrEnum):
+    """What an alert is about (docs/cli-json.md lists them for operators)."""
+
+    #: N runs in a row failed (the job's `alert_after_failures`).
     CONSECUTIVE_FAILURES = "consecutive_failures"
+    #: The job succeeded before, but not within its freshness window (`stale_after_s`).
     STALE = "stale"
+    #: The job has never succeeded since it was first served, and its freshness window passed.
+    NEVER_SUCCEEDED = "never_succeeded"
+    #: A request went to the DLQ (attempts exhausted, permanent error, or invalid); one per letter.
+    DEAD_LETTER = "dead_letter"
+    #: The job completed a run again after one of the alerts above.
+    RECOVERED = "recovered"
+    #: Raised by earlier versions for a permanent error; now a `dead_letter` alert says it.
     PERMANENT_ERROR = "permanent_error"
 
 
@@ -199,7 +210,12 @@ class RunRecord(BaseModel):
     error: str | None = None
     reason: str | None = None
     summary: dict[str, Any] = Field(default_factory=dict)
+    #: What the job last reported at a check point (`ctx.checkpoint(progress)`), while it runs.
+    progress: dict[str, Any] = Field(default_factory=dict)
     cancel_requested: bool = False
+    #: Who asked for the cancel (CLI: `pulse:<user>@<host>`), and when.
+    canceled_by: str | None = None
+    cancel_requested_at: datetime | None = None
     updated_at: datetime | None = None
     #: A sleeping or waiting workflow: when it wakes (a sleep's end, a wait's timeout).
     wake_at: datetime | None = None

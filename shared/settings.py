@@ -252,6 +252,12 @@ class Settings(BaseSettings):
     )
     events_max_age_days: float = Field(7, gt=0, description="how long EVENTS keeps run events and alerts")
     dlq_max_age_days: float = Field(30, gt=0, description="how long DLQ keeps dead letters")
+    logs_max_age_days: float = Field(3, gt=0, description="how long LOGS keeps the log lines of runs")
+    logs_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="size cap of LOGS; the oldest lines go first"
+    )
+    log_lines_per_run: int = Field(2000, ge=10, description="log lines kept per run attempt and process")
+    log_line_max_chars: int = Field(2000, ge=200, description="longer log messages are cut to this length")
 
     # -- MongoDB ---------------------------------------------------------------
     mongo_url: SecretStr = Field(
@@ -279,6 +285,22 @@ class Settings(BaseSettings):
     # -- runtime ---------------------------------------------------------------
     http_host: str = Field("0.0.0.0", description="address of /healthz, /readyz and /metrics")
     http_port: int = Field(8080, ge=0, le=65535, description="port of /healthz, /readyz and /metrics (0 = any)")
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="generic alert webhook: each alert POSTed as JSON, signed (docs/alerts.md)"
+    )
+    alert_webhook_secret: SecretStr | None = Field(
+        None, description="shared secret of the webhook's HMAC-SHA256 signature (required with the URL)"
+    )
+    alert_slack_webhook_url: SecretStr | None = Field(None, description="Slack-compatible incoming webhook URL")
+    alert_webhook_url_file: Path | None = Field(None, description="file holding the alert webhook URL")
+    alert_webhook_secret_file: Path | None = Field(None, description="file holding the alert webhook secret")
+    alert_slack_webhook_url_file: Path | None = Field(None, description="file holding the Slack webhook URL")
+    alert_delivery_attempts: int = Field(6, ge=1, le=20, description="tries per alert and sink, with backoff")
+    alert_delivery_timeout_s: float = Field(10.0, gt=0, description="per-request timeout to an alert sink")
+    stack_file: Path = Field(
+        Path(".data/stack.json"),
+        description="where pulse up records its servers; other pulse commands read it when no URL is set",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_json: bool = Field(True, description="one JSON object per log line (False: plain text)")
     heartbeat_interval_s: float = Field(5.0, gt=0, description="how often a running handler reports progress")
@@ -403,6 +425,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PULSE_DASHBOARD_TOKEN must be at least 16 characters (or unset for a read-only dashboard)"
             )
+        if self.alert_webhook_url is not None and self.alert_webhook_secret is None:
+            raise ValueError(
+                "PULSE_ALERT_WEBHOOK_URL is set but PULSE_ALERT_WEBHOOK_SECRET is not: "
+                "alerts are signed, so set a shared secret the receiver checks"
+            )
+        for url in (self.alert_webhook_url, self.alert_slack_webhook_url):
+            if url is not None and urlsplit(url.get_secret_value()).scheme not in ("http", "https"):
+                raise ValueError("PULSE_ALERT_WEBHOOK_URL and PULSE_ALERT_SLACK_WEBHOOK_URL must be http(s) URLs")
         if bool(self.nats_tls_cert_file) != bool(self.nats_tls_key_file):
             raise ValueError("set PULSE_NATS_TLS_CERT_FILE and PULSE_NATS_TLS_KEY_FILE together")
         if bool(self.mongo_tls_cert_file) != bool(self.mongo_tls_key_file):

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
+
+import pytest
+from pydantic import BaseModel
+
+from shared import jobargs
 
 T = TypeVar("T")
 
@@ -53,3 +61,35 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> N
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@asynccontextmanager
+async def pulse_up(args: list[str], *, env: dict[str, str], log: Path, cwd: Path | None = None) -> AsyncIterator[int]:
+    """Run `pulse up ARGS` as a process until it reports ready; yield its pid.
+
+    On leaving, send SIGTERM and check it exits 0; kill it if anything failed first.
+    """
+    command = [sys.executable, "-c", "from shared.cli.app import main; main()", "up", *args]
+    with log.open("wb") as out:
+        up = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+
+        async def _ready() -> bool:
+            text = await asyncio.to_thread(log.read_text)
+            if up.poll() is not None:
+                raise AssertionError(f"pulse up exited {up.returncode}:\n{text}")
+            return "marketpulse is up" in text
+
+        await wait_for(_ready, timeout_s=90, interval_s=0.2, what="pulse up to report ready")
+        yield up.pid
+        up.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(up.wait, 30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+def register_args_model(monkeypatch: pytest.MonkeyPatch, job: str, model: type[BaseModel]) -> None:
+    """Give `job` an args model for this test (today's jobs take none), as the CLI and workers see it."""
+    monkeypatch.setattr(jobargs, "ARGS_MODELS", {**jobargs.ARGS_MODELS, job: model})

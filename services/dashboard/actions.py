@@ -168,7 +168,7 @@ async def cancel(page: Page) -> Response:
         if src.nats is None or not src.nats_up:
             raise_unavailable("NATS")
         assert src.nats is not None
-        done = await cancel_run(src.nats, src.js, src.store(), page.settings.names, run_id)
+        done = await cancel_run(src.nats, src.js, src.store(), page.settings.names, run_id, by=who(page, session))
         if done.delayed:
             return f"{run_id} canceled: the delayed request was removed before it fired"
         if done.status == "canceled":

@@ -108,7 +108,7 @@ async def overview_rows(page: Page) -> tuple[list[JobRow], int | None]:
 
 async def overview(page: Page) -> Response:
     rows, letters = await overview_rows(page)
-    any_override = any(r.status is not None and r.status.schedule_source == "kv" for r in rows)
+    any_override = any(r.status is not None and r.status.schedule_source == "override" for r in rows)
     if page.request.arg("fragment") == "jobs":
         return Response(page.dashboard.templates.get_template("overview_jobs.html").render(
             jobs=rows, dead_letters=letters, any_override=any_override, now=datetime.now(UTC)))  # fmt: skip

@@ -1,10 +1,12 @@
-"""The janitor service: the `cleanup` and `watchdog` jobs (thin adapters over the domain code and the runtime)."""
+"""The janitor service: the `cleanup` and `watchdog` jobs (thin adapters over the domain code and the runtime),
+and the delivery of alerts to the sinks in settings (`shared/alerting.py`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from services.janitor.cleanup import Retention, clean_up
+from shared.alerting import AlertDelivery
 from shared.runtime import JobContext, dead_letter_unserved_requests, job, run_service, time_out_silent_runs
 from shared.schemas import utcnow
 
@@ -30,7 +32,7 @@ async def watchdog_job(ctx: JobContext) -> dict[str, Any]:
 
 
 def main() -> None:
-    run_service("janitor", [cleanup_job, watchdog_job])
+    run_service("janitor", [cleanup_job, watchdog_job], companions=[AlertDelivery.from_settings])
 
 
 if __name__ == "__main__":

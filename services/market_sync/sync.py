@@ -278,7 +278,10 @@ class MarketWriter:
         for error in errors:
             self.counts.invalid += 1
             if self.counts.invalid <= MAX_LOGGED_INVALID:
-                log.warning("market_sync.invalid_record id=%s reason=%s", error.record_id, error.reason)
+                log.warning(
+                    "skipped an invalid market record",
+                    extra={"event": "market_sync.invalid_record", "record_id": error.record_id, "reason": error.reason},
+                )
 
     async def deactivate_unseen(self, provider: str) -> int:
         """Mark active markets of `provider` not seen in this run inactive; return how many.
@@ -348,5 +351,5 @@ async def sync_markets(
     await writer.flush()
     writer.counts.complete = True
     writer.counts.deactivated = await writer.deactivate_unseen(provider.name)
-    log.info("market_sync.done %s", writer.counts.as_summary())
+    log.info("market sync done", extra={"event": "market_sync.done", "summary": writer.counts.as_summary()})
     return writer.counts

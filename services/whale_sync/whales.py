@@ -193,12 +193,18 @@ async def sync_whales(
     await checkpoint({"fetched": len(parsed)})
     batch = sort_trades(parsed, threshold_usd, started + MAX_FUTURE)
     for error in batch.invalid[:MAX_LOGGED_INVALID]:
-        log.warning("whale_sync.invalid_record id=%s reason=%s", error.record_id, error.reason)
+        log.warning(
+            "skipped an invalid trade record",
+            extra={"event": "whale_sync.invalid_record", "record_id": error.record_id, "reason": error.reason},
+        )
     counts = WhaleSyncCounts(fetched=len(parsed), invalid=len(batch.invalid), below_threshold=batch.below_threshold)
     counts.new = await store_trades(db, batch.keep, write_batch=write_batch)
     counts.duplicate = len(batch.keep) - counts.new + batch.repeated
     counts.markets_updated = await note_on_markets(db, provider.name, batch.keep, write_batch=write_batch)
     if batch.newest is not None:
         await advance_watermark(db, batch.newest, watermark, started)
-    log.info("whale_sync.done since=%s %s", since.isoformat(), counts.as_summary())
+    log.info(
+        "whale sync done",
+        extra={"event": "whale_sync.done", "since": since.isoformat(), "summary": counts.as_summary()},
+    )
     return counts

@@ -1,8 +1,10 @@
 """The `pulse` command: one typer app, commands registered from one module per topic.
 
-up        shared/cli/up.py         run the whole system locally
+up, env   shared/cli/up.py         run the whole system locally; export its URLs
 trigger, status, watch, runs, run, cancel
           shared/cli/jobs.py       start and inspect runs
+logs      shared/cli/logs.py       one run's log lines
+alerts    shared/cli/alerts.py     alerts raised lately, or as they come
 dlq       shared/cli/dlq.py        dead letters
 schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
 simulate  shared/cli/simulate.py   the provider simulator
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import dlq, jobs, schedule, simulate, stats, up, workflows
+from shared.cli import alerts, dlq, jobs, logs, schedule, simulate, stats, up, workflows
 
 app = typer.Typer(
     name="pulse",
@@ -24,7 +26,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (up, jobs, dlq, schedule, simulate, stats, workflows):
+for module in (up, jobs, logs, alerts, dlq, schedule, simulate, stats, workflows):
     module.register(app)
 
 

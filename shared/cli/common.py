@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import getpass
 import json
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,10 +40,23 @@ from shared.readmodel import timetext
 from shared.settings import Settings, load_settings
 from shared.store import Database, Document, connect_store
 
+from .stack import live_stack
+
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of output that goes to a pipe or file (no COLUMNS set): wide enough that table
+#: cells are never wrapped or cut, so piped output keeps full values (run ids, errors).
+PIPE_WIDTH = 10_000
+
+
+def _console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPE_WIDTH if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -56,10 +70,33 @@ def fail(message: str, code: int = EXIT_UNREACHABLE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def cli_settings() -> Settings:
-    """The settings from the environment, or exit 2 naming every bad variable."""
+#: Settings a running `pulse up` provides, by environment variable.
+_STACK_FIELDS = {
+    "PULSE_NATS_URL": "nats_url",
+    "PULSE_MONGO_URL": "mongo_url",
+    "PULSE_MONGO_DB": "mongo_db",
+    "PULSE_NAMESPACE": "namespace",
+}
+
+
+def cli_settings(*, use_stack: bool = True) -> Settings:
+    """The settings from the environment, or exit 2 naming every bad variable.
+
+    When neither PULSE_NATS_URL nor PULSE_MONGO_URL is set and a `pulse up` is running
+    (its record at PULSE_STACK_FILE names a live pid), its servers are used: a second
+    shell needs no environment at all. Variables that are set always win.
+    """
     try:
-        return load_settings()
+        settings = load_settings()
+        if not use_stack or "PULSE_NATS_URL" in os.environ or "PULSE_MONGO_URL" in os.environ:
+            return settings
+        record = live_stack(settings.stack_file)
+        if record is None:
+            return settings
+        from_stack = record.env()
+        return load_settings(
+            **{field: from_stack[name] for name, field in _STACK_FIELDS.items() if name not in os.environ}
+        )
     except ConfigError as exc:
         fail(str(exc))
 

@@ -10,8 +10,10 @@ request (`--keep` leaves it); if the new run dies too, it leaves a new dead lett
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
+import click
 import typer
 from nats.js import JetStreamContext
 from rich.table import Table
@@ -24,6 +26,7 @@ from shared.readmodel.deadletters import (
     purge_letters,
     read_letters,
     replay_letter,
+    replay_refusal,
 )
 from shared.readmodel.deadletters import check_job as check_letters_job
 from shared.readmodel.timetext import ago
@@ -42,6 +45,7 @@ from .common import (
     print_json,
     run_async,
 )
+from .jobs import parse_args
 
 dlq_app = typer.Typer(
     help="Dead letters: requests that exhausted their attempts or could not be run.", no_args_is_help=True
@@ -157,18 +161,43 @@ def replay(
     all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter (of --job).")] = False,
     job: JobOpt = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the dead letter in the DLQ after replaying.")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Change one arg before replaying: args.KEY=VALUE (repeatable).")
+    ] = None,
+    unset: Annotated[
+        list[str] | None, typer.Option("--unset", help="Remove one arg before replaying: args.KEY (repeatable).")
+    ] = None,
+    edit: Annotated[bool, typer.Option("--edit", help="Edit the args as JSON in $EDITOR before replaying.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a dead request again as a new run (trigger `replay`) and print its run_id.
 
-    Example: pulse dlq replay 12 ;  pulse dlq replay --all --job whale_sync
+    A request that was refused as invalid is replayed only with edited args (--set,
+    --unset or --edit); args are checked against the job's model before anything is
+    published, and a refusal says why (exit 2).
+
+    Example: pulse dlq replay 12 ;  pulse dlq replay 12 --unset args.bogus ;  pulse dlq replay --all --job whale_sync
     """
     settings = cli_settings()
     _check_job(job)
     if (seq is None) == (not all_):
         fail("give a sequence number or --all (with --job to narrow it), not both")
+    if all_ and (set_ or unset or edit):
+        fail("--set, --unset and --edit change one dead letter: give its sequence number instead of --all")
 
     who = operator()
+
+    async def _read_one(number: int) -> StoredLetter:
+        async with connect(settings, need_store=False) as conns:
+            return await read_letter(conns.js, settings, number)
+
+    edited_args: dict[str, Any] | None = None
+    if seq is not None:
+        stored_one = run_async(lambda: _read_one(seq))
+        edited_args = edit_args(stored_one, set_ or [], unset or [], edit)
+        refusal = replay_refusal(stored_one, edited_args)
+        if refusal is not None:
+            fail(f"dead letter #{seq} not replayed: {refusal}")
 
     async def _run() -> int:
         async with connect(settings) as conns:
@@ -177,7 +206,9 @@ def replay(
             else:
                 letters = await read_letters(conns.js, settings.names, job, SCAN_LIMIT)
             results = [
-                await replay_letter(conns.js, conns.db, settings.names, stored, keep=keep, requested_by=who)
+                await replay_letter(
+                    conns.js, conns.db, settings.names, stored, keep=keep, requested_by=who, edited_args=edited_args
+                )
                 for stored in letters
             ]
         if as_json:
@@ -198,6 +229,33 @@ def replay(
         return EXIT_OK if all(r["replayed"] for r in results) else EXIT_FAILED
 
     raise typer.Exit(run_async(_run))
+
+
+def edit_args(stored: StoredLetter, set_: list[str], unset: list[str], use_editor: bool) -> dict[str, Any] | None:
+    """The letter's args after --set / --unset / --edit (None when none was given)."""
+    if not (set_ or unset or use_editor):
+        return None
+    letter = stored.letter
+    if letter is None or letter.request is None:
+        fail(f"dead letter #{stored.seq} holds no readable request to edit; inspect it: pulse dlq show {stored.seq}")
+    args = dict(letter.request.args)
+    for pair in unset:
+        key = pair.removeprefix("args.")
+        if not pair.startswith("args.") or key not in args:
+            fail(f"--unset {pair!r}: expected args.KEY naming one of the request's args ({', '.join(args) or 'none'})")
+        del args[key]
+    args.update(parse_args(set_, option="--set", prefix="args."))
+    if use_editor:
+        text = click.edit(json.dumps(args, indent=2, sort_keys=True) + "\n", extension=".json")
+        if text is None:
+            fail("--edit: the args were not changed (or not saved); nothing was replayed")
+        try:
+            args = json.loads(text)
+        except ValueError as exc:
+            fail(f"--edit: the edited args are not JSON ({exc}); nothing was replayed")
+        if not isinstance(args, dict):
+            fail("--edit: the edited args must be a JSON object; nothing was replayed")
+    return args
 
 
 # -- purge ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from shared.names import JOBS
 from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, trigger_run
 from shared.readmodel.runs import RunFilter, find_run, list_runs
 from shared.readmodel.status import collect_status, queue_info, status_json
+from shared.readmodel.timetext import human_seconds, iso, key_values
 from shared.runtime import read_steps
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import Settings
@@ -56,13 +57,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 # -- input parsing -----------------------------------------------------------------------
 
 
-def parse_args(pairs: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs into a dict; VALUE is JSON when it parses (numbers, true, lists), else text."""
+def parse_args(pairs: list[str], *, option: str = "--arg", prefix: str = "") -> dict[str, Any]:
+    """`KEY=VALUE` pairs into a dict; VALUE is JSON when it parses (numbers, true, lists), else text.
+
+    `prefix` is a required start of each pair (`args.` for `dlq replay --set`), not part of the key.
+    """
     args: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not _ARG_KEY_RE.match(key):
-            fail(f"--arg {pair!r}: expected KEY=VALUE with KEY made of letters, digits, '_' or '-'")
+        key, sep, raw = pair.removeprefix(prefix).partition("=")
+        if not pair.startswith(prefix) or not sep or not _ARG_KEY_RE.match(key):
+            fail(f"{option} {pair!r}: expected {prefix}KEY=VALUE with KEY made of letters, digits, '_' or '-'")
         try:
             args[key] = json.loads(raw)
         except ValueError:
@@ -74,16 +78,24 @@ def parse_args(pairs: list[str]) -> dict[str, Any]:
 
 
 async def wait_for_run(conns: Connections, run_id: str, job: str, timeout_s: float | None) -> RunRecord | None:
-    """Show the progress of `run_id` until it ends; None when `timeout_s` passed first."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    """Show the progress of `run_id` until it ends; None when `timeout_s` passed first.
+
+    The deadline is around every wait (store reads, NATS queries, sleeps), not checked
+    between polls: a server that stops answering cannot hold the command past `timeout_s`.
+    """
+    started = time.monotonic()
     with err_console.status(f"{run_id}: queued") as spinner:
-        while deadline is None or time.monotonic() < deadline:
-            record = await find_run(conns.db, run_id)
-            if record is not None and record.status.is_terminal:
-                return record
-            spinner.update(await _progress_text(conns, run_id, job, record))
-            await asyncio.sleep(_POLL_S)
-    return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    record = await find_run(conns.db, run_id)
+                    if record is not None and record.status.is_terminal:
+                        return record
+                    text = await _progress_text(conns, run_id, job, record)
+                    spinner.update(f"{human_seconds(time.monotonic() - started)}  {text}")
+                    await asyncio.sleep(_POLL_S)
+        except TimeoutError:
+            return None
 
 
 async def _progress_text(conns: Connections, run_id: str, job: str, record: RunRecord | None) -> str:
@@ -93,9 +105,21 @@ async def _progress_text(conns: Connections, run_id: str, job: str, record: RunR
         return f"{run_id}: queued ({where})"
     attempt = record.attempt_count or len(record.attempts)
     text = f"{run_id}: {record.status.value}, attempt {attempt}"
+    if record.progress and record.status is RunStatus.RUNNING:
+        text += f": {key_values(record.progress)}"
     if record.status is RunStatus.RETRYING and record.error:
         text += f" (last error: {record.error.splitlines()[0][:80]})"
     return text
+
+
+def ended_text(record: RunRecord) -> str:
+    """The last line of `--wait`: status, duration, attempts, and the summary as key=value."""
+    attempts = record.attempt_count or len(record.attempts)
+    how = f"after {attempts} attempt(s)" if attempts else "without running (the request was refused)"
+    duration = record.duration_ms
+    took = f" in {human_seconds(duration / 1000)}" if duration is not None else ""
+    summary = f": {key_values(record.summary)}" if record.summary else ""
+    return f"{record.run_id} ended {record.status.value}{took} {how}{summary}"
 
 
 async def _trigger(
@@ -120,15 +144,14 @@ async def _trigger(
         record = existing if existing is not None and existing.status.is_terminal else None
         record = record or await wait_for_run(conns, run_id, job, timeout_s)
     if record is None:
-        fail(f"{run_id} did not end within {timeout_s:g}s; follow it with: pulse run {run_id}", EXIT_FAILED)
+        fail(
+            f"{run_id} did not end within {timeout_s:g}s (it goes on); follow it with: pulse logs {run_id} --follow",
+            EXIT_FAILED,
+        )
     if as_json:
         print_json(run_json(record))
     else:
-        console.print(
-            f"{run_id} ended [bold]{record.status.value}[/] after "
-            f"{record.attempt_count or len(record.attempts)} attempt(s)",
-            highlight=False,
-        )
+        console.print(ended_text(record), highlight=False, markup=False, soft_wrap=True)
         if record.error:
             console.print(f"error: {record.error}", highlight=False, markup=False)
     return EXIT_OK if record.status is RunStatus.COMPLETED else EXIT_FAILED
@@ -150,7 +173,7 @@ def _report_trigger(
             {
                 "run_id": run_id,
                 "job": job,
-                "at": at.isoformat() if at else None,
+                "at": iso(at),
                 "duplicate": duplicate,
                 "status": existing.status.value if existing else None,
             }
@@ -163,7 +186,7 @@ def _report_trigger(
     elif duplicate:
         err_console.print("same --key as a request already queued; not started again")
     elif at is not None:
-        err_console.print(f"{job} will run at {at.isoformat()} (cancel with: pulse cancel {run_id})")
+        err_console.print(f"{job} will run at {iso(at)} (cancel with: pulse cancel {run_id})")
 
 
 def trigger(
@@ -358,7 +381,7 @@ def cancel(
     async def _run() -> int:
         async with connect(settings) as conns:
             try:
-                done = await cancel_run(conns.nats, conns.js, conns.db, settings.names, run_id)
+                done = await cancel_run(conns.nats, conns.js, conns.db, settings.names, run_id, by=operator())
             except RunAlreadyEnded as exc:
                 fail(str(exc), EXIT_FAILED)
             except RunNotFound as exc:

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.readmodel.status import JobStatus, collect_status
-from shared.readmodel.timetext import ago, as_utc, human_seconds
+from shared.readmodel.timetext import ago, as_utc, human_seconds, key_values, plain_times
 from shared.readmodel.timetext import iso as _iso
 from shared.schemas import RunRecord
 from shared.settings import Settings
@@ -46,8 +46,13 @@ STATUS_STYLE = {
 
 
 def run_json(record: RunRecord) -> dict[str, Any]:
-    """`--json` form of a run record (`run_id` instead of `_id`)."""
+    """`--json` form of a run record (`run_id` instead of `_id`; times as `iso`, to the second)."""
     data: dict[str, Any] = json.loads(record.model_dump_json())
+    for name in type(record).model_fields:
+        value = getattr(record, name)
+        if isinstance(value, datetime):
+            data[name] = _iso(value)
+    data["attempts"] = [plain_times(attempt.model_dump()) for attempt in record.attempts]
     return data
 
 
@@ -62,7 +67,8 @@ def styled_status(status: str | None) -> Text:
 
 def _freshness(row: JobStatus, now: datetime) -> Text:
     if row.last_success_at is None:
-        return Text("never", style="red" if row.last_run_id else "dim")
+        # pending: its first freshness window has not passed yet; no alarm colour
+        return Text("never", style="bold red") if row.freshness == "never_succeeded" else Text("pending", style="dim")
     text = ago(row.last_success_at, now)
     return Text(text, style="green" if row.fresh else "bold red")
 
@@ -74,7 +80,7 @@ def _count(value: int | None) -> Text:
 
 
 def _schedule_cell(row: JobStatus, now: datetime) -> Text:
-    text = Text(row.schedule + ("*" if row.schedule_source == "kv" else ""))
+    text = Text(row.schedule + ("*" if row.schedule_source == "override" else ""))
     if not row.enabled:
         text.append("  disabled", style="dim")
     elif row.paused:
@@ -110,7 +116,7 @@ def status_table(rows: list[JobStatus], *, title: str | None = None) -> Table:
         )
     table.caption = (
         "* schedule overridden at runtime (schedules KV bucket)"
-        if any(r.schedule_source == "kv" for r in rows)
+        if any(r.schedule_source == "override" for r in rows)
         else None
     )
     return table
@@ -130,7 +136,7 @@ def runs_table(records: list[RunRecord]) -> Table:
             str(record.attempt_count or len(record.attempts)),
             ago(record.started_at, now),
             _duration(record),
-            _short(record.error or record.reason or (json.dumps(record.summary) if record.summary else "")),
+            _short(record.error or record.reason or key_values(record.summary)),
         )
     return table
 
@@ -172,7 +178,11 @@ def run_detail(record: RunRecord) -> Group:
     if record.args:
         facts.add_row("args", json.dumps(record.args))
     if record.cancel_requested:
-        facts.add_row("cancel", Text("requested", style="magenta"))
+        who = f" by {record.canceled_by}" if record.canceled_by else ""
+        when = f" at {_iso(as_utc(record.cancel_requested_at))}" if record.cancel_requested_at else ""
+        facts.add_row("cancel", Text(f"requested{who}{when}", style="magenta"))
+    if record.progress and not record.status.is_terminal:
+        facts.add_row("progress", key_values(record.progress))
     parts: list[Any] = [facts]
     if record.error:
         parts.append(Panel(record.error, title="error", border_style="red", expand=False))
@@ -192,7 +202,7 @@ def run_detail(record: RunRecord) -> Group:
         )
     parts.append(attempts)
     if record.summary:
-        parts.append(Panel(json.dumps(record.summary, indent=2, default=str), title="summary", expand=False))
+        parts.append(Panel(key_values(record.summary), title="summary", expand=False))
     return Group(*parts)
 
 

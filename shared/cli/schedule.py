@@ -1,7 +1,8 @@
 """`pulse schedule`: see and change job schedules at runtime, and manage delayed one-off runs.
 
     list            every job's schedule, its source, paused or not, next fire time
-    set JOB         override the schedule (--every 30s | --cron "*/5 * * * *" | --spec "daily at 02:00")
+    set JOB         override the schedule (--every 30s | --cron "*/5 * * * *" | --spec "daily at 02:00");
+                    fires nothing by itself (--now also starts one run)
     pause JOB       stop firing (the override keeps the schedule)
     resume JOB      fire again from the next slot (slots missed while paused never fire)
     reset JOB       back to the default schedule from settings, not paused
@@ -33,8 +34,9 @@ from shared.readmodel.schedules import (
 from shared.readmodel.schedules import pause as pause_change
 from shared.readmodel.schedules import reset as reset_change
 from shared.readmodel.schedules import resume as resume_change
+from shared.requests import publish_request
 from shared.schedules import EffectiveSchedule, ScheduleOverride, parse_schedule
-from shared.schemas import utcnow
+from shared.schemas import JobRequest, Trigger, new_run_id, utcnow
 from shared.settings import Settings
 
 from .common import (
@@ -122,7 +124,7 @@ def list_(as_json: JsonOpt = False) -> None:
     for row in rows:
         state = "disabled" if not row["enabled"] else "paused" if row["paused"] else "active"
         table.add_row(
-            row["job"], row["schedule"], row["source"], state, row["next_fire"] or "-", row["last_slot"] or "-"
+            row["job"], row["schedule"], row["schedule_source"], state, row["next_fire"] or "-", row["last_slot"] or "-"
         )
     console.print(table)
 
@@ -163,10 +165,12 @@ def set_(
             "IANA zone at the end ('daily at 02:00 Europe/Berlin'), UTC by default.",
         ),
     ] = None,
+    now: Annotated[bool, typer.Option("--now", help="Also start one run now (a manual run).")] = False,
 ) -> None:
     """Override JOB's schedule at runtime (the ticker applies it within seconds, no restart).
 
-    A paused job stays paused.
+    The change fires nothing by itself: the job next runs at the new schedule's next slot
+    (add --now to also start one run at once). A paused job stays paused.
 
     Example: pulse schedule set whale_sync --every 30s
 
@@ -183,8 +187,26 @@ def set_(
     settings = cli_settings()
     check_job(settings, job)
     text = _spec_from_options(every, cron, spec)
-    _, eff = run_async(lambda: _change(settings, job, set_schedule(text, operator())))
+    who = operator()
+    _, eff = run_async(lambda: _change(settings, job, set_schedule(text, who)))
     _report(eff, "schedule set")
+    if now:
+        run_id = run_async(lambda: _start_now(settings, job, who))
+        console.print(f"{job}: started now as {run_id}", highlight=False, markup=False)
+
+
+async def _start_now(settings: Settings, job: str, who: str) -> str:
+    """Publish one manual request of `job` (for `schedule set --now`); return its run id."""
+    request = JobRequest(
+        run_id=new_run_id(job, Trigger.MANUAL),
+        job=job,
+        trigger=Trigger.MANUAL,
+        scheduled_for=utcnow(),
+        requested_by=who,
+    )
+    async with connect(settings, need_store=False) as conns:
+        await publish_request(conns.js, settings.names, request)
+    return request.run_id
 
 
 @schedule_app.command("pause")

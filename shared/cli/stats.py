@@ -19,6 +19,7 @@ from rich.table import Table
 
 from shared.cli.common import EXIT_UNREACHABLE, cli_settings, console, fail, print_json, run_async
 from shared.readmodel.stats import latest_snapshot, trend
+from shared.readmodel.timetext import iso
 from shared.settings import Settings
 from shared.store import Document, connect_store
 
@@ -132,7 +133,7 @@ def _trend_table(trend: list[Document], last: str) -> Table:
 def _json_ready(document: Document | None) -> Any:
     if document is None:
         return None
-    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in document.items()}
+    return {key: iso(value) if isinstance(value, datetime) else value for key, value in document.items()}
 
 
 def register(app: typer.Typer) -> None:

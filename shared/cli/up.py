@@ -35,8 +35,9 @@ from shared.localstack import LocalServers, free_port, local_store_kind, start_l
 from shared.names import JOBS, SERVICES
 from shared.settings import Settings
 
-from .common import EXIT_FAILED, EXIT_OK, cli_settings, connect, console, err_console, fail, run_async
+from .common import EXIT_FAILED, EXIT_OK, cli_settings, connect, console, err_console, fail, print_json, run_async
 from .render import live_status
+from .stack import is_live, live_stack, new_record, read_stack, remove_stack, write_stack
 
 #: The child that serves the operators' dashboard.
 DASHBOARD = "dashboard"
@@ -318,7 +319,13 @@ def up(
 
     Example: pulse up ;  pulse up --for 60 --no-status
     """
-    settings = cli_settings()
+    settings = cli_settings(use_stack=False)
+    running = live_stack(settings.stack_file)
+    if running is not None:
+        fail(
+            f"a local stack is already running (pulse up pid {running.pid}, recorded in {settings.stack_file}): "
+            "stop it first, or set PULSE_STACK_FILE to record a second one elsewhere"
+        )
     if for_ is not None and for_ <= 0:
         fail("--for must be a positive number of seconds")
     services = tuple(service) if service else SERVICES
@@ -357,18 +364,59 @@ def up(
         dashboard_port=dashboard_port,
     )
     stack = Stack(servers, children)
+    record = new_record(
+        nats_url=nats_url,
+        mongo_url=mongo_url,
+        mongo_db=settings.mongo_db,
+        namespace=settings.namespace,
+        data_dir=data_dir,
+    )
     code = EXIT_FAILED
     try:
+        write_stack(settings.stack_file, record)
+        err_console.print(
+            f"servers recorded in {settings.stack_file}: pulse commands in other shells find them by themselves; "
+            'for other tools run  eval "$(pulse env)"  or paste:',
+            highlight=False,
+            markup=False,
+        )
+        err_console.print("\n".join(record.export_lines()), highlight=False, markup=False, soft_wrap=True)
         code = run_async(lambda: _run_up(stack, run_settings, for_, not no_status, ready_timeout))
     except typer.Exit as exc:
         code = exc.exit_code
     finally:
         err_console.print("stopping…")
         stack.stop()
+        remove_stack(settings.stack_file, record.pid)
         err_console.print("stopped")
     raise typer.Exit(0 if code == 130 else code)
 
 
+def env(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stack record as JSON on stdout.")] = False,
+) -> None:
+    """Print `export` lines for the running `pulse up` stack (for eval in a shell).
+
+    Exit 2 when no `pulse up` is running (a record left by a stopped one is ignored).
+
+    Example: eval "$(pulse env)" ;  pulse env --json
+    """
+    settings = cli_settings(use_stack=False)
+    record = read_stack(settings.stack_file)
+    if record is None:
+        fail(f"no local stack is recorded in {settings.stack_file}: start one with pulse up")
+    if not is_live(record):
+        fail(
+            f"the stack recorded in {settings.stack_file} is gone (pulse up pid {record.pid} no longer runs): "
+            "start one with pulse up"
+        )
+    if as_json:
+        print_json(record.model_dump(mode="json"))
+    else:
+        sys.stdout.write("\n".join(record.export_lines()) + "\n")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `up` to `app`."""
+    """Add `up` and `env` to `app`."""
     app.command()(up)
+    app.command()(env)

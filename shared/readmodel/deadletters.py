@@ -9,6 +9,7 @@ is removed from the DLQ once JetStream has accepted the new request (unless `kee
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from shared.jobargs import check_args
 from shared.names import JOBS, Collections, Names
+from shared.readmodel.timetext import plain_times
 from shared.requests import publish_request
 from shared.schemas import DeadLetter, JobRequest, Trigger, new_run_id, utcnow
 from shared.store import Database
@@ -36,7 +39,10 @@ class StoredLetter:
     def as_json(self) -> dict[str, Any]:
         if self.letter is None:
             return {"seq": self.seq, "unreadable": self.raw.decode(errors="replace")[:2000]}
-        return {"seq": self.seq, **self.letter.model_dump(mode="json")}
+        data = plain_times({"seq": self.seq, **self.letter.model_dump()})
+        assert isinstance(data, dict)
+        plain: dict[str, Any] = json.loads(json.dumps(data, default=str))  # the nested request as plain JSON
+        return plain
 
 
 def check_job(job: str | None) -> str | None:
@@ -98,29 +104,53 @@ async def read_letter(js: JetStreamContext, names: Names, seq: int) -> StoredLet
     return _decode(seq, message.data or b"")
 
 
-def replay_run_id(stored: StoredLetter) -> str:
-    """The run id of a replay: the same dead letter always gives the same id."""
+def replay_run_id(stored: StoredLetter, edited_args: dict[str, Any] | None = None) -> str:
+    """The run id of a replay: the same dead letter (with the same edits) always gives the same id."""
     assert stored.letter is not None
-    digest = hashlib.sha256(stored.raw).hexdigest()[:12]
+    content = stored.raw if edited_args is None else stored.raw + json.dumps(edited_args, sort_keys=True).encode()
+    digest = hashlib.sha256(content).hexdigest()[:12]
     return new_run_id(stored.letter.job, Trigger.REPLAY, f"{stored.seq}-{digest}")
 
 
-async def replay_letter(
-    js: JetStreamContext, db: Database, names: Names, stored: StoredLetter, *, keep: bool, requested_by: str
-) -> dict[str, Any]:
-    """Publish the dead request again as a new run; remove the letter unless `keep`.
+def replay_refusal(stored: StoredLetter, edited_args: dict[str, Any] | None = None) -> str | None:
+    """Why this letter must not be replayed as it is (None: it may).
 
-    Returns what happened, as plain data: `replayed`, `run_id`, `duplicate`, `removed`,
-    or `replayed: False` with the `reason` when the dead request cannot run.
+    A request refused as invalid would fail the same way again: it is replayed only with
+    edited args, and any args (edited or not) are checked against the job's model first.
     """
     letter = stored.letter
     if letter is None or letter.request is None:
-        return {
-            "seq": stored.seq,
-            "replayed": False,
-            "reason": "the dead request could not be parsed, so it cannot run; inspect it with dlq show, then purge it",
-        }
-    run_id = replay_run_id(stored)
+        return "the dead request could not be parsed, so it cannot run; inspect it with dlq show, then purge it"
+    fix = f"fix the args with: pulse dlq replay {stored.seq} --set args.KEY=VALUE | --unset args.KEY | --edit"
+    if edited_args is None and letter.reason == "invalid":
+        first_line = letter.error.splitlines()[0][:300] if letter.error else "no reason recorded"
+        return f"it was refused as invalid ({first_line}); replaying it unchanged fails again: {fix}"
+    problem = check_args(letter.job, letter.request.args if edited_args is None else edited_args)
+    if problem is not None:
+        return f"its args are invalid for {letter.job}: {problem}; {fix}"
+    return None
+
+
+async def replay_letter(
+    js: JetStreamContext,
+    db: Database,
+    names: Names,
+    stored: StoredLetter,
+    *,
+    keep: bool,
+    requested_by: str,
+    edited_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Publish the dead request again as a new run (with `edited_args`, if given); remove the letter unless `keep`.
+
+    Returns what happened, as plain data: `replayed`, `run_id`, `duplicate`, `removed`,
+    `edited`, or `replayed: False` with the `reason` when the request cannot (or must not) run.
+    """
+    refusal = replay_refusal(stored, edited_args)
+    letter = stored.letter
+    if refusal is not None or letter is None or letter.request is None:
+        return {"seq": stored.seq, "replayed": False, "reason": refusal}
+    run_id = replay_run_id(stored, edited_args)
     existing = await db[Collections.RUNS].find_one({"_id": run_id}, {"status": 1})
     duplicate = existing is not None
     if not duplicate:
@@ -130,7 +160,7 @@ async def replay_letter(
             trigger=Trigger.REPLAY,
             scheduled_for=utcnow(),
             requested_by=requested_by,
-            args=letter.request.args,
+            args=letter.request.args if edited_args is None else edited_args,
         )
         ack = await publish_request(js, names, request)
         duplicate = bool(ack.duplicate)
@@ -144,6 +174,7 @@ async def replay_letter(
         "original_run_id": letter.run_id,
         "duplicate": duplicate,
         "removed": not keep,
+        "edited": edited_args is not None,
     }
 
 

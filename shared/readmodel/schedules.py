@@ -90,11 +90,17 @@ async def change_override(
 
 
 def set_schedule(text: str, who: str) -> Change:
-    """Override the schedule with `text` (already parsed by the caller); a paused job stays paused."""
+    """Override the schedule with `text` (already parsed by the caller); a paused job stays paused.
+
+    The change fires nothing by itself: it writes the `resumed_at` fence, so the ticker
+    does not fire the new schedule's latest (past) slot the moment it sees the change;
+    only slots after the change fire.
+    """
 
     def change(current: ScheduleOverride | None) -> ScheduleOverride:
         base = current or ScheduleOverride()
-        return base.model_copy(update={"schedule": text, "updated_at": utcnow(), "updated_by": who})
+        at = utcnow()
+        return base.model_copy(update={"schedule": text, "resumed_at": at, "updated_at": at, "updated_by": who})
 
     return change
 
@@ -175,7 +181,7 @@ async def list_schedules(
                 "job": job,
                 "schedule": eff.schedule.text,
                 "kind": eff.schedule.kind,
-                "source": eff.source,
+                "schedule_source": eff.source,
                 "default": policy.schedule,
                 "paused": eff.paused,
                 "enabled": eff.enabled,

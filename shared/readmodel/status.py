@@ -20,6 +20,7 @@ from shared.overrides import resolve
 from shared.readmodel.schedules import read_override
 from shared.readmodel.timetext import as_utc, iso
 from shared.runtime import failure_streak
+from shared.runtime._monitor import state_id
 from shared.schemas import RunStatus
 from shared.settings import Settings
 from shared.store import Database
@@ -37,7 +38,7 @@ class JobStatus:
 
     job: str
     schedule: str
-    schedule_source: str  # "settings" or "kv" (a runtime override)
+    schedule_source: str  # "default" (settings) or "override" (the schedules KV bucket), as `pulse schedule list`
     enabled: bool
     paused: bool
     next_fire: datetime | None
@@ -48,6 +49,9 @@ class JobStatus:
     last_success_at: datetime | None = None
     stale_after_s: float = 0.0
     fresh: bool | None = None  # None: never succeeded
+    #: `fresh`, `stale` (succeeded, not lately), `pending` (no success yet, but its first
+    #: freshness window since it was first served has not passed), `never_succeeded`.
+    freshness: str = "pending"
     consecutive_failures: int = 0
     alert_after_failures: int = 0
     waiting: int | None = None  # None: the job's consumer does not exist yet
@@ -85,11 +89,11 @@ async def collect_job_status(
     try:
         effective = resolve(job, policy, override)
         schedule_text = effective.schedule.text
-        source = "settings" if effective.source == "default" else "kv"
+        source = effective.source
         paused = effective.paused
         next_fire: datetime | None = effective.schedule.next_slot(now) if effective.active else None
     except ValueError:  # an override the ticker would refuse: it keeps the default
-        schedule_text, source, paused, next_fire = policy.schedule, "settings", False, None
+        schedule_text, source, paused, next_fire = policy.schedule, "default", False, None
 
     runs = db[Collections.RUNS]
     last = await runs.find_one({"job": job}, sort=[("requested_at", -1), ("started_at", -1)])
@@ -119,8 +123,15 @@ async def collect_job_status(
         status.last_success_at = as_utc(success.get("ended_at"))
         if status.last_success_at is not None:
             status.fresh = (now - status.last_success_at).total_seconds() <= policy.stale_after_s
-    if status.fresh is False or (status.fresh is None and status.last_run_id is not None):
-        status.alerts.append("stale")
+    if status.fresh is not None:
+        status.freshness = "fresh" if status.fresh else "stale"
+    else:
+        state = await db[Collections.JOB_STATE].find_one({"_id": state_id(job)}, {"first_seen_at": 1})
+        first_seen = as_utc(state.get("first_seen_at")) if state else None
+        waited = (now - first_seen).total_seconds() if first_seen is not None else 0.0
+        status.freshness = "never_succeeded" if waited > policy.stale_after_s else "pending"
+    if status.freshness in ("stale", "never_succeeded"):
+        status.alerts.append(status.freshness.replace("_", " "))
     if status.consecutive_failures >= policy.alert_after_failures:
         status.alerts.append(f"{status.consecutive_failures} failures in a row")
     return status

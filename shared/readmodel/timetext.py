@@ -66,8 +66,10 @@ def as_utc(moment: datetime | None) -> datetime | None:
 
 
 def iso(moment: datetime | None) -> str | None:
-    """ISO-8601 UTC with a `Z` (None stays None)."""
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+    """The one time format operators see (CLI tables, `--json`, the dashboard): UTC to the second
+    with a `Z`, e.g. `2026-12-01T09:00:00Z` (None stays None)."""
+    moment = as_utc(moment)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:
@@ -93,3 +95,27 @@ def human_seconds(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+def key_values(data: dict[str, object]) -> str:
+    """A summary or progress dict as `key=value` text (nested dicts as `key.sub=value`)."""
+    parts: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            parts += [f"{key}.{item}" for item in key_values(value).split(" ") if item]
+        elif isinstance(value, list):
+            parts.append(f"{key}={','.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def plain_times(data: object) -> object:
+    """`data` with every datetime (at any depth) as `iso` text: the one time format of `--json`."""
+    if isinstance(data, datetime):
+        return iso(data)
+    if isinstance(data, dict):
+        return {key: plain_times(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [plain_times(value) for value in data]
+    return data

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from shared.jobargs import NoArgs, args_model
 from shared.names import check_job_name
 from shared.settings import JobPolicy
 
@@ -31,12 +32,6 @@ async def no_checkpoint(progress: dict[str, Any] | None = None) -> None:
     return
 
 
-class NoArgs(BaseModel):
-    """Default args model: the job takes no arguments; unknown keys are refused."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-
-
 @dataclass(frozen=True)
 class JobSpec:
     """A job as the runtime sees it: name, handler, args model, optional policy override."""
@@ -48,13 +43,16 @@ class JobSpec:
     policy: JobPolicy | None = None
 
 
-def job(name: str, *, args: type[BaseModel] = NoArgs, policy: JobPolicy | None = None) -> Callable[[Handler], JobSpec]:
+def job(
+    name: str, *, args: type[BaseModel] | None = None, policy: JobPolicy | None = None
+) -> Callable[[Handler], JobSpec]:
     """Declare a job.
 
     Args:
         name: the job's name; its subject is `jobs.<name>` and its consumer `<name>`.
         args: pydantic model the request's `args` must validate against (invalid args
-            fail the run at once, never retried).
+            fail the run at once, never retried). Default: the job's model in
+            `shared.jobargs.ARGS_MODELS`, which the CLI checks before publishing.
         policy: overrides the policy from settings (mainly for tests).
 
     Example:
@@ -64,6 +62,6 @@ def job(name: str, *, args: type[BaseModel] = NoArgs, policy: JobPolicy | None =
     check_job_name(name)
 
     def wrap(handler: Handler) -> JobSpec:
-        return JobSpec(name=name, handler=handler, args_model=args, policy=policy)
+        return JobSpec(name=name, handler=handler, args_model=args or args_model(name), policy=policy)
 
     return wrap

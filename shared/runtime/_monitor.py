@@ -55,8 +55,9 @@ async def failure_streak(db: Database, job: str, limit: int) -> list[dict[str, A
 
 
 async def _take_alert(db: Database, job: str, field: str, key: Any) -> bool:
+    # `alert_open` lets the next success send one recovery message (alert_on_recovery).
     result = await db[Collections.JOB_STATE].update_one(
-        {"_id": state_id(job), field: {"$ne": key}}, {"$set": {field: key, "job": job}}
+        {"_id": state_id(job), field: {"$ne": key}}, {"$set": {field: key, "job": job, "alert_open": True}}
     )
     if result.matched_count == 0 and await db[Collections.JOB_STATE].count_documents({"_id": state_id(job)}) == 0:
         await register_job(db, job)
@@ -101,13 +102,14 @@ async def last_success(db: Database, job: str) -> datetime | None:
 async def check_stale(
     db: Database, js: JetStreamContext, names: Names, job: str, stale_after_s: float, now: datetime | None = None
 ) -> bool:
-    """Publish one `stale` alert when `job` had no success within `stale_after_s`.
+    """Publish one `stale` (or `never_succeeded`) alert when `job` had no success within `stale_after_s`.
 
     Returns:
         True when this call raised the alert (one per stale period, across replicas).
     """
     now = now or utcnow()
     since = await last_success(db, job)
+    never = since is None
     if since is None:
         state = await db[Collections.JOB_STATE].find_one({"_id": state_id(job)})
         since = state.get("first_seen_at") if state else None
@@ -115,6 +117,30 @@ async def check_stale(
         return False
     if not await _take_alert(db, job, "stale_alerted_for", since):
         return False
-    detail = f"no run of {job} completed since {since.isoformat()} (stale after {stale_after_s:g}s)"
-    await publish_alert(js, names, Alert(job=job, kind=AlertKind.STALE, since=since, detail=detail))
+    stamp = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if never:
+        kind = AlertKind.NEVER_SUCCEEDED
+        detail = (
+            f"{job} has never completed a run since it was first served at {stamp} (stale after {stale_after_s:g}s)"
+        )
+    else:
+        kind, detail = AlertKind.STALE, f"no run of {job} completed since {stamp} (stale after {stale_after_s:g}s)"
+    await publish_alert(js, names, Alert(job=job, kind=kind, since=since, detail=detail))
+    return True
+
+
+async def alert_on_recovery(db: Database, js: JetStreamContext, names: Names, job: str, run_id: str) -> bool:
+    """After a completed run: one `recovered` alert if a failure or staleness alert is open.
+
+    One conditional update (by `_id`) closes the open alert, so exactly one replica sends it.
+    """
+    result = await db[Collections.JOB_STATE].update_one(
+        {"_id": state_id(job), "alert_open": True}, {"$set": {"alert_open": False}}
+    )
+    if result.modified_count != 1:
+        return False
+    alert = Alert(
+        job=job, kind=AlertKind.RECOVERED, since=utcnow(), detail=f"{job} is healthy again: {run_id} completed"
+    )
+    await publish_alert(js, names, alert, msg_id=f"alert:{run_id}:recovered")
     return True

@@ -337,7 +337,7 @@ def _trigger_of(run_id: str) -> Trigger:
     return Trigger.SCHEDULE
 
 
-async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
+async def request_cancel(db: Database, run_id: str, job: str, *, by: str | None = None) -> RunRecord:
     """Ask for a run to be canceled; the runtime ends it `canceled` at its next check point.
 
     The request is one document in `cancels` (`_id` = run_id), inserted once and never
@@ -345,6 +345,9 @@ async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
     shows it too (`cancel_requested`), for operators. A run with no record yet (still
     queued) gets a `queued` record, so the worker that picks it up ends it at once. A
     run already terminal when asked is returned unchanged (nothing is written).
+
+    `by` (who asked) is kept in `cancels` and in the record (`canceled_by`), with the time
+    (`cancel_requested_at`).
 
     Raises:
         LookupError: the run's record disappeared meanwhile (removed by retention).
@@ -354,11 +357,15 @@ async def request_cancel(db: Database, run_id: str, job: str) -> RunRecord:
         return RunRecord.model_validate(existing)
     now = utcnow()
     # First the request the runtime obeys; the record below only shows it.
-    await db[Collections.CANCELS].update_one(
-        {"_id": run_id}, {"$setOnInsert": {"job": job, "requested_at": now}}, upsert=True
-    )
+    cancel: dict[str, Any] = {"job": job, "requested_at": now}
+    if by is not None:
+        cancel["by"] = by[:200]
+    await db[Collections.CANCELS].update_one({"_id": run_id}, {"$setOnInsert": cancel}, upsert=True)
+    fields: dict[str, Any] = {"cancel_requested": True, "cancel_requested_at": now, "updated_at": now}
+    if by is not None:
+        fields["canceled_by"] = by[:200]
     update = {
-        "$set": {"cancel_requested": True, "cancel_requested_at": now, "updated_at": now},
+        "$set": fields,
         "$setOnInsert": {
             "job": job,
             "trigger": _trigger_of(run_id).value,

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ValidationError
 
 from shared.delayed import SCHEDULER_HEADER
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
-from shared.logs import bind
+from shared.jobargs import args_problem
+from shared.logs import bind, run_context
 from shared.names import Names
 from shared.overrides import current_schedule
 from shared.requests import MSG_ID_HEADER
@@ -211,9 +212,8 @@ def parse_request(data: bytes, spec: JobSpec) -> Parsed | Invalid:
     try:
         args = spec.args_model.model_validate(request.args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
         return Invalid(
-            f"invalid args for job {spec.name}: {problems}. Expected the fields of {spec.args_model.__name__}.",
+            f"invalid args for job {spec.name}: {args_problem(spec.name, spec.args_model, exc)}",
             request,
             request.run_id,
         )
@@ -311,7 +311,9 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             _control=control,
             _scrub=rt.scrub,
         )
-        task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
+        # The task copies the context now: every line the job (or a library) logs carries the run.
+        with run_context(job=request.job, run_id=request.run_id, attempt=attempt):
+            task = asyncio.create_task(_call(job.spec, ctx), name=f"attempt:{request.run_id}:{attempt}")
         control.attach(task)
         rt.controls[request.run_id] = control
         try:
@@ -440,8 +442,11 @@ async def record_terminal(
         return None
     try:
         if decision.dead_letter is not None:
-            letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, attempt, decision.dead_letter)
+            # Attempts that ran, as the run record counts them: a request refused as invalid ran none.
+            ran = 0 if outcome.kind is OutcomeKind.INVALID else attempt
+            letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, ran, decision.dead_letter)
             await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
+            await alert_dead_letter(rt, letter, f"{request.run_id}:dlq")
         await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
         await publish_run_event(rt.js, rt.names, record)
         await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
@@ -497,20 +502,25 @@ async def note_terminal(rt: Runtime, job: Bound, record: RunRecord, decision: De
         rt.metrics.run_duration.labels(job=name, status=record.status.value).observe(duration / 1000)
     if record.status is RunStatus.COMPLETED:
         rt.metrics.observe_success_time(name, (record.ended_at or utcnow()).timestamp())
+        await monitor.alert_on_recovery(rt.db, rt.js, rt.names, name, record.run_id)
     elif record.status is RunStatus.FAILED:
         await monitor.alert_on_failure(rt.db, rt.js, rt.names, name, job.policy.alert_after_failures, record.error)
-        if decision.alert:
-            await publish_alert(
-                rt.js,
-                rt.names,
-                Alert(
-                    job=name,
-                    kind=AlertKind.PERMANENT_ERROR,
-                    since=record.ended_at or utcnow(),
-                    detail=f"run {record.run_id} failed permanently: {record.error or 'unknown'}"[:2000],
-                ),
-                msg_id=f"alert:{record.run_id}:permanent",
-            )
+
+
+async def alert_dead_letter(rt: Runtime, letter: DeadLetter, key: str) -> None:
+    """One `dead_letter` alert per dead letter (`key`, the letter's msg id, de-duplicates a repeat)."""
+    what = f"run {letter.run_id}" if letter.run_id else "an unreadable request"
+    await publish_alert(
+        rt.js,
+        rt.names,
+        Alert(
+            job=letter.job,
+            kind=AlertKind.DEAD_LETTER,
+            since=letter.dead_at,
+            detail=f"{what} of {letter.job} was dead-lettered ({letter.reason}): {letter.error}"[:2000],
+        ),
+        msg_id=f"alert:{key}",
+    )
 
 
 async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, attempt: int) -> Decision:
@@ -520,13 +530,12 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
     if invalid.request is not None and not invalid.foreign:  # parsed, not runnable: a failed run, a dead letter
         await record_terminal(rt, job, invalid.request, outcome, decision, attempt=attempt, attempt_doc=None)
     else:  # no run of this job to record: only the dead letter, with the raw payload
-        letter = dead_letter(
-            job.spec.name, invalid.run_id, invalid.request, invalid.error, attempt, "invalid", raw=msg.data
-        )
+        letter = dead_letter(job.spec.name, invalid.run_id, invalid.request, invalid.error, 0, "invalid", raw=msg.data)
         # A foreign request's run id belongs to another job's run: key its letter by message.
         keyed_by_run = invalid.run_id and not invalid.foreign
         msg_id = f"{invalid.run_id}:dlq" if keyed_by_run else f"dlq:seq:{msg.metadata.sequence.stream}"
         await publish_dead_letter(rt.js, rt.names, letter, msg_id)
+        await alert_dead_letter(rt, letter, msg_id)
         _run_log(rt, job, invalid.run_id, attempt).error(
             "%s", invalid.error, extra={"event": "run.invalid", "status": decision.status.value}
         )
@@ -543,6 +552,7 @@ async def settle_already_finished(rt: Runtime, job: Bound, msg: Msg, request: Jo
             reason = cast(DeadLetterReason, record.reason)
             letter = dead_letter(record.job, record.run_id, request, record.error, record.attempt_count, reason)
             await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
+            await alert_dead_letter(rt, letter, f"{record.run_id}:dlq")
         await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
         await publish_run_event(rt.js, rt.names, record)
         await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)

@@ -24,6 +24,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from faststream.asgi import AsgiFastStream
 
@@ -39,16 +40,38 @@ log = logging.getLogger("shared.runtime")
 EXIT_CONFIG = 2
 
 
-def worker_app(worker: Worker, *, stop_timeout_s: float | None = None) -> AsgiFastStream:
+class Companion(Protocol):
+    """A background task a service runs beside its worker (e.g. the janitor's alert delivery)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+#: Builds a companion from the settings; None when it has nothing to do (e.g. no alert sink).
+CompanionFactory = Callable[[Settings], "Companion | None"]
+
+
+def worker_app(
+    worker: Worker, *, stop_timeout_s: float | None = None, companions: Sequence[Companion] = ()
+) -> AsgiFastStream:
     """The FastStream app of a worker: its broker, its lifecycle hooks and the health routes.
 
     Args:
         worker: the (not yet started) worker.
         stop_timeout_s: how long shutdown waits for running attempts; default the ack wait.
+        companions: started after the worker, stopped before it.
     """
     timeout_s = worker.settings.ack_wait_s if stop_timeout_s is None else stop_timeout_s
 
+    async def after_start() -> None:
+        await worker.after_start()
+        for companion in companions:
+            await companion.start()
+
     async def before_stop() -> None:
+        for companion in reversed(companions):
+            await companion.stop()
         await worker.before_stop(timeout_s)
 
     checks = {"nats": worker.readiness_nats, "mongo": worker.readiness_mongo, "consumers": worker.readiness_consumers}
@@ -57,7 +80,7 @@ def worker_app(worker: Worker, *, stop_timeout_s: float | None = None) -> AsgiFa
         worker.metrics.registry,
         worker.broker,
         on_startup=[worker.setup],
-        after_startup=[worker.after_start],
+        after_startup=[after_start],
         on_shutdown=[before_stop],
         after_shutdown=[worker.close],
     )
@@ -127,11 +150,17 @@ def run_app(service: str, build: AppFactory) -> None:
     raise SystemExit(0)
 
 
-def run_service(service: str, specs: Sequence[JobSpec]) -> None:
+def run_service(service: str, specs: Sequence[JobSpec], *, companions: Sequence[CompanionFactory] = ()) -> None:
     """Run a consumer service of `specs` until SIGTERM/SIGINT (see `run_app`).
 
     Args:
         service: the service's name (logs, NATS connection name).
         specs: its jobs, declared with `@job(...)`.
+        companions: background tasks run beside the worker (None from a factory: not needed).
     """
-    run_app(service, lambda settings: worker_app(Worker(settings, specs, service=service)))
+
+    def build(settings: Settings) -> AsgiFastStream:
+        made = [make(settings) for make in companions]
+        return worker_app(Worker(settings, specs, service=service), companions=[c for c in made if c is not None])
+
+    run_app(service, build)

@@ -43,6 +43,7 @@ from shared.bus import connect_broker, ensure_topology, inbox_prefix
 from shared.errors import ConfigError, SignalRejected
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
+from shared.runlogs import RunLogShipper
 from shared.runtime import _monitor as monitor
 from shared.runtime import _suspend as suspend
 from shared.runtime._broker import ServiceBroker
@@ -124,6 +125,7 @@ class Worker:
         self._http: httpx.AsyncClient | None = None
         self._runtime: Runtime | None = None
         self._stale_task: asyncio.Task[None] | None = None
+        self._log_shipper: RunLogShipper | None = None
         self._stopping = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -275,13 +277,15 @@ class Worker:
             await msg.nak(delay=delay)
 
     async def after_start(self) -> None:
-        """Start the stale-run monitor and log that the worker is consuming."""
+        """Start the stale-run monitor and the run-log shipper, and log that the worker is consuming."""
         self._stale_task = asyncio.create_task(self._watch_stale(), name="stale-monitor")
+        if self._log_shipper is None:
+            self._log_shipper = RunLogShipper(self.settings, name=f"{self.worker_id}:logs")
+            await self._log_shipper.start()
         log.info(
-            "worker %s started: %s",
+            "worker %s started",
             self.worker_id,
-            [b.spec.name for b in self.jobs],
-            extra={"event": "worker.started", "worker": self.worker_id},
+            extra={"event": "worker.started", "worker": self.worker_id, "jobs": [b.spec.name for b in self.jobs]},
         )
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -309,6 +313,9 @@ class Worker:
 
     async def close(self) -> None:
         """Close the NATS, HTTP and MongoDB clients (after the broker stopped)."""
+        if self._log_shipper is not None:
+            await self._log_shipper.stop()  # before NATS closes: its last lines go out first
+            self._log_shipper = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None

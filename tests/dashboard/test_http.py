@@ -223,8 +223,8 @@ async def test_replay_and_purge_dead_letters(
 ) -> None:
     names = dash_settings.names
     request = JobRequest(
-        run_id="stats:manual:dead1", job="stats", trigger=Trigger.MANUAL, scheduled_for=utcnow(), args={"k": 1}
-    )
+        run_id="stats:manual:dead1", job="stats", trigger=Trigger.MANUAL, scheduled_for=utcnow(), args={}
+    )  # stats takes no args: a letter with args it refuses would not be replayed (shared/jobargs.py)
     seqs = []
     for run_id in ("stats:manual:dead1", "stats:manual:dead2"):
         letter = DeadLetter(

@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from shared.settings import Settings
 from tests.conftest import settings_env
-from tests.helpers import process_alive, wait_for
+from tests.helpers import process_alive, pulse_up
 from tests.integration.test_cli_common import invoke
 
 SERVICES = ("ticker", "market_sync", "whale_sync")
@@ -22,28 +19,11 @@ SERVICES = ("ticker", "market_sync", "whale_sync")
 
 async def test_pulse_up_runs_the_system_and_stops_cleanly_on_sigterm(settings: Settings, tmp_path: Path) -> None:
     log = tmp_path / "up.log"
-    args = [
-        sys.executable,
-        "-c",
-        "from shared.cli.app import main; main()",
-        "up",
-        "--no-status",
-        "--data-dir",
-        str(tmp_path / "data"),
-    ]
+    args = ["--no-status", "--data-dir", str(tmp_path / "data")]
     for service in SERVICES:
         args += ["--service", service]
-    env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
-    with log.open("wb") as out:
-        up = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-
-        async def _ready() -> bool:
-            if up.poll() is not None:
-                raise AssertionError(f"pulse up exited {up.returncode}:\n{log.read_text()}")
-            return "marketpulse is up" in log.read_text()
-
-        await wait_for(_ready, timeout_s=90, interval_s=0.2, what="pulse up to report ready")
+    env = {**os.environ, **settings_env(settings), "COLUMNS": "200", "PULSE_STACK_FILE": str(tmp_path / "stack.json")}
+    async with pulse_up(args, env=env, log=log):
         pids = [int(pid) for pid in re.findall(r"ready \w+ \(port \d+, pid (\d+)\)", log.read_text())]
         assert len(pids) == len(SERVICES) + 2  # and the simulator and the dashboard
         dashboard_url = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/)", log.read_text())
@@ -55,13 +35,6 @@ async def test_pulse_up_runs_the_system_and_stops_cleanly_on_sigterm(settings: S
 
         result = await asyncio.to_thread(invoke, settings, "trigger", "whale_sync", "--wait", "--timeout", "60")
         assert result.exit_code == 0, result.output + log.read_text()[-3000:]
-
-        up.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(up.wait, 30) == 0
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
     text = log.read_text()
     assert "stopped" in text
     assert [pid for pid in pids if process_alive(pid)] == []

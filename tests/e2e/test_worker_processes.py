@@ -5,17 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from nats.js import JetStreamContext
 
 from shared.names import Collections
@@ -23,44 +19,9 @@ from shared.requests import publish_request
 from shared.schemas import JobRequest, Trigger, new_run_id, scheduled_run_id, utcnow
 from shared.settings import Settings
 from shared.store import Database
-from tests.conftest import settings_env
+from tests.e2e.conftest import Spawn
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import wait_value
-
-ROOT = Path(__file__).resolve().parents[2]
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def spawn(settings: Settings, tmp_path: Path) -> Iterator[Spawn]:
-    """Factory of worker processes (python -m tests.e2e.workers.<module>), killed at the end."""
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def _spawn(
-        module: str, *args: str, env: dict[str, str] | None = None, worker_settings: Settings | None = None
-    ) -> subprocess.Popen[bytes]:
-        full_env = {**os.environ, **settings_env(worker_settings or settings), **(env or {})}
-        log = (tmp_path / f"{module}-{len(processes)}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"tests.e2e.workers.{module}", *args],
-            cwd=ROOT,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        processes.append(process)
-        return process
-
-    yield _spawn
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def manual(job: str) -> JobRequest:

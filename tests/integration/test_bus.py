@@ -34,13 +34,18 @@ async def test_setup_twice_leaves_one_of_each_with_configured_limits(
     names = settings.names
     streams = await _streams(nats_client, settings)
     expected_buckets = sorted(f"KV_{bucket}" for bucket in names.kv_buckets)
-    assert streams == sorted([names.dlq_stream, names.events_stream, names.jobs_stream, *expected_buckets])
+    assert streams == sorted([*names.streams, *expected_buckets])
 
     jobs_info = await js.stream_info(names.jobs_stream)
     assert jobs_info.config.retention == RetentionPolicy.WORK_QUEUE
     assert jobs_info.config.allow_msg_schedules is True
     events_info = await js.stream_info(names.events_stream)
     assert events_info.config.max_age == settings.events_max_age_days * 86400
+    logs_info = await js.stream_info(names.logs_stream)
+    assert (logs_info.config.max_age, logs_info.config.max_bytes) == (
+        settings.logs_max_age_days * 86400,
+        settings.logs_max_bytes,
+    )
 
     consumers = await js.consumers_info(names.jobs_stream)
     assert sorted(c.name for c in consumers) == sorted(JOBS)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
+from pydantic import BaseModel, ConfigDict
 
 from shared.errors import PermanentError
 from shared.names import Collections
@@ -16,7 +17,7 @@ from shared.runtime import JobContext, Worker, job
 from shared.schemas import DeadLetter, JobRequest, Trigger, utcnow
 from shared.settings import JobPolicy, RetryPolicy, Settings
 from shared.store import Database
-from tests.helpers import wait_for
+from tests.helpers import register_args_model, wait_for
 from tests.integration.test_cli_common import invoke
 from tests.integration.test_cli_jobs import queued_requests, stdout_json, with_js
 
@@ -81,7 +82,13 @@ def test_purge_asks_first_and_deletes_one_or_all(settings: Settings) -> None:
     assert stdout_json(invoke(settings, "dlq", "list", "--json")) == []
 
 
-def test_replay_publishes_a_new_replay_run_once(settings: Settings) -> None:
+class DayArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    day: str
+
+
+def test_replay_publishes_a_new_replay_run_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    register_args_model(monkeypatch, "stats", DayArgs)
     [seq] = publish_letters(
         settings, ("stats", letter("stats", "stats:manual:orig", args={"day": "2026-01-01"}).model_dump_json().encode())
     )
@@ -99,7 +106,7 @@ def test_replay_publishes_a_new_replay_run_once(settings: Settings) -> None:
 def test_an_unparseable_dead_letter_is_not_replayed(settings: Settings) -> None:
     [seq] = publish_letters(settings, ("stats", json.dumps({"v": 1, "job": "stats"}).encode()))
     result = invoke(settings, "dlq", "replay", str(seq))
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # refused up front, like every replay that could only fail
     assert "cannot run" in result.stderr
     assert queued_requests(settings, "stats") == []
 

@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import nats.js.errors
+import pytest
 from nats.js import JetStreamContext
+from pydantic import BaseModel, ConfigDict
 from typer.testing import Result
 
 from shared.bus import connect_nats, ensure_topology
@@ -25,7 +27,7 @@ from shared.requests import MSG_ID_HEADER
 from shared.schemas import JobRequest, RunEvent, RunStatus
 from shared.settings import Settings
 from shared.store import Database, make_client
-from tests.helpers import wait_for
+from tests.helpers import register_args_model, wait_for
 from tests.integration.test_cli_common import invoke
 
 T = TypeVar("T")
@@ -123,7 +125,16 @@ def stdout_json(result: Result) -> Any:
 # -- trigger -----------------------------------------------------------------------------
 
 
-def test_trigger_publishes_a_manual_request_and_prints_its_run_id(settings: Settings) -> None:
+class LimitArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int
+    label: str
+
+
+def test_trigger_publishes_a_manual_request_and_prints_its_run_id(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_args_model(monkeypatch, "stats", LimitArgs)
     result = invoke(settings, "trigger", "stats", "--arg", "limit=5", "--arg", "label=nightly run")
     assert result.exit_code == 0, result.output
     run_id = result.stdout.strip()
@@ -165,6 +176,13 @@ def test_trigger_in_holds_a_delayed_run_that_cancel_removes(settings: Settings) 
     cancel = stdout_json(invoke(settings, "cancel", run_id, "--json"))
     assert cancel["delayed_request_removed"] is True
     assert with_js(settings, lambda js: list_delayed(js, settings.names, "cleanup")) == []
+    doc = with_db(settings, lambda db: db[Collections.RUNS].find_one({"_id": run_id}))
+    assert doc is not None  # who canceled it, and when, outlive the removed request
+    assert (doc["status"], doc["reason"]) == ("canceled", "canceled before it fired")
+    assert doc["canceled_by"].startswith("pulse:")
+    assert doc["cancel_requested_at"] is not None
+    shown = invoke(settings, "run", run_id)
+    assert "cancel requested by pulse:" in " ".join(shown.stdout.split())
 
 
 def test_cancel_of_a_queued_run_records_the_request(settings: Settings) -> None:
@@ -174,6 +192,7 @@ def test_cancel_of_a_queued_run_records_the_request(settings: Settings) -> None:
     doc = with_db(settings, lambda db: db[Collections.RUNS].find_one({"_id": run_id}))
     assert doc is not None
     assert doc["cancel_requested"] is True
+    assert doc["canceled_by"].startswith("pulse:")
 
 
 def test_cancel_refuses_unknown_and_finished_runs(settings: Settings) -> None:
@@ -221,13 +240,17 @@ def test_status_reports_schedule_freshness_failures_and_queue(settings: Settings
     assert rows["whale_sync"]["fresh"] is False
     assert "stale" in rows["whale_sync"]["alerts"]
     market = rows["market_sync"]
-    assert (market["schedule"], market["schedule_source"], market["paused"]) == ("every 30s", "kv", True)
+    assert (market["schedule"], market["schedule_source"], market["paused"]) == ("every 30s", "override", True)
     assert market["next_fire"] is None
     assert rows["cleanup"]["last_run_id"] is None
     assert rows["cleanup"]["fresh"] is None
+    assert (rows["stats"]["freshness"], rows["whale_sync"]["freshness"]) == ("fresh", "stale")
+    # Never run and never served: its first window has not even started, so not stale.
+    assert (rows["cleanup"]["freshness"], rows["cleanup"]["alerts"]) == ("pending", [])
 
     text = invoke(settings, "status")
     assert text.exit_code == 0
+    assert "pending" in text.stdout
     assert "paused" in text.stdout
     assert "timed_out" in text.stdout
 
@@ -313,3 +336,23 @@ def test_watch_shows_run_events_as_they_arrive(settings: Settings) -> None:
     result = outcome["r"]
     assert result.exit_code == 0, result.output
     assert "stats:manual:evt1" in result.stdout
+
+
+def test_a_job_without_success_is_pending_until_its_first_window_passes(settings: Settings) -> None:
+    """A failed first run inside the window is `pending`; past the window it is `never_succeeded`."""
+    insert_runs(settings, run_doc("whale_sync:manual:x", "failed", 30, error="boom"))
+    served = datetime.now(UTC) - timedelta(seconds=30)
+
+    async def _first_served(db: Any, at: datetime) -> None:
+        await db[Collections.JOB_STATE].update_one(
+            {"_id": "runtime:whale_sync"}, {"$set": {"first_seen_at": at}}, upsert=True
+        )
+
+    with_db(settings, lambda db: _first_served(db, served))
+    row = next(r for r in stdout_json(invoke(settings, "status", "--json")) if r["job"] == "whale_sync")
+    assert (row["freshness"], row["alerts"]) == ("pending", [])  # whale_sync's window is 5 minutes
+
+    with_db(settings, lambda db: _first_served(db, datetime.now(UTC) - timedelta(hours=1)))
+    row = next(r for r in stdout_json(invoke(settings, "status", "--json")) if r["job"] == "whale_sync")
+    assert row["freshness"] == "never_succeeded"
+    assert "never succeeded" in row["alerts"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from shared.errors import PermanentError
 from shared.runtime import JobContext, Worker, job
 from shared.settings import JobPolicy, RetryPolicy, Settings
+from tests.helpers import register_args_model
 from tests.integration.test_cli_common import invoke
 
 
@@ -21,8 +23,9 @@ class Args(BaseModel):
 
 
 @pytest.fixture
-async def stats_worker(settings: Settings) -> AsyncIterator[None]:
+async def stats_worker(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """A worker whose `stats` job succeeds unless asked to fail (`--arg fail=true`)."""
+    register_args_model(monkeypatch, "stats", Args)
     fast = JobPolicy(
         schedule="every 1m",
         retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.2, jitter=0),
@@ -52,13 +55,12 @@ async def test_wait_exits_0_when_the_run_completes(settings: Settings, stats_wor
     assert record["summary"] == {"snapshots": 1}
 
 
-async def test_wait_exits_1_when_the_run_fails(settings: Settings, stats_worker: None) -> None:
-    result = await asyncio.to_thread(
-        invoke, settings, "trigger", "stats", "--arg", "fail=true", "--wait", "--timeout", "30"
-    )
-    assert result.exit_code == 1, result.output
-    assert "ended failed" in result.stdout
-    assert "asked to fail" in result.stdout
+async def test_wait_ends_with_duration_and_the_summary_as_key_values(settings: Settings, stats_worker: None) -> None:
+    result = await asyncio.to_thread(invoke, settings, "trigger", "stats", "--wait", "--timeout", "30")
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    pattern = r"stats:manual:\S+ ended completed in \d+(\.\d)?s after 1 attempt\(s\): snapshots=1"
+    assert re.fullmatch(pattern, last), last
 
 
 async def test_wait_gives_up_after_its_timeout_without_a_worker(settings: Settings) -> None:

@@ -186,13 +186,15 @@ async def test_three_failed_runs_in_a_row_publish_exactly_one_alert(
     assert await db[Collections.RUNS].count_documents({"job": "broken", "status": "failed"}) == 5
     alerts = [
         Alert.model_validate_json(a)
-        for a in await collect(js, settings.names.alert_subject("broken"), settings.names.events_stream, 1)
+        for a in await collect(js, settings.names.alert_subject("broken"), settings.names.events_stream, 6)
     ]
-    assert [a.kind for a in alerts] == ["consecutive_failures"]
-    assert "3 runs of broken failed in a row" in alerts[0].detail
+    streaks = [a for a in alerts if a.kind != "dead_letter"]  # each failed run also left a dead letter
+    assert [a.kind for a in streaks] == ["consecutive_failures"]
+    assert "3 runs of broken failed in a row" in streaks[0].detail
+    assert [a.kind for a in alerts].count("dead_letter") == 5
 
 
-async def test_no_success_within_stale_after_raises_one_stale_alert(
+async def test_never_succeeding_within_stale_after_alerts_once_and_a_success_recovers(
     settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
 ) -> None:
     @job("idle", policy=policy(stale_after_s=0.5))
@@ -203,11 +205,22 @@ async def test_no_success_within_stale_after_raises_one_stale_alert(
     await asyncio.sleep(0.6)  # not a synchronization: lets the stale period pass
     await worker.check_stale()
     await worker.check_stale()  # a second check of the same period must not alert again
-    alerts = [
-        Alert.model_validate_json(a)
-        for a in await collect(js, settings.names.alert_subject("idle"), settings.names.events_stream, 1)
-    ]
-    assert [a.kind for a in alerts] == ["stale"]
+    subject = settings.names.alert_subject("idle")
+    alerts = [Alert.model_validate_json(a) for a in await collect(js, subject, settings.names.events_stream, 1)]
+    assert [a.kind for a in alerts] == ["never_succeeded"]
+
+    for _ in range(2):  # the first success after the alert recovers; the second says nothing
+        await publish_request(js, settings.names, request_for("idle"))
+        await worker.run_until_idle(timeout_s=15)
+    alerts = [Alert.model_validate_json(a) for a in await collect(js, subject, settings.names.events_stream, 2)]
+    kinds = [a.kind for a in alerts]
+    # (with stale_after 0.5 s, a later `stale` of the next period may follow: that is right)
+    assert (kinds[:2], kinds.count("recovered"), kinds.count("never_succeeded")) == (
+        ["never_succeeded", "recovered"],
+        1,
+        1,
+    )
+    assert "idle is healthy again" in alerts[1].detail
 
 
 async def test_finish_run_sets_one_terminal_status_only(db: Database) -> None:
@@ -237,11 +250,16 @@ async def test_a_success_ends_the_failure_streak(
         await publish_request(js, settings.names, request_for("wobbly"))
         await worker.run_until_idle(timeout_s=15)  # one at a time: the streak order is the publish order
     subject = settings.names.alert_subject("wobbly")
-    assert await collect(js, subject, settings.names.events_stream, 0) == []
+
+    async def streak_alerts(expected: int) -> list[str]:
+        stored = await collect(js, subject, settings.names.events_stream, expected)
+        alerts = [Alert.model_validate_json(a) for a in stored]
+        return [a.kind for a in alerts if a.kind != "dead_letter"]  # each failed run also left a dead letter
+
+    assert await streak_alerts(4) == []  # four failed runs: four dead letters, never three in a row
     await publish_request(js, settings.names, request_for("wobbly"))
     await worker.run_until_idle(timeout_s=15)
-    alerts = [Alert.model_validate_json(a) for a in await collect(js, subject, settings.names.events_stream, 1)]
-    assert [a.kind for a in alerts] == ["consecutive_failures"]
+    assert await streak_alerts(6) == ["consecutive_failures"]
 
 
 async def test_empty_bucket_delays_or_skips_the_run_as_configured(

@@ -99,7 +99,7 @@ class Pages(BaseModel):
         (b"{not json", "not JSON"),
         (b'{"v": 9, "run_id": "strict:manual:x"}', "schema version 9"),
         ("unknown", "unknown job 'nosuchjob'"),
-        ("badargs", "invalid args for job strict"),
+        ("badargs", "invalid args for job strict: argument 'pages': input should be a valid integer"),
     ],
 )
 async def test_invalid_requests_fail_at_once_with_a_dead_letter(
@@ -134,7 +134,7 @@ async def test_invalid_requests_fail_at_once_with_a_dead_letter(
     assert len(letters) == 1
     letter = DeadLetter.model_validate_json(letters[0])
     assert letter.reason == "invalid"
-    assert letter.attempts == 1
+    assert letter.attempts == 0  # refused before any attempt ran, as the run record counts it
     assert expected in letter.error
     if letter.request is None:
         assert letter.raw == data.decode()
@@ -189,7 +189,8 @@ async def test_permanent_error_fails_at_once_and_alerts(
     await worker.run_until_idle(timeout_s=10)
     alerts = await collect(js, settings.names.alert_subject("rejected"), settings.names.events_stream, 1)
     kinds = [json.loads(a)["kind"] for a in alerts]
-    assert kinds == ["permanent_error"]
+    assert kinds == ["dead_letter"]
+    assert "dead-lettered (permanent)" in json.loads(alerts[0])["detail"]
     letters = await collect(js, settings.names.dlq_subject("rejected"), settings.names.dlq_stream, 1)
     assert [DeadLetter.model_validate_json(x).reason for x in letters] == ["permanent"]
 

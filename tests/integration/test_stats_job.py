@@ -43,6 +43,7 @@ async def test_runs_of_one_slot_leave_one_snapshot(settings: Settings, js: JetSt
         scheduled_for=slot,
         requested_by="tests",
     )
+    await db[Collections.RUNS].insert_one(_completed_market_sync())
     worker = Worker(settings, [stats_job])
     await worker.start()
     try:
@@ -64,3 +65,41 @@ async def test_runs_of_one_slot_leave_one_snapshot(settings: Settings, js: JetSt
     record = await db[Collections.RUNS].find_one({"_id": scheduled.run_id})
     assert record is not None
     assert record["summary"]["snapshot"] == snapshot_id(slot)
+
+
+def _completed_market_sync() -> dict[str, object]:
+    now = utcnow()
+    return {"_id": "market_sync:manual:first", "job": "market_sync", "trigger": "manual", "status": "completed",
+            "started_at": now, "ended_at": now}  # fmt: skip
+
+
+async def test_stats_waits_for_the_first_market_sync(settings: Settings, js: JetStreamContext, db: Database) -> None:
+    """Before any market sync completed, stats waits (and says so) instead of counting no markets."""
+    request = JobRequest(
+        run_id=new_run_id("stats", Trigger.MANUAL), job="stats", trigger=Trigger.MANUAL, scheduled_for=utcnow()
+    )
+    worker = Worker(settings, [stats_job])
+    await worker.start()
+    try:
+        await publish_request(js, settings.names, request)
+
+        async def waiting() -> bool:
+            doc = await db[Collections.RUNS].find_one({"_id": request.run_id})
+            return bool(doc and doc["status"] == "running" and doc.get("progress", {}).get("waiting_for"))
+
+        await wait_for(waiting, timeout_s=20, what="stats to wait for the first market sync")
+        await db[Collections.MARKETS].insert_one({"_id": "polymarket:1", "question": "Q?", "yes_price": 0.5,
+                                                   "volume_24h": 1.0, "volume_total": 2.0, "active": True,
+                                                   "yes_volume_24h": 0.5})  # fmt: skip
+        await db[Collections.RUNS].insert_one(_completed_market_sync())
+
+        async def moved_on() -> bool:
+            doc = await db[Collections.RUNS].find_one({"_id": request.run_id})
+            return bool(doc and (doc["status"] != "running" or not doc.get("progress", {}).get("waiting_for")))
+
+        await wait_for(moved_on, timeout_s=20, what="stats to go on after the first market sync")
+    finally:
+        await worker.stop()
+    doc = await db[Collections.RUNS].find_one({"_id": request.run_id})
+    assert doc is not None
+    assert "waits for the first market sync" not in (doc.get("error") or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -71,7 +72,7 @@ async def test_set_pause_resume_and_reset_apply_to_a_running_ticker(
 
     listed = json.loads((await pulse(settings, "schedule", "list", "--json")).output)
     whale = next(row for row in listed if row["job"] == "whale_sync")
-    assert (whale["schedule"], whale["source"], whale["paused"], whale["next_fire"]) == (
+    assert (whale["schedule"], whale["schedule_source"], whale["paused"], whale["next_fire"]) == (
         "every 1s",
         "override",
         True,
@@ -91,8 +92,33 @@ async def test_set_pause_resume_and_reset_apply_to_a_running_ticker(
     await wait_for(lambda: _source_is(running_ticker, "default"), timeout_s=5, what="the reset applied")
     listed = json.loads((await pulse(settings, "schedule", "list", "--json")).output)
     whale = next(row for row in listed if row["job"] == "whale_sync")
-    assert (whale["schedule"], whale["source"], whale["paused"]) == ("every 1m", "default", False)
+    assert (whale["schedule"], whale["schedule_source"], whale["paused"]) == ("every 1m", "default", False)
     assert whale["last_slot"] is not None
+
+
+async def test_a_schedule_change_fires_nothing_by_itself_unless_now(
+    js: JetStreamContext, ticker_settings: Settings, running_ticker: Ticker
+) -> None:
+    settings = ticker_settings
+    stats_requests = functools.partial(read_requests, js, settings, "stats")
+    await wait_for(stats_requests, timeout_s=5, what="the start-up request")
+    # A daily slot one minute ago is newer than the hourly slot fired at start-up (except
+    # at minute 0), so without the fence the ticker would fire it at once.
+    spec = f"daily at {(utcnow() - timedelta(minutes=1)):%H:%M}"
+    result = await pulse(settings, "schedule", "set", "stats", "--spec", spec)
+    assert result.exit_code == 0, result.output
+    await wait_for(
+        lambda: _schedule_is(running_ticker, "stats", spec), timeout_s=5, what="the ticker to apply the change"
+    )
+    ticks = running_ticker.ticks
+    await wait_for(lambda: _ticked(running_ticker, ticks + 4), timeout_s=10, what="ticks after the change")
+    assert [request.trigger for request in await stats_requests()] == [Trigger.SCHEDULE]
+
+    result = await pulse(settings, "schedule", "set", "stats", "--spec", spec, "--now")
+    assert result.exit_code == 0, result.output
+    requests = await wait_for(lambda: _at_least_list(stats_requests, 2), timeout_s=5, what="the --now request")
+    assert [request.trigger for request in requests] == [Trigger.SCHEDULE, Trigger.MANUAL]
+    assert requests[1].run_id in result.output
 
 
 async def test_set_keeps_a_pause_and_reset_of_a_paused_job_fences_the_skipped_slots(
@@ -178,3 +204,12 @@ async def _source_is(ticker: Ticker, source: str) -> bool:
 
 async def _ticked(ticker: Ticker, ticks: int) -> bool:
     return ticker.ticks >= ticks
+
+
+async def _schedule_is(ticker: Ticker, job: str, text: str) -> bool:
+    return ticker.schedule_of(job).schedule.text == text
+
+
+async def _at_least_list(probe: Any, count: int) -> list[JobRequest]:
+    found: list[JobRequest] = await probe()
+    return found if len(found) >= count else []

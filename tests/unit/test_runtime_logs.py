@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.logs import bind, configure_logging
+from shared.logs import bind, configure_logging, run_context
+from shared.runlogs import RunLogShipper
 from shared.settings import load_settings
 
 SECRET = "s3cr3t-pa55word"
@@ -78,3 +79,55 @@ def test_the_mongodb_password_alone_is_redacted() -> None:
         logging.getLogger().removeHandler(handler)
     assert "only-in-the-uri" not in stream.getvalue()
     assert "***" in stream.getvalue()
+
+
+def test_lines_inside_a_run_context_carry_the_run_and_data_stays_in_fields(output: io.StringIO) -> None:
+    library = logging.getLogger("some.library")
+    with run_context(job="stats", run_id="stats:manual:2", attempt=3):
+        library.warning("retrying a request", extra={"status_code": 503, "summary": {"pages": 2}})
+    library.warning("outside any run")
+    inside, outside = lines(output)
+    assert (inside["job"], inside["run_id"], inside["attempt"]) == ("stats", "stats:manual:2", 3)
+    assert inside["msg"] == "retrying a request"
+    assert (inside["status_code"], inside["summary"]) == (503, {"pages": 2})
+    assert str(inside["ts"]).endswith("Z")
+    assert "run_id" not in outside
+
+
+def _shipper(**overrides: object) -> RunLogShipper:
+    settings = load_settings(log_lines_per_run=10, log_line_max_chars=200, **overrides)
+    return RunLogShipper(settings, name="tests")
+
+
+def _buffered(shipper: RunLogShipper) -> list[dict[str, object]]:
+    return [json.loads(data) for _, _, data in shipper._buffer]
+
+
+def test_the_shipper_keeps_only_run_lines_and_bounds_them() -> None:
+    shipper = _shipper()
+    log = logging.getLogger("job.stats")
+    record = log.makeRecord("job.stats", logging.INFO, __file__, 1, "line %d", (0,), None)
+    shipper.emit(record)  # no run: not shipped
+    assert _buffered(shipper) == []
+    for number in range(15):
+        record = log.makeRecord(
+            "job.stats", logging.INFO, __file__, 1, "x" * 500 if number == 0 else f"line {number}", None, None,
+            extra={"job": "stats", "run_id": "stats:manual:3", "attempt": 1},
+        )  # fmt: skip
+        shipper.handle(record)
+    shipped = _buffered(shipper)
+    assert len(shipped) == 11  # the cap, then one marker line
+    assert str(shipped[0]["msg"]).startswith("x" * 200 + "… (300 more characters)")
+    assert "log cap of 10 lines reached" in str(shipped[-1]["msg"])
+    assert shipper.dropped == 4
+
+
+def test_the_shipper_redacts_secrets() -> None:
+    shipper = _shipper(nats_user="u", nats_password=SECRET)
+    record = logging.getLogger("job.stats").makeRecord(
+        "job.stats", logging.INFO, __file__, 1, f"password is {SECRET}", None, None,
+        extra={"job": "stats", "run_id": "stats:manual:4", "attempt": 1},
+    )  # fmt: skip
+    shipper.handle(record)
+    [line] = _buffered(shipper)
+    assert SECRET not in json.dumps(line)

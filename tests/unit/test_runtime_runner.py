@@ -69,13 +69,14 @@ def test_another_jobs_request_is_an_unknown_job() -> None:
     assert parsed.run_id == other.run_id
 
 
-def test_bad_args_name_the_field_and_the_model() -> None:
+def test_bad_args_name_the_field_and_what_the_job_takes() -> None:
     data = json.loads(request().to_bytes())
     data["args"] = {"pages": "many", "extra": 1}
     parsed = parse_request(json.dumps(data).encode(), pager)
     assert isinstance(parsed, Invalid)
     assert "pages" in parsed.error
-    assert "Pages" in parsed.error
+    assert "unknown argument 'extra' (pager takes pages)" in parsed.error
+    assert "Pages" not in parsed.error  # the model's class name is ours, not the operator's
 
 
 def test_guard_skips_a_scheduled_request_whose_next_slot_passed() -> None:

@@ -14,8 +14,12 @@ from shared.errors import ConfigError
 from shared.settings import Settings, load_settings, secret_fields
 
 #: What each secret needs beside it to make a valid configuration.
-COMPANIONS = {"nats_password": {"nats_user": "svc"}}
-VALUES = {"mongo_url": "mongodb://app:from-the-file@db:27017/"}
+COMPANIONS = {"nats_password": {"nats_user": "svc"}, "alert_webhook_url": {"alert_webhook_secret": "hook-secret"}}
+VALUES = {
+    "mongo_url": "mongodb://app:from-the-file@db:27017/",
+    "alert_webhook_url": "https://hooks.example/from-the-file",
+    "alert_slack_webhook_url": "https://hooks.example/slack-from-the-file",
+}
 
 
 @pytest.fixture(autouse=True)
