@@ -39,6 +39,10 @@ from typing import Literal
 from shared.errors import ConfigError, Unreachable
 
 FERRETDB_VERSION = "v1.24.2"
+#: Most documents per bulk write on FerretDB 1.24, which hangs at about 100 updates in
+#: one command (SQLite; 50 on PostgreSQL): `pulse up` and the CI smoke job set
+#: PULSE_STORE_WRITE_BATCH to this when they run on FerretDB.
+FERRETDB_WRITE_BATCH = 50
 _PR_SET_PDEATHSIG = 1
 _REPO = Path(__file__).resolve().parent.parent
 EMBEDDED_MONGO_SOURCES = _REPO / "tools" / "embedded-mongo"

@@ -31,7 +31,7 @@ import typer
 from pydantic import SecretStr
 from rich.table import Table
 
-from shared.localstack import LocalServers, free_port, local_store_kind, start_local_servers
+from shared.localstack import FERRETDB_WRITE_BATCH, LocalServers, free_port, local_store_kind, start_local_servers
 from shared.names import JOBS, SERVICES
 from shared.settings import Settings
 
@@ -346,6 +346,10 @@ def up(
                 highlight=False,
             )
             servers = start_local_servers(data_dir, nats=not given_nats, mongo=not given_mongo, store=store)
+            if store == "ferretdb" and not given_mongo:
+                # FerretDB 1.24 hangs on a bulk write of more than about 100 updates
+                # (docs/decisions.md): the services' writes stay well below that.
+                os.environ.setdefault("PULSE_STORE_WRITE_BATCH", str(FERRETDB_WRITE_BATCH))
         except Exception as exc:  # ConfigError (missing binary, bad PULSE_LOCAL_STORE) or Unreachable
             fail(str(exc))
     nats_url = settings.nats_url if given_nats or servers is None else servers.nats_url
