@@ -17,8 +17,8 @@ from shared.runtime import read_steps
 from shared.schemas import utcnow
 from shared.settings import Settings
 from shared.store import Database
-from tests.e2e.test_worker_processes import Spawn, manual, run_record
-from tests.e2e.test_worker_processes import spawn as spawn
+from tests.e2e.conftest import Spawn
+from tests.e2e.test_worker_processes import manual, run_record
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import wait_value
 
