@@ -79,10 +79,11 @@ async def test_a_store_outage_costs_no_attempt_and_loses_no_request(
     await proxy.restore()
     for request in requests:
         doc = await wait_value(lambda r=request: terminal_run(db, r.run_id), timeout_s=30, what="run after outage")
-        # Completed, and the outage itself spent no attempt. One extra count can come from
-        # a start whose `$inc` reached the store while its reply was lost in the cut (seen
-        # once in three CI runs: attempt_count 2): at-least-once, a known issue to fix in the
-        # start write, not a lost request.
+        # Completed, and the outage spent no attempt but, at most, one. Seen once in three
+        # CI runs: attempt_count 2. Suspected: a store error after `start_attempt`'s `$inc`
+        # (e.g. its `cancels` read while the pool reconnects) is put back as "no attempt
+        # spent", yet the increment stands. Known issue: make the count and the put-back one
+        # decision, then assert exactly 1 again.
         assert doc["status"] == "completed", doc
         assert doc["attempt_count"] in (1, 2), doc
         assert [a["outcome"] for a in doc["attempts"]][-1] == "succeeded"
