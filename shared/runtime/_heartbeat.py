@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -99,3 +100,27 @@ class Heartbeat:
                 await asyncio.wait({self._task}, timeout=self._interval_s)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+@contextlib.asynccontextmanager
+async def hold_message(msg: Progressable, interval_s: float) -> AsyncIterator[None]:
+    """Keep a delivery in progress from its arrival until it is settled, not only while the handler runs.
+
+    The work around an attempt (the start's write, the final record, the events) waits
+    on the store and NATS, each bounded by its own deadline, which may be longer than
+    the ack wait. Without this, a delivery slowed there is redelivered to a concurrent
+    handler, and the run gets a second, overlapping attempt.
+    """
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(Exception):  # NATS away: the ack wait decides, the start's fence protects
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat(), name="hold-message")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -38,7 +38,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from shared.errors import bounded
+from shared.errors import StoreUnavailable, bounded
 from shared.names import Collections
 from shared.schemas import (
     MAX_ATTEMPT_HISTORY,
@@ -64,8 +64,47 @@ def _is_terminal(doc: dict[str, Any] | None) -> bool:
     return doc is not None and doc.get("status") in _TERMINAL
 
 
+class SupersededDelivery(Exception):
+    """A later delivery of the run's request has started an attempt: this one stands down.
+
+    A delivery that stayed in a slow store call past the ack wait is redelivered to a
+    concurrent handler; the older one must neither start a second attempt nor settle
+    the message the newer one holds.
+    """
+
+
+class StartUnconfirmed(StoreUnavailable):
+    """The start's write was sent twice (the driver retried it) and the record shows it applied.
+
+    The record as it was before is not known, so the start is taken back and the
+    delivery put back like any store failure.
+    """
+
+
+def _delivery_fence(seq: int, delivery: int) -> Document:
+    """Match a record that no delivery at or after (`seq`, `delivery`) has started."""
+    return {
+        "$or": [
+            {"start_seq": None},
+            {"start_seq": {"$lt": seq}},
+            {"start_seq": seq, "start_delivery": {"$lt": delivery}},
+        ]
+    }
+
+
+def _started_at_or_after(doc: dict[str, Any], seq: int, delivery: int) -> bool:
+    started = doc.get("start_seq")
+    return started is not None and (started, doc.get("start_delivery") or 0) >= (seq, delivery)
+
+
 async def _write_unless_terminal(
-    db: Database, run_id: str, update: dict[str, Any], *, upsert: bool, likely_new: bool = False
+    db: Database,
+    run_id: str,
+    update: dict[str, Any],
+    *,
+    upsert: bool,
+    likely_new: bool = False,
+    fence: Document | None = None,
 ) -> tuple[bool, dict[str, Any] | None]:
     """Apply `update` unless the run is terminal; return (applied, document before).
 
@@ -73,11 +112,13 @@ async def _write_unless_terminal(
     `upsert`, a missing record is created by the same command; a duplicate key then
     means the record exists but is terminal (the filter did not match), or was created
     by a concurrent writer in between (then the write is tried again). `likely_new`
-    tries a plain insert first.
+    tries a plain insert first. `fence` narrows the filter further (the start's
+    delivery fence).
 
     Returns:
         (True, before) when applied (`before` is None for a record just created);
-        (False, current) when the run is terminal, or has no record and `upsert` is false.
+        (False, current) when the run is terminal, has no record and `upsert` is false,
+        or the fence did not match.
     """
     runs = db[Collections.RUNS]
     if upsert and likely_new:
@@ -89,7 +130,10 @@ async def _write_unless_terminal(
     for _ in range(_WRITE_TRIES):
         try:
             before = await runs.find_one_and_update(
-                {"_id": run_id, **_NOT_TERMINAL}, update, upsert=upsert, return_document=ReturnDocument.BEFORE
+                {"_id": run_id, **_NOT_TERMINAL, **(fence or {})},
+                update,
+                upsert=upsert,
+                return_document=ReturnDocument.BEFORE,
             )
         except DuplicateKeyError:
             before = None
@@ -99,10 +143,14 @@ async def _write_unless_terminal(
         current = await runs.find_one({"_id": run_id})
         if current is None and not upsert:
             return False, None
-        if _is_terminal(current):
+        if _is_terminal(current) or (fence and current is not None and not await _matches(runs, run_id, fence)):
             return False, current
         # Created (or un-deleted) between the write and the read: write again.
     raise RuntimeError(f"run {run_id!r} kept changing while recording it; try again")
+
+
+async def _matches(runs: Any, run_id: str, condition: Document) -> bool:
+    return await runs.find_one({"_id": run_id, **condition}, {"_id": 1}) is not None
 
 
 def _as_new_document(run_id: str, update: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +200,8 @@ async def start_attempt(
     request: JobRequest,
     worker: str,
     *,
+    seq: int,
+    delivery: int,
     max_attempts: int,
     likely_new: bool = True,
     now: datetime | None = None,
@@ -164,10 +214,20 @@ async def start_attempt(
     (the last attempt's worker died) leaves the count at `max_attempts`; the caller
     then fails the run.
 
+    The write is fenced by the delivery (`seq`, `delivery`): a delivery older than one
+    that already started the run (it sat in a slow call past the ack wait and was
+    redelivered meanwhile) raises `SupersededDelivery` and writes nothing. The write
+    records the delivery's `start_token(worker, seq, delivery)`, so that a start
+    which failed or timed out after its write may have applied can be taken back
+    (`void_start`). The returned record's `cancel_requested` is False: the caller reads
+    `cancels` (before this write, so that a failed read has written nothing).
+
     Args:
         db: the database.
         request: the request being run.
         worker: this worker's id, recorded on the run.
+        seq: the request message's stream sequence.
+        delivery: the message's delivery count.
         max_attempts: the job's attempt limit.
         likely_new: try the insert first (a first delivery): cheaper for a new run.
         now: the reference time.
@@ -175,12 +235,20 @@ async def start_attempt(
     Returns:
         (before, after): the record as it was (None if new) and as it is now; `after`
         is None when the run already had a terminal record (nothing was written).
+
+    Raises:
+        SupersededDelivery: a later delivery started the run.
+        StartUnconfirmed: this very start was applied by an earlier send of the write.
     """
     now = now or utcnow()
+    token = start_token(worker, seq, delivery)
     update = {
         "$set": {
             **_request_fields(request),
             "status": RunStatus.RUNNING.value,
+            "start_token": token,
+            "start_seq": seq,
+            "start_delivery": delivery,
             "attempt_started_at": now,
             "heartbeat_at": now,
             "worker": worker,
@@ -191,9 +259,16 @@ async def start_attempt(
         # A record created earlier by a cancel request has no start, and never gets one.
         "$setOnInsert": {"started_at": now},
     }
-    applied, before = await _write_unless_terminal(db, request.run_id, update, upsert=True, likely_new=likely_new)
+    applied, before = await _write_unless_terminal(
+        db, request.run_id, update, upsert=True, likely_new=likely_new, fence=_delivery_fence(seq, delivery)
+    )
     if not applied:
-        return RunRecord.model_validate(before), None
+        assert before is not None  # with upsert, "not applied" always comes with the record
+        if _is_terminal(before):
+            return RunRecord.model_validate(before), None
+        if before.get("start_token") == token:
+            raise StartUnconfirmed(f"the start of run {request.run_id} was applied by an earlier send of its write")
+        raise SupersededDelivery(f"run {request.run_id}: delivery {delivery} of message {seq} is superseded")
     previous = RunRecord.model_validate(before) if before else None
     count = (previous.attempt_count if previous else 0) + 1
     if count > max_attempts:  # rare: keep the count at the limit; the run is failed next
@@ -206,16 +281,41 @@ async def start_attempt(
             "attempt_count": count,
             "_id": request.run_id,
             "started_at": previous.started_at if previous else now,
-            # The cancels collection is the truth; a cancel requested after this read is
-            # seen by the attempt's first heartbeat or check point.
-            "cancel_requested": await cancel_requested(db, request.run_id),
+            "cancel_requested": False,
         }
     )
     return previous, after
 
 
+def start_token(worker: str, seq: int, delivery: int) -> str:
+    """The token of one delivery's start, recorded on the run (`void_start` matches it)."""
+    return f"{worker}:{seq}:{delivery}"
+
+
+async def void_start(db: Database, run_id: str, token: str, previous: RunRecord | None) -> bool:
+    """Take back the start `token` of an attempt that never began; True if one was taken back.
+
+    Called when the start failed after its write may have applied (a timeout, a reply
+    lost in a cut) or before the handler began: the delivery is put back, and the
+    attempt it counted must not stand. Conditional on the token, so it undoes exactly
+    this delivery's start and nothing written since. The status goes back to what it
+    was when that is known (`previous`), otherwise to `retrying` (the run waits for its
+    next delivery).
+    """
+    status = previous.status if previous is not None else RunStatus.RETRYING
+    result = await db[Collections.RUNS].update_one(
+        {"_id": run_id, "start_token": token, "status": RunStatus.RUNNING.value},
+        {"$inc": {"attempt_count": -1}, "$set": {"status": status.value, "start_token": None, "updated_at": utcnow()}},
+    )
+    return result.modified_count == 1
+
+
 async def record_lost_attempt(db: Database, run_id: str, number: int, worker: str | None) -> None:
-    """Add an attempt whose worker died (it never reported an end) to the history."""
+    """Add an attempt whose worker died (it never reported an end) to the history, once.
+
+    Once: a start taken back after this write (`void_start`) comes again and finds the
+    run still `running`, so the same lost attempt is recorded a second time otherwise.
+    """
     lost = AttemptRecord(
         number=number,
         started_at=utcnow(),
@@ -223,7 +323,9 @@ async def record_lost_attempt(db: Database, run_id: str, number: int, worker: st
         worker=worker,
         error="the worker stopped answering (heartbeat lost); the request was redelivered",
     )
-    await db[Collections.RUNS].update_one({"_id": run_id}, {"$push": _push_attempt(lost)})
+    await db[Collections.RUNS].update_one(
+        {"_id": run_id, "attempts.number": {"$ne": number}}, {"$push": _push_attempt(lost)}
+    )
 
 
 async def heartbeat(db: Database, run_id: str, progress: dict[str, Any] | None = None) -> bool:

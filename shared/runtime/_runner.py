@@ -20,6 +20,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import ServerSelectionTimeoutError
 
 from shared.delayed import SCHEDULER_HEADER
 from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
@@ -143,7 +144,7 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     skipped = guard(job.policy, request, first=first, schedule=schedule)
     if skipped is not None:
         return await end_without_running(rt, job, msg, request, skipped, attempt=0)
-    started = await start(rt, job, request, first=first)
+    started = await start(rt, job, request, seq=msg.metadata.sequence.stream, delivery=delivery, first=first)
     if started is None:
         return await settle_already_finished(rt, job, msg, request)
     attempt = started.record.attempt_count
@@ -271,19 +272,64 @@ class Started:
     lost_last: bool
 
 
-async def start(rt: Runtime, job: Bound, request: JobRequest, *, first: bool) -> Started | None:
-    """Record the run `running` as its next attempt; None when it is already terminal."""
+async def start(
+    rt: Runtime, job: Bound, request: JobRequest, *, seq: int, delivery: int, first: bool
+) -> Started | None:
+    """Record the run `running` as its next attempt; None when it is already terminal.
+
+    Counting the attempt and putting the delivery back are one decision: if anything
+    fails between the start's write (which may have applied even when it timed out)
+    and the handler, the start is taken back before the error reaches the put-back,
+    so the delivery costs no attempt. A superseded delivery (`SupersededDelivery`)
+    wrote nothing and is left to the worker, which stands it down.
+    """
     max_attempts = job.policy.retry.max_attempts
-    previous, started = await records.start_attempt(
-        rt.db, request, rt.worker_id, max_attempts=max_attempts, likely_new=first
-    )
-    if started is None:
-        return None
-    if previous is not None and previous.status is RunStatus.RUNNING:
-        # The previous attempt's worker died without a word: keep that attempt in the history.
-        await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
+    # `cancels` is the truth; a cancel requested after this read is seen by the
+    # attempt's first heartbeat or check point. Read first: its failure writes nothing.
+    canceled = await records.cancel_requested(rt.db, request.run_id)
+    previous: RunRecord | None = None
+    try:
+        previous, started = await records.start_attempt(
+            rt.db, request, rt.worker_id, seq=seq, delivery=delivery, max_attempts=max_attempts, likely_new=first
+        )
+        if started is None:
+            return None
+        if previous is not None and previous.status is RunStatus.RUNNING:
+            # The previous attempt's worker died without a word: keep that attempt in the history.
+            await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
+    except records.SupersededDelivery:
+        raise
+    except Exception as exc:
+        if _may_have_written(exc):
+            await _take_back_start(rt, request.run_id, records.start_token(rt.worker_id, seq, delivery), previous)
+        raise
     lost_last = previous is not None and previous.attempt_count >= max_attempts
-    return Started(started, lost_last=lost_last)
+    return Started(started.model_copy(update={"cancel_requested": canceled}), lost_last=lost_last)
+
+
+def _may_have_written(exc: BaseException) -> bool:
+    """False when no store server was reached at all: then nothing was written to take back."""
+    while exc is not None:
+        if isinstance(exc, ServerSelectionTimeoutError):
+            return False
+        exc = exc.__cause__  # type: ignore[assignment]
+    return True
+
+
+async def _take_back_start(rt: Runtime, run_id: str, token: str, previous: RunRecord | None) -> None:
+    """Void this delivery's start after a failure; if the store cannot be reached for that either, say so."""
+    try:
+        await records.void_start(rt.db, run_id, token, previous)
+    except Exception as exc:
+        # Rare (the store failed twice in a row): the next delivery finds the run
+        # `running`, records a lost attempt and counts it; at most one per delivery.
+        log.warning(
+            "run %s: a start that may have been recorded could not be taken back (%s); "
+            "it may count as one lost attempt",
+            run_id,
+            type(exc).__name__,
+            extra={"event": "run.start_not_voided", "run_id": run_id},
+        )
 
 
 # -- attempt ----------------------------------------------------------------------------

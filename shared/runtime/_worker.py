@@ -48,9 +48,11 @@ from shared.runtime import _monitor as monitor
 from shared.runtime import _suspend as suspend
 from shared.runtime._broker import ServiceBroker
 from shared.runtime._health import STORE_READ_TIMEOUT_S, store_readable
+from shared.runtime._heartbeat import hold_message
 from shared.runtime._job import JobSpec
 from shared.runtime._metrics import RuntimeMetrics
 from shared.runtime._ratelimit import RateLimiter
+from shared.runtime._records import SupersededDelivery
 from shared.runtime._retry import infrastructure_delay_s, is_infrastructure_failure
 from shared.runtime._runner import Bound, RecordedNotAnnounced, Runtime, run_message
 from shared.settings import JobPolicy, Settings
@@ -225,7 +227,8 @@ class Worker:
             self.runs_started += 1
             self._in_flight += 1
             try:
-                await run_message(self.runtime, bound, msg.raw_message)
+                async with hold_message(msg.raw_message, self.settings.heartbeat_interval_s):
+                    await run_message(self.runtime, bound, msg.raw_message)
                 self.settled += 1
             except Exception as exc:
                 await self._put_back(bound, msg.raw_message, exc)
@@ -239,7 +242,8 @@ class Worker:
         """A delivery the runtime could not finish: nak it with a bounded backoff, or leave it.
 
         Store or NATS unreachable (before or after the run): nak'ed, and no attempt is
-        counted (attempts are counted when an attempt starts). Anything else is a bug:
+        counted (attempts are counted when an attempt starts). A delivery superseded by
+        a later one (it outlived the ack wait) is left alone. Anything else is a bug:
         logged with its traceback and left unsettled, so it comes back after the ack wait.
         Either way the runner's conditional writes make the repeat safe.
         """
@@ -247,6 +251,10 @@ class Worker:
         delivery = msg.metadata.num_delivered
         delay = infrastructure_delay_s(delivery, self.settings.ack_wait_s)
         extra = {"job": job, "worker": self.worker_id, "delivery": delivery}
+        if isinstance(exc, SupersededDelivery):
+            # Settling would ack or nak the message the newer delivery holds.
+            log.info("%s; it is left to that delivery", exc, extra={**extra, "event": "run.superseded"})
+            return
         if isinstance(exc, RecordedNotAnnounced):
             log.warning(
                 "run %s is recorded %s, but its events could not be published (%s); "

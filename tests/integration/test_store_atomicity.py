@@ -67,17 +67,28 @@ async def _status(db: Database, run_id: str) -> str:
 
 
 async def test_racing_first_starts_create_the_record_once(writers: list[Database]) -> None:
-    """Every starter marks the run running, and exactly one of them created its record (this
-    rests on the unique `_id`, which FerretDB keeps too)."""
+    """Exactly one starter created the record (this rests on the unique `_id`, which FerretDB
+    keeps too); every other one marked it running, or stood down because a later delivery
+    had started it already (the delivery fence)."""
     for _ in range(TRIALS):
         request = request_for("racing")
-        starts = await asyncio.gather(
-            *(records.start_attempt(db, request, f"worker-{n}", max_attempts=10) for n, db in enumerate(writers))
+        outcomes = await asyncio.gather(
+            *(
+                records.start_attempt(db, request, f"worker-{n}", seq=1, delivery=n + 1, max_attempts=10)
+                for n, db in enumerate(writers)
+            ),
+            return_exceptions=True,
         )
-        creators = [n for n, (before, _after) in enumerate(starts) if before is None]
+        starts = [o for o in outcomes if not isinstance(o, records.SupersededDelivery)]
+        assert all(isinstance(o, tuple) for o in starts), outcomes
+        creators = [n for n, (before, _after) in enumerate(starts) if before is None]  # type: ignore[misc]
         assert len(creators) == 1, f"{request.run_id}: starters {creators} all created the record"
-        assert all(after is not None and after.status is RunStatus.RUNNING for _before, after in starts)
-        assert await _status(writers[0], request.run_id) == RunStatus.RUNNING.value
+        assert all(after is not None and after.status is RunStatus.RUNNING for _before, after in starts)  # type: ignore[misc]
+        doc = await writers[0][Collections.RUNS].find_one({"_id": request.run_id})
+        assert doc is not None
+        assert doc["status"] == RunStatus.RUNNING.value
+        # The last start standing is the newest delivery that got through; counts match.
+        assert doc["attempt_count"] == len(starts), (doc, outcomes)
 
 
 @pytest.mark.atomic_store
@@ -102,7 +113,9 @@ async def test_a_start_racing_finishes_never_reopens_an_ended_run(writers: list[
         await _running_record(writers[0], request)
         finishes = zip(writers[1:], ENDINGS[1:], strict=True)
         start, *ends = await asyncio.gather(
-            records.start_attempt(writers[0], request, "late-worker", max_attempts=10, likely_new=False),
+            records.start_attempt(
+                writers[0], request, "late-worker", seq=1, delivery=100, max_attempts=10, likely_new=False
+            ),
             *(records.finish_run(db, request.run_id, end) for db, end in finishes),
         )
         owners = [end for end in ends if end is not None]
