@@ -17,6 +17,7 @@ function `(sources, job, now) -> Blocker | None` each, run after the pure checks
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,8 @@ from shared.store import Database
 #: How late the ticker may be with a slot before `pulse why` calls it stalled: its loop
 #: wakes at least every second and claims at the slot, so ten seconds is no jitter.
 TICKER_GRACE_S = 10.0
+#: Pause before a second look at a consumer that showed no pull request.
+PULL_GAP_S = 0.25
 #: Finished runs read to tell a dead-letter streak.
 RECENT_RUNS = 5
 
@@ -313,6 +316,12 @@ async def read_facts(sources: Sources, job: str, now: datetime, *, ticker_grace_
     await _read_ticker(js, settings, facts, eff.schedule.next_slot)
     facts.consumer = await queue_info(js, settings, job)
     await _read_runs(db, facts)
+    if facts.consumer is not None and facts.consumer.pull_requests == 0 and not facts.running:
+        # An idle worker renews its pull request when the previous one expires (every
+        # few seconds): one sample can fall in that gap. A second look tells a gap from
+        # no worker at all.
+        await asyncio.sleep(PULL_GAP_S)
+        facts.consumer = await queue_info(js, settings, job)
     facts.dead_letters = (await count_by_job(js, names)).get(job, 0)
     if policy.rate_limit_bucket is not None:
         facts.bucket = policy.rate_limit_bucket
