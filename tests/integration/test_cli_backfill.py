@@ -53,7 +53,7 @@ def test_backfill_requests_only_the_slots_that_never_ran_and_a_repeat_requests_n
         settings,
         *(
             run_doc(scheduled_run_id(JOB, s), status, 30, trigger="schedule")
-            for s, status in zip(ran, ("completed", "failed", "skipped"))
+            for s, status in zip(ran, ("completed", "failed", "skipped"), strict=True)
         ),
     )
     queued = JobRequest(
@@ -63,9 +63,8 @@ def test_backfill_requests_only_the_slots_that_never_ran_and_a_repeat_requests_n
 
     dry = backfill(settings, start, end, "--dry-run")
     assert (dry["total"], dry["already"], dry["to_request"], dry["calls"]) == (10, 4, 6, 24)
-    assert [e["state"] for e in dry["slots"]] == [
-        "ran", "to_request", "to_request", "ran", "to_request", "queued", "to_request", "ran", "to_request", "to_request"
-    ]  # fmt: skip
+    new, ran_, queued_ = "to_request", "ran", "queued"
+    assert [e["state"] for e in dry["slots"]] == [ran_, new, new, ran_, new, queued_, new, ran_, new, new]
     assert dry["slots"][3]["status"] == "failed"
     assert dry["pacing"] == {"at_once": 2, "interval_s": 0.4, "duration_s": pytest.approx(1.6)}
     assert [request.run_id for request, _ in queued_requests(settings, JOB)] == [queued.run_id], "the dry run published"
