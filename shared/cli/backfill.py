@@ -101,8 +101,9 @@ def backfill(
         highlight=False,
         markup=False,
     )
-    for entry in plan.slots:
-        console.print(_slot_line(entry), highlight=False, markup=False)
+    if plan.dry_run or not err_console.is_terminal:  # else each slot was shown as it went
+        for entry in plan.slots:
+            console.print(_slot_line(entry), highlight=False, markup=False)
     for note in plan.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     console.print(_summary(plan), highlight=False, markup=False)

@@ -187,9 +187,9 @@ def no_worker(facts: Facts) -> Blocker | None:
 
 
 def pending_redelivery(facts: Facts) -> Blocker | None:
-    """Runs that failed an attempt and wait for their redelivery."""
+    """Runs that failed an attempt and wait for their redelivery (or redelivered requests no record explains)."""
     if not facts.retrying:
-        return None
+        return _unrecorded_redelivery(facts)
     soonest = min(facts.retrying, key=lambda run: run.next_attempt_at or facts.now)
     when = f" at {iso(soonest.next_attempt_at)}" if soonest.next_attempt_at else ""
     error = f" ({soonest.error})" if soonest.error else ""
@@ -199,6 +199,23 @@ def pending_redelivery(facts: Facts) -> Blocker | None:
         f"{soonest.run_id} failed attempt {soonest.attempt_count}{error}; its next attempt is{when}{more}",
         f"wait for the retry; pulse run {soonest.run_id} shows every attempt, pulse cancel {soonest.run_id} stops it",
         until=soonest.next_attempt_at,
+    )
+
+
+def _unrecorded_redelivery(facts: Facts) -> Blocker | None:
+    """Requests redelivered with no run retrying: deliveries put back before an attempt started.
+
+    The runtime naks a delivery it cannot start (the store or NATS unreachable) with a
+    backoff, without spending an attempt, so no record says `retrying`.
+    """
+    consumer = facts.consumer
+    if consumer is None or consumer.redelivered == 0 or facts.running:
+        return None
+    return Blocker(
+        "pending_redelivery",
+        f"{consumer.redelivered} request(s) were delivered more than once and wait for redelivery "
+        "without a run retrying: workers could not start them",
+        "check the workers' logs (events run.deferred, run.publish_deferred) and that the store and NATS answer",
     )
 
 

@@ -110,6 +110,13 @@ def test_a_retrying_run_names_its_next_attempt() -> None:
     assert "pulse cancel whale_sync:m1" in blocker.action
 
 
+def test_redelivered_requests_without_a_retrying_run_are_named_too() -> None:
+    redelivered = ConsumerFacts(waiting=0, in_flight=2, redelivered=2, pull_requests=1)
+    [blocker] = decide(healthy(consumer=redelivered))
+    assert blocker.kind == "pending_redelivery"
+    assert "2 request(s) were delivered more than once" in blocker.detail
+
+
 def test_dead_letters_block_only_after_a_failed_streak() -> None:
     failed = [RunFact("whale_sync:b", "failed", error="boom"), RunFact("whale_sync:a", "failed")]
     [blocker] = decide(healthy(recent=failed, dead_letters=2))
