@@ -180,12 +180,21 @@ async def plan_backfill(
     """Read which slots of [start, end) ran or wait in JOBS; change nothing.
 
     Raises:
-        InvalidRequest: `end` is in the future, the job is disabled, or the window is bad (`window_slots`).
+        InvalidRequest: `end` is in the future, `start` is past the run retention (records of
+            older runs are deleted, so a backfill there could run a slot twice), the job is
+            disabled, or the window is bad (`window_slots`).
     """
     if end > now:
         raise InvalidRequest(
             f"--to {iso(end)} is in the future: backfill requests past slots only (the ticker requests the rest); "
             "give --to now or earlier"
+        )
+    known_since = now - timedelta(days=settings.runs_retention_days)
+    if start < known_since:
+        raise InvalidRequest(
+            f"--from {iso(start)} is past the run retention "
+            f"(PULSE_RUNS_RETENTION_DAYS={settings.runs_retention_days:g}): "
+            f"whether those slots ran is no longer known; give --from {iso(known_since)} or later"
         )
     policy = settings.jobs.for_job(job)
     if not policy.enabled:

@@ -81,7 +81,8 @@ def backfill(
     Slots that already have a run record (any state) or a queued request are not
     requested again, so a repeated backfill requests nothing. Requests are paced by the
     job's rate limit bucket (PULSE_JOBS__<JOB>__RATE_LIMIT_BUCKET, CALLS_PER_RUN tokens
-    per run); at most 1500 slots per backfill. Recorded in the audit trail.
+    per run). At most 1500 slots, all in the past and within the run retention
+    (PULSE_RUNS_RETENTION_DAYS). Recorded in the audit trail.
 
     Example: pulse backfill whale_sync --from 2026-12-01T08:00:00Z --to 2026-12-01T09:00:00Z --dry-run
 

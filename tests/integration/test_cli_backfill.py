@@ -118,12 +118,13 @@ def test_the_dry_run_text_lists_each_slot_and_prices_the_run(settings: Settings)
     [
         (["--from", "2026-12-01T09:00:00Z", "--to", "2026-12-01T08:00:00Z"], {}, ["is not before --to"]),
         (["--from", "yesterday"], {}, ["--from", "yesterday"]),
-        (["--from", "3d"], {}, ["more than 1500 slots", "split it"]),
+        (["--from", "26h"], {}, ["more than 1500 slots", "split it"]),
+        (["--from", "3d"], {}, ["past the run retention", "PULSE_RUNS_RETENTION_DAYS=2"]),
         (["--from", "1h", "--to", "2099-01-01T00:00:00Z"], {}, ["in the future", "--to now or earlier"]),
         (["--from", "1h"], {"PULSE_JOBS__WHALE_SYNC__ENABLED": "false"}, ["is disabled", "pulse trigger whale_sync"]),
         (["--from", "90s", "--to", "89s"], {"PULSE_JOBS__WHALE_SYNC__SCHEDULE": "daily at 02:00"}, ["no slot of"]),
     ],
-    ids=["backwards", "unparseable", "too-many-slots", "future", "disabled", "no-slot"],
+    ids=["backwards", "unparseable", "too-many-slots", "past-retention", "future", "disabled", "no-slot"],
 )
 def test_bad_input_exits_2_with_one_line_and_requests_nothing(
     settings: Settings, args: list[str], env: dict[str, str], phrases: list[str]
