@@ -18,6 +18,7 @@ function `(sources, job, now) -> Blocker | None` each, run after the pure checks
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -352,8 +353,6 @@ async def _read_ticker(
     js: JetStreamContext, settings: Settings, facts: Facts, next_slot: Callable[[datetime], datetime]
 ) -> None:
     """The job's entry in the `ticker` bucket: its last claimed slot, and whether it was published."""
-    import json
-
     try:
         kv = await js.key_value(settings.names.ticker_bucket)
         entry = await kv.get(facts.job)
