@@ -27,8 +27,10 @@ def why(
     job: Annotated[str, typer.Argument(help=f"The job: one of {', '.join(JOBS)}.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON on stdout.")] = False,
 ) -> None:
-    """Say why JOB is not running now: paused, not due, overlap, empty bucket, no worker,
-    retries pending, dead letters, a stalled ticker; each line says what to do.
+    """Say what keeps JOB from running now, each blocker with what to do.
+
+    Blockers: disabled, paused, ticker_stalled, overlap, no_worker, pending_redelivery,
+    dead_lettered, rate_limited; with none, not_due (its next slot) or nothing.
 
     Example: pulse why market_sync
 
