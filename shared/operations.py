@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -175,25 +176,37 @@ async def cancel_run(
 
 async def request_queued(js: JetStreamContext, names: Names, job: str, run_id: str) -> bool:
     """Whether a request for `run_id` waits in JOBS (a bounded scan of the job's subject)."""
+    async for queued in queued_run_ids(js, names, job):
+        if queued == run_id:
+            return True
+    return False
+
+
+async def queued_run_ids(js: JetStreamContext, names: Names, job: str) -> AsyncIterator[str]:
+    """The run ids of the requests of `job` waiting in JOBS, oldest first (at most `QUEUE_SCAN_LIMIT`).
+
+    A request counts by its `Nats-Msg-Id` and by the `run_id` of its body (they differ
+    for a workflow resumed by a signal).
+    """
     subject = names.job_subject(job)
     seq = 1
     for _ in range(QUEUE_SCAN_LIMIT):
         try:
             message = await js.get_msg(names.jobs_stream, seq=seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
-            return False
+            return
         headers = message.headers or {}
-        if headers.get(MSG_ID_HEADER) == run_id:
-            return True
+        if MSG_ID_HEADER in headers:
+            yield headers[MSG_ID_HEADER]
         try:
-            if json.loads(message.data or b"{}").get("run_id") == run_id:
-                return True
+            body_id = json.loads(message.data or b"{}").get("run_id")
         except (ValueError, AttributeError):
-            pass
+            body_id = None
+        if isinstance(body_id, str) and body_id != headers.get(MSG_ID_HEADER):
+            yield body_id
         if message.seq is None:
-            return False
+            return
         seq = message.seq + 1
-    return False
 
 
 # -- re-run --------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class Trigger(StrEnum):
     DELAYED = "delayed"
     REPLAY = "replay"
     CHAIN = "chain"
+    #: `pulse backfill`: a past slot requested by an operator, under the slot's own run id.
+    BACKFILL = "backfill"
 
 
 class RunStatus(StrEnum):

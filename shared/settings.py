@@ -85,6 +85,14 @@ class JobPolicy(BaseModel):
         "delay", description="when the bucket stays empty past rate_limit_wait_s: retry later or skip"
     )
     rate_limit_wait_s: float = Field(10.0, ge=0, description="longest wait for a token before giving up")
+    calls_per_run: int = Field(
+        1,
+        ge=0,
+        description=(
+            "estimated tokens (provider calls) one run takes from rate_limit_bucket: "
+            "paces `pulse backfill` and prices its --dry-run"
+        ),
+    )
     stale_after_s: float = Field(gt=0, description="alert when no run succeeded for this long")
     alert_after_failures: int = Field(3, ge=1, description="alert after this many failed runs in a row")
     enabled: bool = Field(True, description="False: the ticker never requests it (manual runs still work)")

@@ -7,6 +7,7 @@
     schedules.py    schedules and their runtime overrides, upcoming and recent slots,
                     delayed one-off runs
     stats.py        market stats snapshots (latest and trend)
+    why.py          what keeps a job from running now (blockers with what to do)
     timetext.py     durations and times as operators type them
 
 Reads never write; the few writes here (schedule overrides, dead-letter replay and

@@ -62,11 +62,15 @@ class JobStatus:
 
 @dataclass(frozen=True)
 class QueueInfo:
-    """The job's durable consumer: requests waiting, delivered but unacked, redelivered."""
+    """The job's durable consumer: requests waiting, delivered but unacked, redelivered.
+
+    `pull_requests`: workers' pull requests waiting on it (0 while no worker is bound).
+    """
 
     waiting: int
     in_flight: int
     redelivered: int
+    pull_requests: int = 0
 
 
 async def queue_info(js: JetStreamContext, settings: Settings, job: str) -> QueueInfo | None:
@@ -76,7 +80,7 @@ async def queue_info(js: JetStreamContext, settings: Settings, job: str) -> Queu
         info = await js.consumer_info(names.jobs_stream, names.consumer_name(job))
     except nats.js.errors.NotFoundError:
         return None
-    return QueueInfo(info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)
+    return QueueInfo(info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0, info.num_waiting or 0)
 
 
 async def collect_job_status(

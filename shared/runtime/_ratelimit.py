@@ -33,6 +33,12 @@ class RateLimited(PulseError):
         self.retry_in_s = retry_in_s
 
 
+def bucket_level(state: dict[str, float], limit: RateLimit, now: float) -> float:
+    """Tokens in a bucket whose stored `state` is `{"tokens", "at"}`, refilled up to `now`, capped at `burst`."""
+    elapsed = max(0.0, now - float(state.get("at", now)))
+    return min(float(limit.burst), float(state.get("tokens", limit.burst)) + elapsed * limit.rate / limit.period_s)
+
+
 class RateLimiter:
     """Takes tokens from named buckets shared by every replica.
 
@@ -70,8 +76,7 @@ class RateLimiter:
                 revision: int | None = entry.revision
             except nats.js.errors.KeyNotFoundError:
                 state, revision = {}, None
-            elapsed = max(0.0, now - float(state.get("at", now)))
-            available = min(float(limit.burst), float(state.get("tokens", limit.burst)) + elapsed * per_s)
+            available = bucket_level(state, limit, now)
             if available < tokens:
                 return (tokens - available) / per_s
             value = json.dumps({"tokens": available - tokens, "at": now}).encode()
@@ -85,6 +90,15 @@ class RateLimiter:
                 # Lost the race with another taker (create on an existing key raises a
                 # wrong-last-sequence APIError too): read again.
                 await asyncio.sleep(random.uniform(0, 0.005))
+
+    async def peek(self, bucket: str) -> float:
+        """The tokens `bucket` holds now (refilled to this moment), taking none: for `pulse why`."""
+        limit = self._limit(bucket)
+        try:
+            entry = await self._kv.get(bucket)
+        except nats.js.errors.KeyNotFoundError:
+            return float(limit.burst)
+        return bucket_level(json.loads(entry.value or b"{}"), limit, self._clock())
 
     async def acquire(self, bucket: str, tokens: int = 1, *, max_wait_s: float = 10.0) -> float:
         """Take `tokens`, waiting at most `max_wait_s`; return the seconds waited.

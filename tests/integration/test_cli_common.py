@@ -28,6 +28,8 @@ COMMANDS = [
     ["dlq", "show"],
     ["dlq", "replay"],
     ["dlq", "purge"],
+    ["backfill"],
+    ["why"],
     ["up"],
 ]
 
@@ -65,6 +67,8 @@ def test_every_command_has_help_with_an_example(command: list[str]) -> None:
         ["dlq", "list"],
         ["dlq", "replay", "--all"],
         ["watch", "--once"],
+        ["why", "stats"],
+        ["backfill", "stats", "--from", "2h", "--dry-run"],
     ],
     ids=" ".join,
 )
