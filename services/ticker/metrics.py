@@ -40,6 +40,12 @@ class TickerMetrics:
             ["job"],
             registry=self.registry,
         )
+        self.missed = Counter(
+            "pulse_ticker_slots_missed_total",
+            "Slots this replica settled without a request after downtime (catch-up policy)",
+            ["job"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "pulse_ticker_errors_total",
             "Failed evaluations of a job (NATS errors)",
