@@ -176,6 +176,17 @@ class CronSchedule:
 Schedule = IntervalSchedule | CronSchedule
 
 
+def slots_between(schedule: Schedule, after: datetime, until: datetime, *, limit: int) -> list[datetime]:
+    """The slots in (`after`, `until`], oldest first; at most the newest `limit` of them."""
+    slots: list[datetime] = []
+    moment = schedule.previous_slot(until)
+    while moment > after and len(slots) < limit:
+        slots.append(moment)
+        moment = schedule.previous_slot(moment - timedelta(microseconds=1))
+    slots.reverse()
+    return slots
+
+
 def _invalid(text: str, why: str) -> ValueError:
     return ValueError(f"invalid schedule {text!r}: {why}")
 

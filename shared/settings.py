@@ -121,6 +121,14 @@ class JobPolicy(BaseModel):
             raise ValueError("concurrency > 1 needs overlap='parallel'")
         return self
 
+    @model_validator(mode="after")
+    def _catch_up_all_needs_the_runs_kept(self) -> JobPolicy:
+        # Under overlap=skip the runtime records a scheduled request whose next slot has
+        # passed `skipped`: every slot `all` fires but the newest would be skipped.
+        if self.catch_up == "all" and self.overlap == "skip":
+            raise ValueError("catch_up='all' needs overlap='queue' or 'parallel' (with 'skip' late slots are skipped)")
+        return self
+
     @property
     def max_running(self) -> int:
         """How many runs of this job may be in flight at once, across all replicas."""

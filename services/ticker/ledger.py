@@ -61,6 +61,7 @@ class SlotLedger:
         self._replica = replica
         self._batch_size = batch_size
         self._pending: deque[UpdateOne] = deque()
+        self._in_flight = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -71,8 +72,8 @@ class SlotLedger:
 
     @property
     def pending(self) -> int:
-        """Entries queued and not yet written."""
-        return len(self._pending)
+        """Entries queued or being written, not yet written."""
+        return len(self._pending) + self._in_flight
 
     # -- what the ticker records ---------------------------------------------------
     def requested(self, job: str, slot: datetime, *, at: datetime, catch_up: bool) -> None:
@@ -163,9 +164,11 @@ class SlotLedger:
             while self._pending:
                 taken = list(self._pending)
                 self._pending.clear()
+                self._in_flight = len(taken)
                 try:
                     await self._write(taken)
                 except (StoreUnavailable, PyMongoError) as exc:
+                    self._in_flight = 0
                     self._requeue(taken)
                     self.write_errors += 1
                     log.warning(
@@ -178,6 +181,7 @@ class SlotLedger:
                     backoff = min(_MAX_BACKOFF_S, backoff * 2)
                     continue
                 backoff = _FIRST_BACKOFF_S
+                self._in_flight = 0
                 self.written += len(taken)
             self._idle.set()
 

@@ -28,7 +28,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schedules import Schedule
+from shared.schedules import Schedule, slots_between
 from shared.schemas import CatchUp, UtcDatetime
 
 #: Most missed slots one gap records (newest kept): a day of a per-minute schedule. A
@@ -179,21 +179,9 @@ def gap_slots(schedule: Schedule, after: datetime, before: datetime, fence: date
 
     At most the newest `MAX_GAP_SLOTS` (see there).
     """
-    slots: list[datetime] = []
-    moment = schedule.previous_slot(before - _EPSILON)
-    while moment > after and (fence is None or moment >= fence) and len(slots) < MAX_GAP_SLOTS:
-        slots.append(moment)
-        moment = schedule.previous_slot(moment - _EPSILON)
-    slots.reverse()
-    return slots
-
-
-def slots_between(schedule: Schedule, after: datetime, until: datetime) -> list[datetime]:
-    """The slots in (`after`, `until`], oldest first; at most the newest `MAX_GAP_SLOTS`."""
-    latest = schedule.previous_slot(until)
-    if latest <= after:
-        return []
-    return [*gap_slots(schedule, after, latest, None), latest][-MAX_GAP_SLOTS:]
+    if fence is not None:
+        after = max(after, fence - _EPSILON)
+    return slots_between(schedule, after, before - _EPSILON, limit=MAX_GAP_SLOTS)
 
 
 def is_catch_up(schedule: Schedule, slot: datetime, state: SlotState | None) -> bool:

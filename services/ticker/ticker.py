@@ -58,12 +58,12 @@ from nats.js import JetStreamContext
 
 from services.ticker.ledger import SlotLedger
 from services.ticker.metrics import TickerMetrics
-from services.ticker.slots import Action, CatchUpRule, Missed, MissReason, SlotPlan, SlotState, plan_slot, slots_between
+from services.ticker.slots import MAX_GAP_SLOTS, Action, CatchUpRule, Missed, MissReason, SlotPlan, SlotState, plan_slot
 from services.ticker.state import SlotStore, Stored
 from shared.names import JOBS
 from shared.overrides import OverrideChange, OverrideWatch, resolve
 from shared.requests import publish_request
-from shared.schedules import EffectiveSchedule, ScheduleOverride
+from shared.schedules import EffectiveSchedule, ScheduleOverride, slots_between
 from shared.schemas import CatchUp, JobRequest, Trigger, scheduled_run_id, utcnow
 from shared.settings import Settings
 
@@ -402,7 +402,8 @@ class Ticker:
             stored = self._cache.get(job) or await self._store.read(job)
             # From the job's last settled slot; a job that never fired: its latest slot only.
             after = stored.state.slot if stored.state is not None else latest - timedelta(microseconds=1)
-        missed = [Missed(slot, MissReason.PAUSED) for slot in slots_between(eff.schedule, after, now)]
+        slots = slots_between(eff.schedule, after, now, limit=MAX_GAP_SLOTS)
+        missed = [Missed(slot, MissReason.PAUSED) for slot in slots]
         self.ledger.missed(job, missed, at=now, policy=eff.catch_up)
         self._paused_upto[job] = latest
 

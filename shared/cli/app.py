@@ -7,6 +7,7 @@ logs      shared/cli/logs.py       one run's log lines
 alerts    shared/cli/alerts.py     alerts raised lately, or as they come
 dlq       shared/cli/dlq.py        dead letters
 schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
+slots     shared/cli/slots.py      each slot of a schedule and what became of it (the slot ledger)
 simulate  shared/cli/simulate.py   the provider simulator
 stats     shared/cli/stats.py      the latest stats snapshot and trend
 signal    shared/cli/workflows.py  signal a waiting workflow (and the step timeline of `run`)
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import alerts, dlq, jobs, logs, schedule, simulate, stats, up, workflows
+from shared.cli import alerts, dlq, jobs, logs, schedule, simulate, slots, stats, up, workflows
 
 app = typer.Typer(
     name="pulse",
@@ -26,7 +27,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (up, jobs, logs, alerts, dlq, schedule, simulate, stats, workflows):
+for module in (up, jobs, logs, alerts, dlq, schedule, slots, simulate, stats, workflows):
     module.register(app)
 
 
