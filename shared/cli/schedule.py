@@ -145,8 +145,8 @@ def _spec_from_options(every: str | None, cron: str | None, spec: str | None, ca
     given = [text for text in (every, cron, spec) if text is not None]
     if len(given) > 1 or (not given and catch_up is None):
         fail(
-            "give one of --every, --cron or --spec, and/or --catch-up, "
-            "e.g. --every 30s, --cron '*/5 * * * *' or --catch-up all"
+            "give exactly one of --every, --cron or --spec (with or without --catch-up), or --catch-up alone, "
+            "e.g. --every 30s, --cron '*/5 * * * *' or --catch-up skip"
         )
     if not given:
         return None

@@ -132,7 +132,7 @@ async def test_bad_catch_up_and_window_values_are_refused_with_one_line(
     settings = settings_with(make_settings, {JOB: "every 1m"})
     for args, message in [
         (("schedule", "set", JOB, "--catch-up", "sometimes"), "--catch-up must be one of skip, latest, all"),
-        (("schedule", "set", JOB), "give one of --every, --cron or --spec, and/or --catch-up"),
+        (("schedule", "set", JOB), "give exactly one of --every, --cron or --spec (with or without --catch-up)"),
         (("slots", JOB, "--last", "soon"), "--last"),
         (("slots", "nojob"), "unknown job 'nojob'"),
     ]:
