@@ -6,7 +6,7 @@
                     fires nothing by itself (--now also starts one run)
     pause JOB       stop firing (the override keeps the schedule)
     resume JOB      fire again from the next slot (slots missed while paused never fire)
-    reset JOB       back to the default schedule from settings, not paused
+    reset JOB       back to the default schedule and catch-up policy from settings, not paused
     pending         delayed one-off runs not yet fired
     cancel-pending  cancel one of those
 
@@ -300,7 +300,7 @@ def resume(job: JobArg) -> None:
 
 @schedule_app.command("reset")
 def reset(job: JobArg) -> None:
-    """Drop JOB's runtime override: back to the default schedule from settings, not paused.
+    """Drop JOB's runtime override: back to the default schedule and catch-up policy from settings, not paused.
 
     Like resume, slots missed while it was paused do not fire.
 
