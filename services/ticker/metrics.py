@@ -46,6 +46,11 @@ class TickerMetrics:
             ["job"],
             registry=self.registry,
         )
+        self.ledger_pending = Gauge(
+            "pulse_ticker_ledger_pending",
+            "Slot ledger entries queued and not yet written (grows while MongoDB is unreachable)",
+            registry=self.registry,
+        )
         self.errors = Counter(
             "pulse_ticker_errors_total",
             "Failed evaluations of a job (NATS errors)",

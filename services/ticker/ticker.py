@@ -359,6 +359,8 @@ class Ticker:
         results = await asyncio.gather(*(self._tick_job(job, now) for job in self._effective))
         self._last_tick_ok = self.errors == errors_before
         fired = [item for batch in results for item in batch]
+        if self.ledger is not None:
+            self.metrics.ledger_pending.set(self.ledger.pending)
         self.fired_count += len(fired)
         if self._on_fired is not None:
             for item in fired:

@@ -226,6 +226,8 @@ async def test_ledger_entries_wait_while_the_store_is_unreachable_and_firing_goe
         assert ledger_.pending == 1
         await wait_for(lambda: _errors(ledger_), timeout_s=10, what="a failed ledger write")
         assert ledger_.pending == 1  # kept for the next try, not lost
+        await ticker.tick()
+        assert ticker.metrics.registry.get_sample_value("pulse_ticker_ledger_pending") == 1  # exported
         await ticker.stop()
     finally:
         await dead.close()
