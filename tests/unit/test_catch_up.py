@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from pymongo.errors import BulkWriteError
 
+from services.ticker.ledger import SlotLedger
 from services.ticker.slots import (
     MAX_GAP_SLOTS,
     Action,
@@ -16,6 +19,7 @@ from services.ticker.slots import (
     gap_slots,
     plan_slot,
 )
+from shared.names import Collections
 from shared.readmodel.slots import JobSlots, SlotView, _view
 from shared.schedules import ScheduleOverride, effective_schedule, parse_schedule
 from shared.schemas import scheduled_run_id
@@ -198,3 +202,33 @@ def test_gaps_group_consecutive_unrun_slots_by_reason() -> None:
         (minute(5), minute(5), 1, "ticker_down"),
     ]
     assert "catch-up policy latest" in job.gaps[0].because
+
+
+# -- the ledger writer (a fake collection: what it does with the store's answers) --------
+
+
+class _Collection:
+    """Answers the first bulk write with a duplicate key on its first operation (a racing replica)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+
+    async def bulk_write(self, operations: list[Any], ordered: bool) -> None:
+        self.calls.append(list(operations))
+        if len(self.calls) == 1:
+            raise BulkWriteError({"writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"}]})
+
+
+async def test_an_upsert_that_lost_an_insert_race_is_applied_again() -> None:
+    collection = _Collection()
+    ledger = SlotLedger({Collections.SLOTS: collection}, replica="one", batch_size=10)  # type: ignore[arg-type]
+    ledger.start()
+    ledger.requested("stats", minute(1), at=minute(1), catch_up=False)
+    ledger.missed("stats", down(2), at=minute(3), policy="latest")
+    assert await ledger.flush(timeout_s=5)
+    await ledger.stop()
+
+    first, again = collection.calls
+    assert len(first) == 2
+    assert again == [first[0]]  # only the operation that lost the race, now an update of the winner's entry
+    assert (ledger.written, ledger.pending, ledger.write_errors) == (2, 0, 0)
