@@ -186,3 +186,7 @@ class Collections:
     #: read by the runtime at each claim and heartbeat (apart from `runs`, so that no
     #: write to a run record can ever drop one).
     CANCELS = "cancels"
+    #: The slot ledger, `_id` = `<job>:<slot UTC>` (the slot's run id): what the ticker did
+    #: with each slot (requested, or missed with the reason); written by the ticker only
+    #: (services/ticker/ledger.py), read joined with `runs` (shared/readmodel/slots.py).
+    SLOTS = "slots"

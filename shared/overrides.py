@@ -54,7 +54,7 @@ def parse_entry(entry: KeyValue.Entry) -> tuple[ScheduleOverride | None, str | N
 
 def resolve(job: str, policy: JobPolicy, override: ScheduleOverride | None) -> EffectiveSchedule:
     """The schedule `job` follows: its policy's, changed by `override`."""
-    return effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override)
+    return effective_schedule(job, policy.schedule, enabled=policy.enabled, override=override, catch_up=policy.catch_up)
 
 
 async def read_override(kv: KeyValue, job: str) -> StoredOverride:

@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.schemas import UtcDatetime, utcnow
+from shared.schemas import CatchUp, UtcDatetime, utcnow
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNITS = {
@@ -176,6 +176,17 @@ class CronSchedule:
 Schedule = IntervalSchedule | CronSchedule
 
 
+def slots_between(schedule: Schedule, after: datetime, until: datetime, *, limit: int) -> list[datetime]:
+    """The slots in (`after`, `until`], oldest first; at most the newest `limit` of them."""
+    slots: list[datetime] = []
+    moment = schedule.previous_slot(until)
+    while moment > after and len(slots) < limit:
+        slots.append(moment)
+        moment = schedule.previous_slot(moment - timedelta(microseconds=1))
+    slots.reverse()
+    return slots
+
+
 def _invalid(text: str, why: str) -> ValueError:
     return ValueError(f"invalid schedule {text!r}: {why}")
 
@@ -291,6 +302,7 @@ class ScheduleOverride(BaseModel):
     """A job's runtime schedule override: the JSON value under its key in `schedules`.
 
     `schedule` None keeps the policy's default schedule (an override may only pause).
+    `catch_up` None keeps the policy's catch-up policy (`pulse schedule set --catch-up`).
     `resumed_at` is a fence: slots before it never fire. A resume sets it, so resuming a
     paused job does not fire the slots it skipped while paused; a schedule change sets it
     too, so a new schedule does not fire its latest past slot at once (the next slot fires
@@ -302,6 +314,7 @@ class ScheduleOverride(BaseModel):
     schedule: str | None = None
     paused: bool = False
     resumed_at: UtcDatetime | None = None
+    catch_up: CatchUp | None = None
     updated_at: UtcDatetime = Field(default_factory=utcnow)
     updated_by: str = Field("unknown", max_length=200)
 
@@ -336,6 +349,8 @@ class EffectiveSchedule:
     paused: bool
     enabled: bool
     resumed_at: datetime | None = None
+    #: What happens to slots missed while no ticker ran (`JobPolicy.catch_up`).
+    catch_up: CatchUp = "latest"
 
     @property
     def active(self) -> bool:
@@ -362,9 +377,9 @@ class EffectiveSchedule:
 
 
 def effective_schedule(
-    job: str, default: str, *, enabled: bool, override: ScheduleOverride | None
+    job: str, default: str, *, enabled: bool, override: ScheduleOverride | None, catch_up: CatchUp = "latest"
 ) -> EffectiveSchedule:
-    """Combine a job's default schedule (from its policy) with its runtime override."""
+    """Combine a job's default schedule and catch-up policy (from its policy) with its runtime override."""
     text = override.schedule if override is not None and override.schedule is not None else default
     return EffectiveSchedule(
         job=job,
@@ -373,4 +388,5 @@ def effective_schedule(
         paused=override.paused if override is not None else False,
         enabled=enabled,
         resumed_at=override.resumed_at if override is not None else None,
+        catch_up=override.catch_up if override is not None and override.catch_up is not None else catch_up,
     )

@@ -35,6 +35,13 @@ def _as_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
+#: What the ticker does with slots missed while no ticker ran (docs/scheduling.md):
+#: skip: record them missed and fire none; latest: fire the newest one only (the default,
+#: DESIGN.md's rule); all: fire every one, oldest first, up to `catch_up_max_slots`.
+CatchUp = Literal["skip", "latest", "all"]
+CATCH_UP_POLICIES: tuple[CatchUp, ...] = ("skip", "latest", "all")
+
+
 class Trigger(StrEnum):
     SCHEDULE = "schedule"
     MANUAL = "manual"

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError, redact_url
 from shared.names import Names
+from shared.schemas import CatchUp
 
 ENV_PREFIX = "PULSE_"
 _NESTED = "__"
@@ -96,6 +97,13 @@ class JobPolicy(BaseModel):
     stale_after_s: float = Field(gt=0, description="alert when no run succeeded for this long")
     alert_after_failures: int = Field(3, ge=1, description="alert after this many failed runs in a row")
     enabled: bool = Field(True, description="False: the ticker never requests it (manual runs still work)")
+    catch_up: CatchUp = Field(
+        "latest",
+        description=(
+            "slots missed while no ticker ran: skip = record them missed, fire none; "
+            "latest = fire the newest one only; all = fire each, oldest first (at most catch_up_max_slots)"
+        ),
+    )
     on_complete: tuple[str, ...] = Field(
         (), description="jobs requested (trigger chain, exactly once) when a run of this job completes"
     )
@@ -119,6 +127,14 @@ class JobPolicy(BaseModel):
     def _concurrency_needs_parallel(self) -> JobPolicy:
         if self.concurrency > 1 and self.overlap != "parallel":
             raise ValueError("concurrency > 1 needs overlap='parallel'")
+        return self
+
+    @model_validator(mode="after")
+    def _catch_up_all_needs_the_runs_kept(self) -> JobPolicy:
+        # Under overlap=skip the runtime records a scheduled request whose next slot has
+        # passed `skipped`: every slot `all` fires but the newest would be skipped.
+        if self.catch_up == "all" and self.overlap == "skip":
+            raise ValueError("catch_up='all' needs overlap='queue' or 'parallel' (with 'skip' late slots are skipped)")
         return self
 
     @property
@@ -325,6 +341,11 @@ class Settings(BaseSettings):
     )
     step_results_max_bytes: int = Field(
         1024 * 1024, ge=1, description="total size of the JSON results a workflow run's steps may record"
+    )
+    # A day of an hourly job, or 100 minutes of a per-minute one: enough to repair an
+    # outage, bounded so that a long one does not flood the workers with old slots.
+    catch_up_max_slots: int = Field(
+        100, ge=1, le=1000, description="most missed slots one job fires after downtime with catch_up=all (newest kept)"
     )
     jobs: JobPolicies = JobPolicies()
     rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)

@@ -56,6 +56,9 @@ INDEXES: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
     (Collections.RUNS, [("status", ASCENDING), ("started_at", DESCENDING)], {"name": "status_started"}),
     (Collections.RUNS, [("trigger", ASCENDING), ("started_at", DESCENDING)], {"name": "trigger_started"}),
     (Collections.AUDIT, [("at", DESCENDING)], {"name": "at"}),
+    # The slot ledger: a job's slots in a window (pulse slots), and retention by slot time.
+    (Collections.SLOTS, [("job", ASCENDING), ("slot", DESCENDING)], {"name": "job_slot"}),
+    (Collections.SLOTS, [("slot", ASCENDING)], {"name": "slot"}),
     (Collections.STEPS, [("run_id", ASCENDING), ("index", ASCENDING)], {"name": "run_index"}),
     (Collections.STEPS, [("run_ended_at", ASCENDING)], {"name": "run_ended_at"}),
     (Collections.MARKETS, [("active", ASCENDING)], {"name": "active"}),

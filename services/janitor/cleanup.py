@@ -1,5 +1,5 @@
-"""Retention cleanup: delete run records, workflow steps, cancel requests and whale trades past their retention, in
-batches.
+"""Retention cleanup: delete run records, workflow steps, cancel requests, slot ledger entries and whale trades past
+their retention, in batches.
 
 One sorted pass over the expired `_id`s (read `batch_size` at a time, kept only as
 range bounds) cuts them into ranges of `batch_size` documents; each range is then
@@ -107,6 +107,13 @@ def sweeps(retention: Retention, now: datetime) -> list[Sweep]:
             Collections.CANCELS,
             {"requested_at": {"$lt": now - retention.failed_runs}},
         ),
+        # The slot ledger goes with the runs' retention, counted from the slot: beyond it
+        # the runs it would be joined with are gone too (pulse slots looks back a day).
+        Sweep(
+            "slots",
+            Collections.SLOTS,
+            {"slot": {"$lt": now - retention.runs}},
+        ),
         Sweep(
             "whale_trades",
             Collections.WHALE_TRADES,
@@ -190,7 +197,7 @@ async def clean_up(
 
     Returns:
         Documents deleted per kind: `runs`, `failed_runs`, `orphan_cancels` (queued
-        records of cancels whose request never came), `cancels`, `whale_trades`.
+        records of cancels whose request never came), `steps`, `cancels`, `slots`, `whale_trades`.
     """
     return {
         sweep.label: await delete_in_batches(db, sweep, batch_size=batch_size, checkpoint=checkpoint)

@@ -9,6 +9,9 @@ and the `schedules` watch stay on nats-py (`broker.connection.jetstream()`), sin
 FastStream has no compare-and-set API. SIGTERM/SIGINT stop it cleanly (exit 0); a crash
 at any point is safe (see `ticker.py`). A configuration or connection problem at
 start-up (or an unusable HTTP port) is logged as one clear line and exits 2.
+
+The slot ledger's store client connects lazily and is never waited on: a ticker whose
+MongoDB is away keeps firing, and its ledger entries wait (see ledger.py).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import logging
 
 from faststream.asgi import AsgiFastStream
 
+from services.ticker.ledger import SlotLedger
 from services.ticker.metrics import TickerMetrics
 from services.ticker.ticker import Ticker, default_replica_id
 from shared.bus import connect_broker, ensure_topology
 from shared.runtime import ServiceBroker, build_http_app, kv_readable, run_app
 from shared.settings import Settings
+from shared.store import make_client
 
 log = logging.getLogger("services.ticker")
 
@@ -35,6 +40,7 @@ class TickerService:
         self.replica = default_replica_id()
         self.metrics = TickerMetrics()
         self.broker = ServiceBroker(settings, name=f"ticker-{self.replica}")
+        self.mongo = make_client(settings)  # lazy: no I/O until the ledger's first write
         self.ticker: Ticker | None = None
         self._loop: asyncio.Task[None] | None = None
 
@@ -43,7 +49,10 @@ class TickerService:
         client = await connect_broker(self.broker, self.settings)
         js = client.jetstream()
         await ensure_topology(js, self.settings, jobs=())  # the ticker consumes nothing
-        self.ticker = Ticker(self.settings, js, replica=self.replica, metrics=self.metrics)
+        ledger = SlotLedger(
+            self.mongo[self.settings.mongo_db], replica=self.replica, batch_size=self.settings.store_write_batch
+        )
+        self.ticker = Ticker(self.settings, js, replica=self.replica, metrics=self.metrics, ledger=ledger)
         await self.ticker.start()
 
     async def start_loop(self) -> None:
@@ -57,6 +66,7 @@ class TickerService:
             await self.ticker.stop()
         if self._loop is not None:
             await asyncio.gather(self._loop, return_exceptions=True)
+        await self.mongo.close()
         log.info("ticker.stopped", extra={"event": "ticker.stopped", "worker": self.replica})
 
     async def nats_ready(self) -> bool:

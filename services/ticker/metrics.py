@@ -40,6 +40,17 @@ class TickerMetrics:
             ["job"],
             registry=self.registry,
         )
+        self.missed = Counter(
+            "pulse_ticker_slots_missed_total",
+            "Slots this replica settled without a request after downtime (catch-up policy)",
+            ["job"],
+            registry=self.registry,
+        )
+        self.ledger_pending = Gauge(
+            "pulse_ticker_ledger_pending",
+            "Slot ledger entries queued and not yet written (grows while MongoDB is unreachable)",
+            registry=self.registry,
+        )
         self.errors = Counter(
             "pulse_ticker_errors_total",
             "Failed evaluations of a job (NATS errors)",

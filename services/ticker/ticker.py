@@ -20,8 +20,16 @@ How "exactly one" holds across replicas and restarts:
    first publish did get through. Beyond the duplicate window the repeat could enqueue a
    second copy; the runtime's run record, keyed by `run_id`, still runs it once.
 
-After downtime only the latest missed slot fires (`plan_slot` never looks further back),
-once. A job without state (first deployment, new job) fires its latest slot at start-up.
+After downtime the job's catch-up policy decides (`plan_slot`): `latest` (the default)
+fires the latest missed slot once, `skip` fires none, `all` fires each missed slot oldest
+first (at most `catch_up_max_slots`, the newest). A job without state (first deployment,
+new job) fires its latest slot at start-up.
+
+The slot ledger (`ledger.py`, when the ticker is given one) records each slot it
+requests, and each slot that gets no request with the reason: missed while no ticker ran,
+beyond the catch-up bound, or while the job was paused (recorded as the ticker sees
+them). Missed slots are recorded only by the replica whose claim won, so they follow the
+one state every replica agrees on. Ledger writes never delay a request (see ledger.py).
 
 Runtime changes: the `schedules` bucket is watched; an override (new schedule, pause,
 resume) is applied as soon as its update arrives (milliseconds), and the loop is woken
@@ -48,14 +56,15 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
+from services.ticker.ledger import SlotLedger
 from services.ticker.metrics import TickerMetrics
-from services.ticker.slots import Action, SlotPlan, SlotState, plan_slot
+from services.ticker.slots import MAX_GAP_SLOTS, Action, CatchUpRule, Missed, MissReason, SlotPlan, SlotState, plan_slot
 from services.ticker.state import SlotStore, Stored
 from shared.names import JOBS
 from shared.overrides import OverrideChange, OverrideWatch, resolve
 from shared.requests import publish_request
-from shared.schedules import EffectiveSchedule, ScheduleOverride
-from shared.schemas import JobRequest, Trigger, scheduled_run_id, utcnow
+from shared.schedules import EffectiveSchedule, ScheduleOverride, slots_between
+from shared.schemas import CatchUp, JobRequest, Trigger, scheduled_run_id, utcnow
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,6 +132,7 @@ class Ticker:
         replica: this replica's name in claims.
         timing: grace, idle and lead times (`TickerTiming`).
         on_fired: called with each published slot (benchmarks, tests); must not block.
+        ledger: where requested and missed slots are recorded (None: not recorded).
     """
 
     def __init__(
@@ -135,6 +145,7 @@ class Ticker:
         replica: str | None = None,
         timing: TickerTiming | None = None,
         on_fired: Callable[[Fired], None] | None = None,
+        ledger: SlotLedger | None = None,
     ) -> None:
         timing = timing or TickerTiming()
         self._settings = settings
@@ -146,6 +157,9 @@ class Ticker:
         self._claim_grace_s = timing.claim_grace_s
         self._max_idle_s = timing.max_idle_s
         self._on_fired = on_fired
+        self.ledger = ledger
+        #: Per paused job, the newest slot already recorded missed (reason paused).
+        self._paused_upto: dict[str, datetime] = {}
         self._lead_s = timing.lead_s
         self._overrides: dict[str, ScheduleOverride] = {}
         self._effective: dict[str, EffectiveSchedule] = {job: self._resolve(job) for job in JOBS}
@@ -175,6 +189,8 @@ class Ticker:
         self._store = SlotStore(await self._js.key_value(self._names.ticker_bucket))
         self._watch_timeout_s = watch_timeout_s
         await self._start_watch()
+        if self.ledger is not None:
+            self.ledger.start()
         self.started = True
         log.info("ticker.started", extra={"event": "ticker.started", "worker": self.replica})
 
@@ -183,6 +199,8 @@ class Ticker:
         self._stopping.set()
         self._changed.set()
         await self._stop_watch()
+        if self.ledger is not None:
+            await self.ledger.stop()
 
     async def run(self) -> None:
         """Tick at every slot until `stop()`; errors are logged and retried, never fatal."""
@@ -254,6 +272,7 @@ class Ticker:
         else:
             self._overrides[job] = change.override
         self._effective[job] = self._resolve(job)
+        self._paused_upto.pop(job, None)  # a new pause records from the job's last slot again
         log.info(
             "ticker.schedule_changed %s", self._describe(job), extra={"event": "ticker.schedule_changed", "job": job}
         )
@@ -339,26 +358,56 @@ class Ticker:
         errors_before = self.errors
         results = await asyncio.gather(*(self._tick_job(job, now) for job in self._effective))
         self._last_tick_ok = self.errors == errors_before
-        fired = [item for item in results if item is not None]
+        fired = [item for batch in results for item in batch]
+        if self.ledger is not None:
+            self.metrics.ledger_pending.set(self.ledger.pending)
         self.fired_count += len(fired)
         if self._on_fired is not None:
             for item in fired:
                 self._on_fired(item)
         return fired
 
-    async def _tick_job(self, job: str, now: datetime) -> Fired | None:
+    async def _tick_job(self, job: str, now: datetime) -> list[Fired]:
         eff = self._effective[job]
         due = eff.due_slot(now)
-        if due is None:
-            return None
+        fired: list[Fired] = []
         try:
-            return await self._fire_due(job, eff, due, now)
+            if due is None:
+                await self._record_paused(job, eff, now)
+                return fired
+            # One slot per plan; catch-up `all` (or an older unconfirmed claim) leaves the
+            # due slot for the next plan, so plan again until the due slot is settled.
+            for _ in range(self._settings.catch_up_max_slots + 1):
+                one = await self._fire_due(job, eff, due, now)
+                if one is None:
+                    break
+                fired.append(one)
+                if one.slot >= due:
+                    break
         except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
             self._cache.pop(job, None)  # re-read the truth next time
             self.errors += 1
             self.metrics.errors.labels(job=job).inc()
             log.warning("ticker.error %s: %s", type(exc).__name__, exc, extra={"event": "ticker.error", "job": job})
-            return None
+        return fired
+
+    async def _record_paused(self, job: str, eff: EffectiveSchedule, now: datetime) -> None:
+        """Record the slots of a paused job as missed (reason paused), each once, as they pass."""
+        if self.ledger is None or not eff.enabled or not eff.paused:
+            return
+        assert self._store is not None
+        latest = eff.schedule.previous_slot(now)
+        after = self._paused_upto.get(job)
+        if after is not None and latest <= after:
+            return
+        if after is None:
+            stored = self._cache.get(job) or await self._store.read(job)
+            # From the job's last settled slot; a job that never fired: its latest slot only.
+            after = stored.state.slot if stored.state is not None else latest - timedelta(microseconds=1)
+        slots = slots_between(eff.schedule, after, now, limit=MAX_GAP_SLOTS)
+        missed = [Missed(slot, MissReason.PAUSED) for slot in slots]
+        self.ledger.missed(job, missed, at=now, policy=eff.catch_up)
+        self._paused_upto[job] = latest
 
     async def _fire_due(self, job: str, eff: EffectiveSchedule, due: datetime, now: datetime) -> Fired | None:
         assert self._store is not None
@@ -367,7 +416,13 @@ class Ticker:
             stored = await self._store.read(job)
         for _ in range(_MAX_CLAIM_TRIES):
             plan = plan_slot(
-                eff.schedule, due, stored.state, now, claim_grace_s=self._claim_grace_s, replica=self.replica
+                eff.schedule,
+                due,
+                stored.state,
+                now,
+                claim_grace_s=self._claim_grace_s,
+                replica=self.replica,
+                catch_up=CatchUpRule(eff.catch_up, self._settings.catch_up_max_slots, eff.resumed_at),
             )
             if plan.action is Action.IDLE:
                 self._cache[job] = stored
@@ -376,15 +431,51 @@ class Ticker:
                 # Our cached view may be stale (the claimer may have confirmed since): re-read once.
                 stored = await self._store.read(job)
                 continue
-            fired = await self._claim_and_publish(job, plan, stored, now)
-            if fired is not None:
-                return fired
+            if plan.action is Action.SKIP:
+                if await self._settle_missed(job, plan, stored, now, eff.catch_up):
+                    return None
+            else:
+                fired = await self._claim_and_publish(job, plan, stored, now, eff.catch_up)
+                if fired is not None:
+                    return fired
             stored = await self._store.read(job)  # lost the race or stale cache: look again
             self.metrics.lost_claims.labels(job=job).inc()
         self._cache[job] = stored
         return None
 
-    async def _claim_and_publish(self, job: str, plan: SlotPlan, stored: Stored, now: datetime) -> Fired | None:
+    async def _settle_missed(self, job: str, plan: SlotPlan, stored: Stored, now: datetime, policy: CatchUp) -> bool:
+        """Catch-up policy skip: claim the due slot as settled without a request; False when the claim was lost."""
+        assert self._store is not None
+        assert plan.slot is not None
+        settled = SlotState(
+            slot=plan.slot,
+            run_id=scheduled_run_id(job, plan.slot),
+            published=True,
+            missed=True,
+            claimed_at=now,
+            claimed_by=self.replica,
+        )
+        revision = await self._store.write(job, settled, stored.revision)
+        if revision is None:
+            return False
+        self._cache[job] = Stored(settled, revision)
+        self._record_missed(job, plan, now, policy)
+        self.metrics.missed.labels(job=job).inc(len(plan.missed))
+        log.info(
+            "ticker.missed %s: %d slots left unrequested (catch-up policy skip)",
+            job,
+            len(plan.missed),
+            extra={"event": "ticker.missed", "job": job},
+        )
+        return True
+
+    def _record_missed(self, job: str, plan: SlotPlan, now: datetime, policy: CatchUp) -> None:
+        if self.ledger is not None and plan.missed:
+            self.ledger.missed(job, plan.missed, at=now, policy=policy)
+
+    async def _claim_and_publish(
+        self, job: str, plan: SlotPlan, stored: Stored, now: datetime, policy: CatchUp
+    ) -> Fired | None:
         assert self._store is not None
         assert plan.slot is not None
         slot = plan.slot
@@ -400,6 +491,10 @@ class Ticker:
             revision = await self._store.write(job, claim, stored.revision)
         if revision is None:
             return None
+        # The claim is won: this replica's plan is the one that counts; record its gap.
+        self._record_missed(job, plan, now, policy)
+        if plan.missed:
+            self.metrics.missed.labels(job=job).inc(len(plan.missed))
         request = JobRequest(
             run_id=run_id,
             job=job,
@@ -420,6 +515,8 @@ class Ticker:
         self.metrics.last_slot.labels(job=job).set(slot.timestamp())
         if republish:
             self.metrics.republished.labels(job=job).inc()
+        if self.ledger is not None:
+            self.ledger.requested(job, slot, at=published_at, catch_up=plan.catch_up)
         log.info(
             "ticker.fired %s late %.1f ms%s",
             run_id,

@@ -9,6 +9,7 @@ dlq       shared/cli/dlq.py        dead letters
 schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
 backfill  shared/cli/backfill.py   request a past window's slots, each once
 why       shared/cli/why.py        what keeps a job from running, and what to do
+slots     shared/cli/slots.py      each slot of a schedule and what became of it (the slot ledger)
 simulate  shared/cli/simulate.py   the provider simulator
 stats     shared/cli/stats.py      the latest stats snapshot and trend
 signal    shared/cli/workflows.py  signal a waiting workflow (and the step timeline of `run`)
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import alerts, backfill, dlq, jobs, logs, schedule, simulate, stats, up, why, workflows
+from shared.cli import alerts, backfill, dlq, jobs, logs, schedule, simulate, slots, stats, up, why, workflows
 
 app = typer.Typer(
     name="pulse",
@@ -28,7 +29,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (up, jobs, logs, alerts, dlq, schedule, backfill, why, simulate, stats, workflows):
+for module in (up, jobs, logs, alerts, dlq, schedule, slots, backfill, why, simulate, stats, workflows):
     module.register(app)
 
 

@@ -1,11 +1,12 @@
 """`pulse schedule`: see and change job schedules at runtime, and manage delayed one-off runs.
 
     list            every job's schedule, its source, paused or not, next fire time
-    set JOB         override the schedule (--every 30s | --cron "*/5 * * * *" | --spec "daily at 02:00");
+    set JOB         override the schedule (--every 30s | --cron "*/5 * * * *" | --spec "daily at 02:00")
+                    and/or the catch-up policy (--catch-up skip|latest|all);
                     fires nothing by itself (--now also starts one run)
     pause JOB       stop firing (the override keeps the schedule)
     resume JOB      fire again from the next slot (slots missed while paused never fire)
-    reset JOB       back to the default schedule from settings, not paused
+    reset JOB       back to the default schedule and catch-up policy from settings, not paused
     pending         delayed one-off runs not yet fired
     cancel-pending  cancel one of those
 
@@ -29,6 +30,7 @@ from shared.readmodel.schedules import (
     iso_seconds,
     list_schedules,
     pending_runs,
+    set_catch_up,
     set_schedule,
 )
 from shared.readmodel.schedules import pause as pause_change
@@ -36,7 +38,7 @@ from shared.readmodel.schedules import reset as reset_change
 from shared.readmodel.schedules import resume as resume_change
 from shared.requests import publish_request
 from shared.schedules import EffectiveSchedule, ScheduleOverride, parse_schedule
-from shared.schemas import JobRequest, Trigger, new_run_id, utcnow
+from shared.schemas import CATCH_UP_POLICIES, CatchUp, JobRequest, Trigger, new_run_id, utcnow
 from shared.settings import Settings
 
 from .common import (
@@ -85,7 +87,7 @@ def _report(eff: EffectiveSchedule, what: str) -> None:
     nxt = eff.next_fire(now)
     state = "disabled in settings" if not eff.enabled else "paused" if eff.paused else "active"
     console.print(
-        f"{eff.job}: {what}; schedule {eff.schedule.text!r} ({eff.source}), {state}"
+        f"{eff.job}: {what}; schedule {eff.schedule.text!r} ({eff.source}), {state}, catch-up {eff.catch_up}"
         + (f", next at {iso_seconds(nxt)}" if nxt else ""),
         highlight=False,
         markup=False,
@@ -120,11 +122,17 @@ def list_(as_json: JsonOpt = False) -> None:
         return
     from rich.table import Table
 
-    table = Table("job", "schedule", "source", "state", "next fire (UTC)", "last slot fired")
+    table = Table("job", "schedule", "source", "state", "catch-up", "next fire (UTC)", "last slot fired")
     for row in rows:
         state = "disabled" if not row["enabled"] else "paused" if row["paused"] else "active"
         table.add_row(
-            row["job"], row["schedule"], row["schedule_source"], state, row["next_fire"] or "-", row["last_slot"] or "-"
+            row["job"],
+            row["schedule"],
+            row["schedule_source"],
+            state,
+            row["catch_up"],
+            row["next_fire"] or "-",
+            row["last_slot"] or "-",
         )
     console.print(table)
 
@@ -132,10 +140,16 @@ def list_(as_json: JsonOpt = False) -> None:
 # -- set / pause / resume / reset -------------------------------------------------------
 
 
-def _spec_from_options(every: str | None, cron: str | None, spec: str | None) -> str:
+def _spec_from_options(every: str | None, cron: str | None, spec: str | None, catch_up: str | None) -> str | None:
+    """The schedule text the options give (None: only --catch-up was given); exit 2 on a bad combination."""
     given = [text for text in (every, cron, spec) if text is not None]
-    if len(given) != 1:
-        fail("give exactly one of --every, --cron or --spec, e.g. --every 30s or --cron '*/5 * * * *'")
+    if len(given) > 1 or (not given and catch_up is None):
+        fail(
+            "give exactly one of --every, --cron or --spec (with or without --catch-up), or --catch-up alone, "
+            "e.g. --every 30s, --cron '*/5 * * * *' or --catch-up skip"
+        )
+    if not given:
+        return None
     if every is not None:
         text = f"every {every.strip()}"
     elif cron is not None:
@@ -165,6 +179,16 @@ def set_(
             "IANA zone at the end ('daily at 02:00 Europe/Berlin'), UTC by default.",
         ),
     ] = None,
+    catch_up: Annotated[
+        str | None,
+        typer.Option(
+            "--catch-up",
+            help="What happens to slots missed while no ticker ran: skip (record them missed), "
+            "latest (fire the newest one; the default) or all (fire each, oldest first, up to "
+            "PULSE_CATCH_UP_MAX_SLOTS).",
+            show_default=False,
+        ),
+    ] = None,
     now: Annotated[bool, typer.Option("--now", help="Also start one run now (a manual run).")] = False,
 ) -> None:
     """Override JOB's schedule at runtime (the ticker applies it within seconds, no restart).
@@ -180,19 +204,58 @@ def set_(
 
     Example: pulse schedule set stats --spec "daily at 02:00 Europe/Berlin"
 
+    Example: pulse schedule set market_sync --catch-up all
+
     Cron and calendar schedules read the zone's wall clock: a time skipped by a
     daylight-saving change runs once at the first valid time after it, a repeated
     time runs once (its first occurrence). Slots and run ids stay in UTC.
     """
     settings = cli_settings()
     check_job(settings, job)
-    text = _spec_from_options(every, cron, spec)
+    policy = _catch_up_option(catch_up)
+    text = _spec_from_options(every, cron, spec, catch_up)
     who = operator()
-    _, eff = run_async(lambda: _change(settings, job, set_schedule(text, who)))
-    _report(eff, "schedule set")
+    changes = [change for change in (_schedule_change(text, who), _catch_up_change(policy, who)) if change]
+    _, eff = run_async(lambda: _change(settings, job, _chain(changes)))
+    _report(eff, "schedule set" if text is not None else "catch-up policy set")
+    if policy == "all" and settings.jobs.for_job(job).overlap == "skip":
+        err_console.print(
+            f"note: {job} has overlap=skip, so the runtime records every catch-up request but the newest "
+            f"skipped (overlap); set PULSE_JOBS__{job.upper()}__OVERLAP=queue for catch-up all to run them"
+        )
     if now:
         run_id = run_async(lambda: _start_now(settings, job, who))
         console.print(f"{job}: started now as {run_id}", highlight=False, markup=False)
+
+
+def _catch_up_option(value: str | None) -> CatchUp | None:
+    """The --catch-up value, or exit 2 with one line naming the accepted ones."""
+    if value is None:
+        return None
+    by_name: dict[str, CatchUp] = {known: known for known in CATCH_UP_POLICIES}
+    policy = by_name.get(value.strip().lower())
+    if policy is None:
+        fail(f"--catch-up must be one of {', '.join(CATCH_UP_POLICIES)}, got {value!r}")
+    return policy
+
+
+def _schedule_change(text: str | None, who: str) -> Change | None:
+    return set_schedule(text, who) if text is not None else None
+
+
+def _catch_up_change(policy: CatchUp | None, who: str) -> Change | None:
+    return set_catch_up(policy, who) if policy is not None else None
+
+
+def _chain(changes: list[Change]) -> Change:
+    """One compare-and-set change applying `changes` in order."""
+
+    def change(current: ScheduleOverride | None) -> ScheduleOverride | None:
+        for step in changes:
+            current = step(current)
+        return current
+
+    return change
 
 
 async def _start_now(settings: Settings, job: str, who: str) -> str:
@@ -237,7 +300,7 @@ def resume(job: JobArg) -> None:
 
 @schedule_app.command("reset")
 def reset(job: JobArg) -> None:
-    """Drop JOB's runtime override: back to the default schedule from settings, not paused.
+    """Drop JOB's runtime override: back to the default schedule and catch-up policy from settings, not paused.
 
     Like resume, slots missed while it was paused do not fire.
 

@@ -25,7 +25,7 @@ from shared.names import JOBS, Collections
 from shared.overrides import StoredOverride, resolve, write_override
 from shared.overrides import read_override as read_stored_override
 from shared.schedules import EffectiveSchedule, ScheduleOverride
-from shared.schemas import scheduled_run_id, utcnow
+from shared.schemas import CatchUp, scheduled_run_id, utcnow
 from shared.settings import Settings
 from shared.store import Database
 
@@ -105,6 +105,19 @@ def set_schedule(text: str, who: str) -> Change:
     return change
 
 
+def set_catch_up(policy: CatchUp, who: str) -> Change:
+    """Override the job's catch-up policy (what happens to slots missed while no ticker ran).
+
+    Fires nothing and writes no fence: it applies to the next gap the ticker sees.
+    """
+
+    def change(current: ScheduleOverride | None) -> ScheduleOverride:
+        base = current or ScheduleOverride()
+        return base.model_copy(update={"catch_up": policy, "updated_at": utcnow(), "updated_by": who})
+
+    return change
+
+
 def pause(who: str) -> Change:
     """Stop the ticker from requesting the job."""
 
@@ -165,7 +178,7 @@ async def last_slot(kv: KeyValue, job: str) -> str | None:
 async def list_schedules(
     js: JetStreamContext, settings: Settings, on_unreadable: Callable[[str, str], None] | None = None
 ) -> list[dict[str, Any]]:
-    """Every job's schedule: text, kind, source, default, paused, enabled, next fire, last slot."""
+    """Every job's schedule: text, kind, source, default, paused, enabled, catch-up policy, next fire, last slot."""
     schedules = await js.key_value(settings.names.schedules_bucket)
     ticker = await js.key_value(settings.names.ticker_bucket)
     rows = []
@@ -185,6 +198,7 @@ async def list_schedules(
                 "default": policy.schedule,
                 "paused": eff.paused,
                 "enabled": eff.enabled,
+                "catch_up": eff.catch_up,
                 "next_fire": iso_seconds(eff.next_fire(now)),
                 "last_slot": await last_slot(ticker, job),
             }

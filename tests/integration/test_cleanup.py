@@ -70,6 +70,13 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
             {"_id": "sleeping:a", "run_id": "sleeping", "ended_at": failed_limit - timedelta(days=90)},
         ]
     )
+    # The slot ledger goes with the runs' retention, counted from the slot.
+    await db[Collections.SLOTS].insert_many(
+        [
+            {"_id": "slot-in", "job": "market_sync", "state": "missed", "slot": runs_limit + MARGIN},
+            {"_id": "slot-out", "job": "market_sync", "state": "requested", "slot": runs_limit - MARGIN},
+        ]
+    )
     beats: list[dict[str, Any] | None] = []
 
     async def checkpoint(progress: dict[str, Any] | None = None) -> None:
@@ -77,7 +84,10 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
 
     counts = await clean_up(db, retention=RETENTION, now=NOW, batch_size=2, checkpoint=checkpoint)
 
-    assert counts == {"runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "cancels": 1, "whale_trades": 1}
+    assert counts == {
+        "runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "cancels": 1, "slots": 1, "whale_trades": 1
+    }  # fmt: skip
+    assert await ids(db, Collections.SLOTS) == {"slot-in"}
     assert await ids(db, Collections.STEPS) == {"ended-in:a", "sleeping:a"}
     kept = {"completed-in", "failed-in", "timed-out-in", "running-old", "retrying-old", "queued-in"}
     assert await ids(db, Collections.RUNS) == kept
@@ -97,7 +107,9 @@ async def test_a_second_cleanup_finds_nothing(db: Database) -> None:
     second = await clean_up(db, retention=RETENTION, now=NOW, batch_size=10)
 
     assert first["runs"] == 1
-    assert second == {"runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "cancels": 0, "whale_trades": 0}
+    assert second == {
+        "runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "cancels": 0, "slots": 0, "whale_trades": 0
+    }  # fmt: skip
 
 
 @pytest.mark.slow
