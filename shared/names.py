@@ -186,3 +186,6 @@ class Collections:
     #: read by the runtime at each claim and heartbeat (apart from `runs`, so that no
     #: write to a run record can ever drop one).
     CANCELS = "cancels"
+    #: Upstream request budgets: one document per upstream and quota period,
+    #: `<upstream>:<period start ISO-8601 UTC>`, whose `spent` is reserved by a conditional `$inc`.
+    BUDGETS = "budgets"

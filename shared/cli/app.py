@@ -9,6 +9,7 @@ dlq       shared/cli/dlq.py        dead letters
 schedule  shared/cli/schedule.py   runtime schedule changes and delayed runs
 simulate  shared/cli/simulate.py   the provider simulator
 stats     shared/cli/stats.py      the latest stats snapshot and trend
+budgets   shared/cli/budgets.py    upstream quotas: spend, reset, forecast
 signal    shared/cli/workflows.py  signal a waiting workflow (and the step timeline of `run`)
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import alerts, dlq, jobs, logs, schedule, simulate, stats, up, workflows
+from shared.cli import alerts, budgets, dlq, jobs, logs, schedule, simulate, stats, up, workflows
 
 app = typer.Typer(
     name="pulse",
@@ -26,7 +27,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (up, jobs, logs, alerts, dlq, schedule, simulate, stats, workflows):
+for module in (up, jobs, logs, alerts, dlq, schedule, simulate, stats, budgets, workflows):
     module.register(app)
 
 

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
 from shared.delayed import SCHEDULER_HEADER
-from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
+from shared.errors import InvalidRequest, PermanentError, QuotaExhausted, RetryableError, RunCanceled, bounded
 from shared.jobargs import args_problem
 from shared.logs import bind, run_context
 from shared.names import Names
@@ -31,6 +31,7 @@ from shared.requests import MSG_ID_HEADER
 from shared.runtime import _journal as journal
 from shared.runtime import _monitor as monitor
 from shared.runtime import _records as records
+from shared.runtime._budgets import Budgets
 from shared.runtime._chain import publish_follow_ups
 from shared.runtime._context import JobContext, context_logger
 from shared.runtime._events import publish_alert, publish_dead_letter, publish_run_event
@@ -86,7 +87,7 @@ class RecordedNotAnnounced(Exception):
 
 @dataclass
 class Runtime:
-    """What every run of a worker shares: settings, clients, limiter, metrics."""
+    """What every run of a worker shares: settings, clients, limiter, budgets, metrics."""
 
     settings: Settings
     names: Names
@@ -95,6 +96,7 @@ class Runtime:
     js: JetStreamContext
     http: httpx.AsyncClient
     limiter: RateLimiter
+    budgets: Budgets
     metrics: RuntimeMetrics
     worker_id: str
     scrub: Callable[[str], str]
@@ -143,6 +145,9 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     skipped = guard(job.policy, request, first=first, schedule=schedule)
     if skipped is not None:
         return await end_without_running(rt, job, msg, request, skipped, attempt=0)
+    spent = await rt.budgets.exhausted(job.policy.upstreams)
+    if spent is not None and not await records.cancel_requested(rt.db, request.run_id):
+        return await defer(rt, job, msg, request, deferral(rt, spent), attempt_doc=None)
     started = await start(rt, job, request, first=first)
     if started is None:
         return await settle_already_finished(rt, job, msg, request)
@@ -259,6 +264,41 @@ def guard(policy: JobPolicy, request: JobRequest, *, first: bool, schedule: Sche
     return None
 
 
+def deferral(rt: Runtime, exc: QuotaExhausted) -> Outcome:
+    """The outcome of a run held back by a spent quota: look again at the reset, or sooner.
+
+    The nak delay is capped by `quota_recheck_s`, so a raised quota or a cancel is
+    noticed within that interval; each look is one read, never a provider call.
+    """
+    wait_s = (exc.resets_at - rt.budgets.now()).total_seconds()
+    return Outcome(
+        OutcomeKind.DEFERRED,
+        error=str(exc),
+        reason="quota_exhausted",
+        delay_s=min(max(wait_s, 0.0), rt.settings.quota_recheck_s),
+        defer_until=exc.resets_at,
+    )
+
+
+async def defer(
+    rt: Runtime, job: Bound, msg: Msg, request: JobRequest, outcome: Outcome, *, attempt_doc: AttemptRecord | None
+) -> Decision:
+    """Record the run `deferred` (reason and the time it may go) and put the request back until then."""
+    decision = decide(outcome, 0, job.policy.retry)
+    until = outcome.defer_until or utcnow()
+    if not await records.record_deferred(rt.db, request, until=until, error=outcome.error or "", attempt=attempt_doc):
+        return await settle_already_finished(rt, job, msg, request)
+    rt.metrics.runs_deferred.labels(job=job.spec.name).inc()
+    _run_log(rt, job, request.run_id, attempt_doc.number if attempt_doc else 0).warning(
+        "run %s deferred: %s",
+        request.run_id,
+        outcome.error,
+        extra={"event": "run.deferred", "status": RunStatus.DEFERRED.value, "delay_s": decision.delay_s},
+    )
+    await settle(msg, decision)
+    return decision
+
+
 # -- start ------------------------------------------------------------------------------
 
 
@@ -306,6 +346,7 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             http=rt.http,
             log=context_logger(request.job, request.run_id, attempt),
             limiter=rt.limiter,
+            budgets=rt.budgets,
             metrics=rt.metrics,
             _heartbeat=heartbeat,
             _control=control,
@@ -323,6 +364,7 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             if not task.done():  # timed out, or this worker is shutting down
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await records.add_provider_calls(rt.db, request.run_id, ctx.provider_calls)
         if not done:
             return Outcome(OutcomeKind.FAILED, error=f"the attempt timed out after {job.policy.timeout_s:g}s")
         return classify(rt, job.policy, task, control)
@@ -355,6 +397,8 @@ def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: R
     error = rt.scrub(bounded(f"{type(exc).__name__}: {exc}"))
     if isinstance(exc, RunCanceled) or control.canceled:
         return Outcome(OutcomeKind.CANCELED, error=error)
+    if isinstance(exc, QuotaExhausted):
+        return deferral(rt, exc)
     if isinstance(exc, RateLimited):
         if policy.on_rate_limited == "skip":
             return Outcome(OutcomeKind.SKIPPED, reason="rate_limited", error=error)
@@ -392,6 +436,10 @@ async def record_attempt(
     )
     if decision.status is RunStatus.RETRYING:
         await record_retry(rt, job, request.run_id, attempt_doc, decision)
+    elif decision.status is RunStatus.DEFERRED:
+        until = outcome.defer_until or utcnow()
+        await records.record_deferred(rt.db, request, until=until, error=outcome.error or "", attempt=attempt_doc)
+        rt.metrics.runs_deferred.labels(job=job.spec.name).inc()
     elif outcome.suspension is not None and not decision.is_terminal:
         await suspend(rt.db, rt.js, rt.names, request, attempt_doc, outcome.suspension)
     else:
