@@ -29,6 +29,7 @@ COMMANDS = [
     ["dlq", "replay"],
     ["dlq", "purge"],
     ["up"],
+    ["budgets"],
 ]
 
 
