@@ -9,6 +9,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from typer.testing import Result
+
 from shared.budgets import current_period
 from shared.runtime._budgets import Budgets
 from shared.settings import Settings
@@ -24,6 +26,13 @@ QUOTAS = {
 
 def _with_quotas(make_settings: Any) -> tuple[Settings, dict[str, str]]:
     return make_settings(quotas=QUOTAS), {"PULSE_QUOTAS": json.dumps(QUOTAS)}
+
+
+def _shows(result: Result, *texts: str) -> None:
+    """The command succeeded and its output holds every one of `texts`."""
+    assert result.exit_code == 0, result.output
+    missing = [text for text in texts if text not in result.output]
+    assert missing == [], result.output
 
 
 def _spend(settings: Settings, upstream: str, requests: int) -> None:
@@ -59,15 +68,14 @@ def test_budgets_json_shows_spend_quota_reset_and_forecast_per_upstream(make_set
 def test_budgets_table_marks_a_spent_quota_and_says_when_none_is_set(make_settings: Any) -> None:
     settings, env = _with_quotas(make_settings)
     _spend(settings, "polymarket_data", 10)
-    result = invoke(settings, "budgets", **env)
-    assert result.exit_code == 0, result.output
-    assert "10 / 10 per month" in result.output
-    assert "spent: runs deferred" in result.output
-    assert "0 / 1,000 per day" in result.output
-    assert "whale_sync" in result.output
-    bare = invoke(make_settings(), "budgets")
-    assert bare.exit_code == 0, bare.output
-    assert "no upstream has a quota: set PULSE_QUOTAS" in bare.output
+    _shows(
+        invoke(settings, "budgets", **env),
+        "10 / 10 per month",
+        "spent: runs deferred",
+        "0 / 1,000 per day",
+        "whale_sync",
+    )
+    _shows(invoke(make_settings(), "budgets"), "no upstream has a quota: set PULSE_QUOTAS")
     assert stdout_json(invoke(make_settings(), "budgets", "--json")) == []
 
 
@@ -80,19 +88,12 @@ def test_status_shows_freshness_left_and_the_budgets(make_settings: Any) -> None
     assert whale["freshness_target_s"] == 180
     assert 100 <= whale["freshness_budget_s"] <= 120  # 180 s target, success 60 s ago (and a little)
     assert rows["cleanup"]["freshness_target_s"] is None
-    table = invoke(settings, "status", **env)
-    assert table.exit_code == 0, table.output
-    assert "freshness left" in table.output
-    assert "of 3m00s" in table.output
-    assert "upstream budgets" in table.output
-    assert "3 / 1,000 per day" in table.output
+    _shows(invoke(settings, "status", **env), "freshness left", "of 3m00s", "upstream budgets", "3 / 1,000 per day")
 
 
 def test_status_shows_a_missed_freshness_target(make_settings: Any) -> None:
     settings = make_settings()
     insert_runs(settings, run_doc("whale_sync:manual:a", "completed", 600))
-    result = invoke(settings, "status")
-    assert result.exit_code == 0, result.output
-    assert "missed by 7m" in result.output
+    _shows(invoke(settings, "status"), "missed by 7m")
     whale = {row["job"]: row for row in stdout_json(invoke(settings, "status", "--json"))}["whale_sync"]
     assert whale["freshness_budget_s"] < -timedelta(minutes=6).total_seconds()
