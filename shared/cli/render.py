@@ -39,6 +39,7 @@ STATUS_STYLE = {
     "timed_out": "red",
     "canceled": "magenta",
     "skipped": "dim",
+    "deferred": "yellow",
 }
 
 
