@@ -1,6 +1,7 @@
 """The only code that writes `runs` (and `cancels`).
 
-A run record moves `queued`? → `running` ⇄ `retrying` → exactly one terminal status.
+A run record moves `queued`? → `running` ⇄ `retrying` (⇄ `deferred` while an upstream
+quota is spent) → exactly one terminal status.
 Every write that changes a run's state is conditional on the record not being terminal
 yet (`status` not terminal in the filter of one `findAndModify`), so two workers (or a
 worker and the watchdog) racing to finish one run produce one outcome, the record keeps
