@@ -111,6 +111,8 @@ async def _progress_text(conns: Connections, run_id: str, job: str, record: RunR
         text += f": {key_values(record.progress)}"
     if record.status is RunStatus.RETRYING and record.error:
         text += f" (last error: {record.error.splitlines()[0][:80]})"
+    if record.status is RunStatus.DEFERRED and record.error:
+        text += f" ({record.error})"  # the spent quota and its reset
     return text
 
 

@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from nats.js import JetStreamContext
 
 from services.janitor.__main__ import watchdog_job
@@ -51,6 +52,7 @@ async def _freshness_alerts(js: JetStreamContext, settings: Settings, expected: 
     return [Alert.model_validate_json(raw).kind.value for raw in stored]
 
 
+@pytest.mark.atomic_store  # three janitor replicas race conditional updates of one job_state document
 async def test_a_job_whose_runs_are_all_skipped_alerts_once_and_recovers_once(
     make_settings: Any, js: JetStreamContext, db: Database, start_worker: WorkerFactory
 ) -> None:
