@@ -488,10 +488,10 @@ class Settings(BaseSettings):
                     f"PULSE_JOBS__{job.upper()}__RATE_LIMIT_BUCKET names {bucket!r}, "
                     f"which is not one of the rate_limits buckets {sorted(self.rate_limits)}"
                 )
-        self._check_upstreams()
+        self._check_quotas()
         return self
 
-    def _check_upstreams(self) -> None:
+    def _check_quotas(self) -> None:
         """Quotas name rate_limits buckets: an upstream is its bucket, and each request takes a token of it."""
         for upstream in self.quotas:
             if upstream not in self.rate_limits:
