@@ -147,7 +147,7 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
         return await end_without_running(rt, job, msg, request, skipped, attempt=0)
     spent = await rt.budgets.exhausted(job.policy.upstreams)
     if spent is not None and not await records.cancel_requested(rt.db, request.run_id):
-        return await defer(rt, job, msg, request, deferral(rt, spent), attempt_doc=None)
+        return await defer(rt, job, msg, request, deferral(rt, spent))
     started = await start(rt, job, request, first=first)
     if started is None:
         return await settle_already_finished(rt, job, msg, request)
@@ -280,14 +280,28 @@ def deferral(rt: Runtime, exc: QuotaExhausted) -> Outcome:
     )
 
 
-async def defer(
-    rt: Runtime, job: Bound, msg: Msg, request: JobRequest, outcome: Outcome, *, attempt_doc: AttemptRecord | None
-) -> Decision:
-    """Record the run `deferred` (reason and the time it may go) and put the request back until then."""
+async def defer(rt: Runtime, job: Bound, msg: Msg, request: JobRequest, outcome: Outcome) -> Decision:
+    """Defer a run before it starts (its quota is spent): record it, put the request back until then."""
     decision = decide(outcome, 0, job.policy.retry)
+    if not await record_deferred(rt, job, request, outcome, decision, attempt_doc=None):
+        return await settle_already_finished(rt, job, msg, request)
+    await settle(msg, decision)
+    return decision
+
+
+async def record_deferred(
+    rt: Runtime,
+    job: Bound,
+    request: JobRequest,
+    outcome: Outcome,
+    decision: Decision,
+    *,
+    attempt_doc: AttemptRecord | None,
+) -> bool:
+    """Record the run `deferred` (the reason and when it may go), count and log it; False when it was terminal."""
     until = outcome.defer_until or utcnow()
     if not await records.record_deferred(rt.db, request, until=until, error=outcome.error or "", attempt=attempt_doc):
-        return await settle_already_finished(rt, job, msg, request)
+        return False
     rt.metrics.runs_deferred.labels(job=job.spec.name).inc()
     _run_log(rt, job, request.run_id, attempt_doc.number if attempt_doc else 0).warning(
         "run %s deferred: %s",
@@ -295,8 +309,7 @@ async def defer(
         outcome.error,
         extra={"event": "run.deferred", "status": RunStatus.DEFERRED.value, "delay_s": decision.delay_s},
     )
-    await settle(msg, decision)
-    return decision
+    return True
 
 
 # -- start ------------------------------------------------------------------------------
@@ -437,9 +450,7 @@ async def record_attempt(
     if decision.status is RunStatus.RETRYING:
         await record_retry(rt, job, request.run_id, attempt_doc, decision)
     elif decision.status is RunStatus.DEFERRED:
-        until = outcome.defer_until or utcnow()
-        await records.record_deferred(rt.db, request, until=until, error=outcome.error or "", attempt=attempt_doc)
-        rt.metrics.runs_deferred.labels(job=job.spec.name).inc()
+        await record_deferred(rt, job, request, outcome, decision, attempt_doc=attempt_doc)
     elif outcome.suspension is not None and not decision.is_terminal:
         await suspend(rt.db, rt.js, rt.names, request, attempt_doc, outcome.suspension)
     else:
