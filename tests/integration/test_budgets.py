@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 
+from services.janitor.cleanup import Retention, clean_up
 from services.market_sync.__main__ import market_sync
 from shared.budgets import budget_id, current_period
 from shared.errors import QuotaExhausted
@@ -21,7 +22,7 @@ from shared.requests import publish_request
 from shared.runtime import JobContext, Worker, job
 from shared.runtime._budgets import Budgets
 from shared.runtime._ratelimit import RateLimiter
-from shared.settings import Quota, RetryPolicy, Settings
+from shared.settings import Quota, RetryPolicy, Settings, load_settings
 from shared.store import Database, make_client
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import WorkerFactory, policy, request_for, terminal_run, wait_value
@@ -209,3 +210,17 @@ async def test_a_429_with_retry_after_holds_the_shared_bucket_for_every_process(
     assert before + 29 <= held_until <= time.time() + 30
     assert await other.try_take(UPSTREAM) > 25
     assert await other.try_take("polymarket_data") == 0.0  # other upstreams are not held
+
+
+async def test_cleanup_deletes_budgets_of_periods_that_ended_past_the_failed_runs_retention(db: Database) -> None:
+    now = datetime(2026, 12, 20, 12, 0, tzinfo=UTC)
+    retention = Retention.from_settings(load_settings())  # failed runs: 7 days
+    # Spends 9, 7 and 0 days ago: the first period reset 8.5 days ago (gone), the second
+    # 6.5 days ago (kept, inside the 7 days), today's has not reset yet (kept).
+    for days_ago in (9, 7, 0):
+        moment = now - timedelta(days=days_ago, hours=1)
+        await Budgets(db, {UPSTREAM: Quota(requests=5)}, clock=lambda at=moment: at).reserve(UPSTREAM)
+    counts = await clean_up(db, retention=retention, now=now, batch_size=10)
+    assert counts["budgets"] == 1
+    remaining = sorted([doc["_id"] async for doc in db[Collections.BUDGETS].find({}, {"_id": 1})])
+    assert remaining == [f"{UPSTREAM}:2026-12-13T00:00:00Z", f"{UPSTREAM}:2026-12-20T00:00:00Z"]

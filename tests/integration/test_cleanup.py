@@ -77,7 +77,15 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
 
     counts = await clean_up(db, retention=RETENTION, now=NOW, batch_size=2, checkpoint=checkpoint)
 
-    assert counts == {"runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "cancels": 1, "whale_trades": 1}
+    assert counts == {
+        "runs": 3,
+        "failed_runs": 2,
+        "orphan_cancels": 1,
+        "steps": 1,
+        "cancels": 1,
+        "budgets": 0,
+        "whale_trades": 1,
+    }
     assert await ids(db, Collections.STEPS) == {"ended-in:a", "sleeping:a"}
     kept = {"completed-in", "failed-in", "timed-out-in", "running-old", "retrying-old", "queued-in"}
     assert await ids(db, Collections.RUNS) == kept
@@ -97,7 +105,15 @@ async def test_a_second_cleanup_finds_nothing(db: Database) -> None:
     second = await clean_up(db, retention=RETENTION, now=NOW, batch_size=10)
 
     assert first["runs"] == 1
-    assert second == {"runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "cancels": 0, "whale_trades": 0}
+    assert second == {
+        "runs": 0,
+        "failed_runs": 0,
+        "orphan_cancels": 0,
+        "steps": 0,
+        "cancels": 0,
+        "budgets": 0,
+        "whale_trades": 0,
+    }
 
 
 @pytest.mark.slow
