@@ -18,6 +18,7 @@
     │   ├── StepOrderChanged     a resumed workflow asked for its steps in another order
     │   ├── StepResultTooLarge   a workflow's step results exceed the run's limit
     │   └── WaitTimedOut         a workflow's wait for a signal timed out (when asked to raise)
+    ├── QuotaExhausted           an upstream's request quota is spent until its reset: the run is deferred
     └── RunCanceled              the run was canceled by an operator
 
 Foreign errors are translated at one boundary each: `bus.py` (nats), `store.py`
@@ -28,6 +29,7 @@ to do, and never contain secrets (URLs are redacted with `redact_url`).
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 _USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/]*)@")
 
@@ -133,6 +135,21 @@ class StepResultTooLarge(PermanentError):
 
 class WaitTimedOut(PermanentError):
     """`wait_for_event(..., raise_on_timeout=True)` saw no signal before its timeout."""
+
+
+class QuotaExhausted(PulseError):
+    """An upstream's quota for this period is spent: the run is deferred until `resets_at`, not failed."""
+
+    def __init__(self, upstream: str, spent: int, limit: int, resets_at: datetime) -> None:
+        stamp = resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        super().__init__(
+            f"the quota of upstream {upstream!r} is spent ({spent} of {limit} requests this period); "
+            f"deferred until it resets at {stamp} (raise PULSE_QUOTAS to go sooner)"
+        )
+        self.upstream = upstream
+        self.spent = spent
+        self.limit = limit
+        self.resets_at = resets_at
 
 
 class RunCanceled(PulseError):

@@ -190,3 +190,6 @@ class Collections:
     #: with each slot (requested, or missed with the reason); written by the ticker only
     #: (services/ticker/ledger.py), read joined with `runs` (shared/readmodel/slots.py).
     SLOTS = "slots"
+    #: Upstream request budgets: one document per upstream and quota period,
+    #: `<upstream>:<period start ISO-8601 UTC>`, whose `spent` is reserved by a conditional `$inc`.
+    BUDGETS = "budgets"

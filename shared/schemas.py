@@ -66,6 +66,9 @@ class RunStatus(StrEnum):
     SLEEPING = "sleeping"
     #: A workflow waiting for the signal `waiting_for` (until `wake_at`, its timeout, if any).
     WAITING = "waiting"
+    #: Held back by an upstream's quota (`reason` quota_exhausted) until `next_attempt_at`,
+    #: its reset; the request waits in JetStream (nak with delay), no attempt is spent.
+    DEFERRED = "deferred"
 
     @property
     def is_terminal(self) -> bool:
@@ -150,6 +153,11 @@ class AlertKind(StrEnum):
     DEAD_LETTER = "dead_letter"
     #: The job completed a run again after one of the alerts above.
     RECOVERED = "recovered"
+    #: The job's last success is older than its freshness target (`freshness_target_s`),
+    #: whatever the reason (runs skipped, ticker down, failures); checked by the janitor.
+    FRESHNESS_MISSED = "freshness_missed"
+    #: The job's last success is within its freshness target again, after `freshness_missed`.
+    FRESHNESS_RESTORED = "freshness_restored"
     #: Raised by earlier versions for a permanent error; now a `dead_letter` alert says it.
     PERMANENT_ERROR = "permanent_error"
 
@@ -230,6 +238,8 @@ class RunRecord(BaseModel):
     wake_at: datetime | None = None
     #: A waiting workflow: the name of the signal it waits for.
     waiting_for: str | None = None
+    #: Upstream requests the run's attempts spent, by upstream (rate bucket name).
+    provider_calls: dict[str, int] = Field(default_factory=dict)
 
     @property
     def is_suspended(self) -> bool:

@@ -14,6 +14,7 @@ into a `ConfigError` that names the environment variable and what it expects.
 from __future__ import annotations
 
 import random
+from datetime import time as time_of_day
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -95,6 +96,15 @@ class JobPolicy(BaseModel):
         ),
     )
     stale_after_s: float = Field(gt=0, description="alert when no run succeeded for this long")
+    # The operators' objective for the data the job keeps (how old it may get), checked
+    # by the janitor every minute whatever the job's workers and the ticker are doing;
+    # `stale_after_s` stays the health alarm each worker raises about its own job.
+    freshness_target_s: float | None = Field(
+        None, gt=0, description="the last success may be at most this old (alert + recovery); None = no target"
+    )
+    upstreams: tuple[str, ...] = Field(
+        (), description="upstream APIs (rate bucket names) the job calls; their quotas (PULSE_QUOTAS) defer its runs"
+    )
     alert_after_failures: int = Field(3, ge=1, description="alert after this many failed runs in a row")
     enabled: bool = Field(True, description="False: the ticker never requests it (manual runs still work)")
     catch_up: CatchUp = Field(
@@ -149,18 +159,23 @@ _DEFAULT_POLICIES: dict[str, JobPolicy] = {
         retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.5, base=2),
         timeout_s=240,
         stale_after_s=15 * 60,
+        freshness_target_s=10 * 60,
+        upstreams=("polymarket_gamma",),
     ),
     "whale_sync": JobPolicy(
         schedule="every 1m",
         retry=RetryPolicy(max_attempts=4, initial_backoff_s=0.25, base=2),
         timeout_s=45,
         stale_after_s=5 * 60,
+        freshness_target_s=3 * 60,
+        upstreams=("polymarket_data",),
     ),
     "stats": JobPolicy(
         schedule="hourly at :00",
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=1, base=2),
         timeout_s=120,
         stale_after_s=2 * 3600 + 600,
+        freshness_target_s=2 * 3600,
     ),
     "cleanup": JobPolicy(
         schedule="daily at 02:00",
@@ -234,6 +249,27 @@ class RateLimit(BaseModel):
     rate: float = Field(gt=0)
     period_s: float = Field(gt=0)
     burst: int = Field(ge=1)
+
+
+class Quota(BaseModel):
+    """An upstream's request budget: at most `requests` per `period`, reset at `resets_at` (UTC).
+
+    A daily quota resets every day at `resets_at`; a monthly one on day 1 of each month
+    at `resets_at`. Every request (each try, as the rate buckets count them) spends one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests: int = Field(ge=1, description="requests allowed per period")
+    period: Literal["day", "month"] = Field("day", description="how often the quota resets")
+    resets_at: time_of_day = Field(time_of_day(0, 0), description="UTC time of day the period starts (HH:MM)")
+
+    @field_validator("resets_at")
+    @classmethod
+    def _naive_utc(cls, value: time_of_day) -> time_of_day:
+        if value.tzinfo is not None:
+            raise ValueError("resets_at is a UTC time of day (HH:MM), without an offset")
+        return value
 
 
 def _default_rate_limits() -> dict[str, RateLimit]:
@@ -349,6 +385,14 @@ class Settings(BaseSettings):
     )
     jobs: JobPolicies = JobPolicies()
     rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
+    # Polymarket publishes rate windows, not quotas, so none is set by default; an
+    # upstream with a daily or monthly allowance gets one here (docs/budgets.md).
+    quotas: dict[str, Quota] = Field(
+        default_factory=dict, description="request quota per upstream (a rate_limits bucket name), e.g. per day"
+    )
+    quota_recheck_s: float = Field(
+        600.0, gt=0, description="a run deferred by a quota looks again this often before the reset"
+    )
 
     # -- dashboard (services/dashboard) ----------------------------------------
     dashboard_host: str = Field("0.0.0.0", description="address the operators' dashboard listens on")
@@ -473,7 +517,17 @@ class Settings(BaseSettings):
                     f"PULSE_JOBS__{job.upper()}__RATE_LIMIT_BUCKET names {bucket!r}, "
                     f"which is not one of the rate_limits buckets {sorted(self.rate_limits)}"
                 )
+        self._check_quotas()
         return self
+
+    def _check_quotas(self) -> None:
+        """Quotas name rate_limits buckets: an upstream is its bucket, and each request takes a token of it."""
+        for upstream in self.quotas:
+            if upstream not in self.rate_limits:
+                raise ValueError(
+                    f"PULSE_QUOTAS names {upstream!r}, which is not one of the rate_limits buckets "
+                    f"{sorted(self.rate_limits)}: a quota belongs to an upstream's bucket"
+                )
 
     # -- derived -----------------------------------------------------------------
     @property

@@ -7,7 +7,14 @@ from typing import Any
 
 from services.janitor.cleanup import Retention, clean_up
 from shared.alerting import AlertDelivery
-from shared.runtime import JobContext, dead_letter_unserved_requests, job, run_service, time_out_silent_runs
+from shared.runtime import (
+    JobContext,
+    check_freshness,
+    dead_letter_unserved_requests,
+    job,
+    run_service,
+    time_out_silent_runs,
+)
 from shared.schemas import utcnow
 
 
@@ -26,9 +33,11 @@ async def cleanup_job(ctx: JobContext) -> dict[str, Any]:
 
 @job("watchdog")
 async def watchdog_job(ctx: JobContext) -> dict[str, Any]:
-    """End `timed_out` the runs whose heartbeat stopped, and dead-letter requests no job serves."""
+    """End `timed_out` the runs whose heartbeat stopped, dead-letter requests no job serves, check freshness targets."""
     timed_out = await time_out_silent_runs(ctx)
-    return {**timed_out.summary(), "unserved": await dead_letter_unserved_requests(ctx)}
+    unserved = await dead_letter_unserved_requests(ctx)
+    freshness = await check_freshness(ctx.db, ctx.js, ctx.settings.names, ctx.settings.jobs.items())
+    return {**timed_out.summary(), "unserved": unserved, "freshness": freshness}
 
 
 def main() -> None:

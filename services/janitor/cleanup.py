@@ -1,5 +1,5 @@
-"""Retention cleanup: delete run records, workflow steps, cancel requests, slot ledger entries and whale trades past
-their retention, in batches.
+"""Retention cleanup: delete run records, workflow steps, cancel requests, slot ledger entries,
+past quota periods and whale trades past their retention, in batches.
 
 One sorted pass over the expired `_id`s (read `batch_size` at a time, kept only as
 range bounds) cuts them into ranges of `batch_size` documents; each range is then
@@ -114,6 +114,13 @@ def sweeps(retention: Retention, now: datetime) -> list[Sweep]:
             Collections.SLOTS,
             {"slot": {"$lt": now - retention.runs}},
         ),
+        # An upstream's budget of a period that ended (its reset passed) is only history;
+        # it goes with the longest run retention, counted from the reset.
+        Sweep(
+            "budgets",
+            Collections.BUDGETS,
+            {"resets_at": {"$lt": now - retention.failed_runs}},
+        ),
         Sweep(
             "whale_trades",
             Collections.WHALE_TRADES,
@@ -197,7 +204,8 @@ async def clean_up(
 
     Returns:
         Documents deleted per kind: `runs`, `failed_runs`, `orphan_cancels` (queued
-        records of cancels whose request never came), `steps`, `cancels`, `slots`, `whale_trades`.
+        records of cancels whose request never came), `steps`, `cancels`, `slots`, `budgets` (upstream quota
+        periods that ended), `whale_trades`.
     """
     return {
         sweep.label: await delete_in_batches(db, sweep, batch_size=batch_size, checkpoint=checkpoint)

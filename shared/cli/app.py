@@ -12,6 +12,7 @@ why       shared/cli/why.py        what keeps a job from running, and what to do
 slots     shared/cli/slots.py      each slot of a schedule and what became of it (the slot ledger)
 simulate  shared/cli/simulate.py   the provider simulator
 stats     shared/cli/stats.py      the latest stats snapshot and trend
+budgets   shared/cli/budgets.py    upstream quotas: spend, reset, forecast
 signal    shared/cli/workflows.py  signal a waiting workflow (and the step timeline of `run`)
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import typer
 
-from shared.cli import alerts, backfill, dlq, jobs, logs, schedule, simulate, slots, stats, up, why, workflows
+from shared.cli import alerts, backfill, budgets, dlq, jobs, logs, schedule, simulate, slots, stats, up, why, workflows
 
 app = typer.Typer(
     name="pulse",
@@ -29,7 +30,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (up, jobs, logs, alerts, dlq, schedule, slots, backfill, why, simulate, stats, workflows):
+for module in (up, jobs, logs, alerts, dlq, schedule, slots, backfill, why, simulate, stats, budgets, workflows):
     module.register(app)
 
 

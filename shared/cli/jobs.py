@@ -19,6 +19,7 @@ import typer
 
 from shared.names import JOBS
 from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, trigger_run
+from shared.readmodel.budgets import read_budgets
 from shared.readmodel.runs import RunFilter, find_run, list_runs
 from shared.readmodel.status import collect_status, queue_info, status_json
 from shared.readmodel.timetext import human_seconds, iso, key_values
@@ -26,6 +27,7 @@ from shared.runtime import read_steps
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import Settings
 
+from .budgets import budgets_table
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -109,6 +111,8 @@ async def _progress_text(conns: Connections, run_id: str, job: str, record: RunR
         text += f": {key_values(record.progress)}"
     if record.status is RunStatus.RETRYING and record.error:
         text += f" (last error: {record.error.splitlines()[0][:80]})"
+    if record.status is RunStatus.DEFERRED and record.error:
+        text += f" ({record.error})"  # the spent quota and its reset
     return text
 
 
@@ -242,7 +246,8 @@ JobsOpt = Annotated[list[str] | None, typer.Option("--job", "-j", help="Only thi
 
 
 def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
-    """Per job: schedule and next fire, paused, last run, freshness, failures, queue.
+    """Per job: schedule and next fire, paused, last run, freshness and its target, failures, queue;
+    then each upstream quota's spend (as `pulse budgets`), when PULSE_QUOTAS sets any.
 
     Example: pulse status ;  pulse status --job whale_sync --json
     """
@@ -252,10 +257,13 @@ def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
     async def _run() -> None:
         async with connect(settings) as conns:
             rows = await collect_status(conns.js, conns.db, settings, jobs)
+            budgets = await read_budgets(conns.db, settings)
         if as_json:
             print_json(status_json(rows))
         else:
             console.print(status_table(rows))
+            if budgets:
+                console.print(budgets_table(budgets))
 
     run_async(_run)
 

@@ -39,6 +39,7 @@ STATUS_STYLE = {
     "timed_out": "red",
     "canceled": "magenta",
     "skipped": "dim",
+    "deferred": "yellow",
 }
 
 
@@ -73,6 +74,16 @@ def _freshness(row: JobStatus, now: datetime) -> Text:
     return Text(text, style="green" if row.fresh else "bold red")
 
 
+def _freshness_left(row: JobStatus) -> Text:
+    """What is left of the freshness target (`-` without one), red once it is missed."""
+    left, target = row.freshness_budget_s, row.freshness_target_s
+    if target is None or left is None:
+        return Text("-", style="dim")
+    if left < 0:
+        return Text(f"missed by {human_seconds(-left)}", style="bold red")
+    return Text(f"{human_seconds(left)} of {human_seconds(target)}", style="yellow" if left < target / 4 else "green")
+
+
 def _count(value: int | None) -> Text:
     if value is None:
         return Text("no consumer", style="dim")
@@ -98,6 +109,7 @@ def status_table(rows: list[JobStatus], *, title: str | None = None) -> Table:
     table.add_column("schedule (UTC)")
     table.add_column("last run")
     table.add_column("last success (stale after)")
+    table.add_column("freshness left", justify="right")
     table.add_column("fails", justify="right")
     table.add_column("waiting", justify="right")
     table.add_column("in flight", justify="right")
@@ -112,7 +124,15 @@ def status_table(rows: list[JobStatus], *, title: str | None = None) -> Table:
         fails = Text(str(row.consecutive_failures), style="bold red" if row.consecutive_failures else "")
         alerts = Text(", ".join(row.alerts), style="bold red") if row.alerts else Text("-", style="dim")
         table.add_row(
-            row.job, _schedule_cell(row, now), last, fresh, fails, _count(row.waiting), _count(row.in_flight), alerts
+            row.job,
+            _schedule_cell(row, now),
+            last,
+            fresh,
+            _freshness_left(row),
+            fails,
+            _count(row.waiting),
+            _count(row.in_flight),
+            alerts,
         )
     table.caption = (
         "* schedule overridden at runtime (schedules KV bucket)"

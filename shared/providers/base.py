@@ -42,7 +42,11 @@ class Limiter(Protocol):
     """Anything that can hand out a token of a named shared bucket (the runtime's `ctx.acquire`)."""
 
     def acquire(self, bucket: str) -> Awaitable[object]:
-        """Wait until `bucket` has a token and take it."""
+        """Wait until `bucket` has a token and take it (and spend one request of its quota, if any)."""
+        ...
+
+    def hold_off(self, bucket: str, seconds: float) -> Awaitable[object]:
+        """The upstream answered 429 with Retry-After: hand out no token of `bucket` for `seconds`, to anyone."""
         ...
 
 
@@ -51,6 +55,9 @@ class NoLimit:
 
     async def acquire(self, bucket: str) -> None:
         """Return at once."""
+
+    async def hold_off(self, bucket: str, seconds: float) -> None:
+        """Ignore the hold."""
 
 
 class Provider(Protocol):

@@ -8,7 +8,10 @@
     any other 4xx (401/403/404/414/422...) → `ProviderRejected` at once, never retried
 
 Every try takes a token from the upstream's shared rate-limit bucket first, so retries
-are as polite as first calls. Errors name the endpoint (never the query string, headers
+are as polite as first calls (and spends one request of the upstream's quota, if it has
+one). A 429 with Retry-After empties that bucket for every process until then
+(`limiter.hold_off`), so the other jobs and replicas wait too instead of meeting 429s.
+Errors name the endpoint (never the query string, headers
 or API key) and say what to do.
 """
 
@@ -45,11 +48,14 @@ JsonParams = Mapping[str, str | int | float | bool]
 class _Transient(Exception):
     """A try failed in a way the next try may not (internal to this module)."""
 
-    def __init__(self, detail: str, *, retry_after_s: float | None = None, malformed: bool = False) -> None:
+    def __init__(
+        self, detail: str, *, retry_after_s: float | None = None, malformed: bool = False, status: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after_s = retry_after_s
         self.malformed = malformed
+        self.status = status
 
 
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -139,7 +145,7 @@ async def _get_once(
         raise _Transient(f"connection failed ({type(exc).__name__})") from exc
     status = response.status_code
     if status == 429 or status >= 500:
-        raise _Transient(f"HTTP {status}", retry_after_s=parse_retry_after(response))
+        raise _Transient(f"HTTP {status}", retry_after_s=parse_retry_after(response), status=status)
     if status >= 300:
         raise ProviderRejected(
             f"GET {_endpoint(url)} was refused with HTTP {status}: {_rejection_detail(response)}. "
@@ -169,7 +175,7 @@ async def get_json(
         url: full endpoint URL, without query string.
         params: query parameters (never secrets).
         headers: extra headers (the API key goes here).
-        limiter: shared rate limiter; one token of `bucket` per try.
+        limiter: shared rate limiter; one token of `bucket` per try, held off by a 429's Retry-After.
         bucket: rate-limit bucket of this upstream.
         attempts: tries in all, the first included.
         timeout_s: per-try timeout (connect, read, write, pool each).
@@ -186,7 +192,12 @@ async def get_json(
         ):
             with attempt:
                 await limiter.acquire(bucket)
-                return await _get_once(http, url, params, headers, timeout_s)
+                try:
+                    return await _get_once(http, url, params, headers, timeout_s)
+                except _Transient as exc:
+                    if exc.status == 429 and exc.retry_after_s:
+                        await limiter.hold_off(bucket, exc.retry_after_s)
+                    raise
     except _Transient as exc:
         where = f"GET {_endpoint(url)}"
         if exc.malformed:

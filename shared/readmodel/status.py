@@ -19,7 +19,7 @@ from shared.names import JOBS, Collections
 from shared.overrides import resolve
 from shared.readmodel.schedules import read_override
 from shared.readmodel.timetext import as_utc, iso
-from shared.runtime import failure_streak
+from shared.runtime import failure_streak, read_freshness
 from shared.runtime._monitor import state_id
 from shared.schemas import RunStatus
 from shared.settings import Settings
@@ -52,6 +52,10 @@ class JobStatus:
     #: `fresh`, `stale` (succeeded, not lately), `pending` (no success yet, but its first
     #: freshness window since it was first served has not passed), `never_succeeded`.
     freshness: str = "pending"
+    #: The job's freshness target and what is left of it (negative: missed by that much);
+    #: None without a target, or before the job was first served.
+    freshness_target_s: float | None = None
+    freshness_budget_s: float | None = None
     consecutive_failures: int = 0
     alert_after_failures: int = 0
     waiting: int | None = None  # None: the job's consumer does not exist yet
@@ -134,6 +138,9 @@ async def collect_job_status(
         first_seen = as_utc(state.get("first_seen_at")) if state else None
         waited = (now - first_seen).total_seconds() if first_seen is not None else 0.0
         status.freshness = "never_succeeded" if waited > policy.stale_after_s else "pending"
+    if policy.freshness_target_s is not None:
+        status.freshness_target_s = policy.freshness_target_s
+        status.freshness_budget_s = (await read_freshness(db, job, policy.freshness_target_s, now)).budget_left_s
     if status.freshness in ("stale", "never_succeeded"):
         status.alerts.append(status.freshness.replace("_", " "))
     if status.consecutive_failures >= policy.alert_after_failures:

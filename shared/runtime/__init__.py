@@ -12,6 +12,7 @@ private (`_*.py`). Tests and benchmarks drive jobs in-process with `Worker`.
 from shared.runtime._broker import ServiceBroker
 from shared.runtime._context import JobContext
 from shared.runtime._events import publish_cancel_hint
+from shared.runtime._freshness import Freshness, check_freshness, read_freshness
 from shared.runtime._health import HttpServer, build_http_app, kv_readable
 from shared.runtime._job import Checkpoint, job, no_checkpoint
 from shared.runtime._journal import read_steps
@@ -25,11 +26,13 @@ from shared.runtime._worker import Worker
 
 __all__ = [
     "Checkpoint",
+    "Freshness",
     "HttpServer",
     "JobContext",
     "ServiceBroker",
     "Worker",
     "build_http_app",
+    "check_freshness",
     "dead_letter_unserved_requests",
     "deliver_signal",
     "failure_streak",
@@ -38,6 +41,7 @@ __all__ = [
     "kv_readable",
     "no_checkpoint",
     "publish_cancel_hint",
+    "read_freshness",
     "read_steps",
     "request_cancel",
     "run_app",

@@ -38,6 +38,12 @@ class RuntimeMetrics:
             ["job"],
             registry=self.registry,
         )
+        self.runs_deferred = Counter(
+            "pulse_runs_quota_deferred_total",
+            "Times a run was held back because an upstream's quota was spent",
+            ["job"],
+            registry=self.registry,
+        )
         self.unserved = Counter(
             "pulse_unserved_requests_total",
             "Requests on a subject no job serves, moved to the DLQ",

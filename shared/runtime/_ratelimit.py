@@ -4,6 +4,10 @@ Each bucket is one key holding `{"tokens": float, "at": unix seconds}`. Taking t
 reads the entry, refills it for the time elapsed (`rate` per `period_s`, capped at
 `burst`), and writes it back with compare-and-set on the revision it read; a concurrent
 writer makes the write fail and the taker starts over. No process holds state.
+
+A provider's 429 with Retry-After empties the bucket for every process until then
+(`hold`): the entry gains `held_until` (unix seconds), no token is handed out before
+it, and refilling starts from zero at that time.
 """
 
 from __future__ import annotations
@@ -70,35 +74,65 @@ class RateLimiter:
         per_s = limit.rate / limit.period_s
         while True:
             now = self._clock()
-            try:
-                entry = await self._kv.get(bucket)
-                state = json.loads(entry.value or b"{}")
-                revision: int | None = entry.revision
-            except nats.js.errors.KeyNotFoundError:
-                state, revision = {}, None
+            state, revision = await self._read(bucket)
+            held_until = float(state.get("held_until", 0.0))
+            if held_until > now:
+                return held_until - now + tokens / per_s
             available = bucket_level(state, limit, now)
             if available < tokens:
                 return (tokens - available) / per_s
-            value = json.dumps({"tokens": available - tokens, "at": now}).encode()
-            try:
-                if revision is None:
-                    await self._kv.create(bucket, value)
-                else:
-                    await self._kv.update(bucket, value, last=revision)
+            if await self._write(bucket, {"tokens": available - tokens, "at": now}, revision):
                 return 0.0
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
-                # Lost the race with another taker (create on an existing key raises a
-                # wrong-last-sequence APIError too): read again.
-                await asyncio.sleep(random.uniform(0, 0.005))
+
+    async def hold(self, bucket: str, seconds: float) -> None:
+        """Empty `bucket` for every process for `seconds` (the provider's Retry-After).
+
+        A hold never shortens one already in place; the bucket refills from zero after it.
+        """
+        self._limit(bucket)
+        while True:
+            now = self._clock()
+            state, revision = await self._read(bucket)
+            until = max(now + seconds, float(state.get("held_until", 0.0)))
+            if await self._write(bucket, {"tokens": 0.0, "at": until, "held_until": until}, revision):
+                return
+
+    async def held_until(self, bucket: str) -> float | None:
+        """Unix seconds until which `bucket` is held by a provider's Retry-After, or None."""
+        state, _ = await self._read(bucket)
+        until = float(state.get("held_until", 0.0))
+        return until if until > self._clock() else None
+
+    async def _read(self, bucket: str) -> tuple[dict[str, float], int | None]:
+        """The bucket's state and its revision (None: no entry yet)."""
+        try:
+            entry = await self._kv.get(bucket)
+        except nats.js.errors.KeyNotFoundError:
+            return {}, None
+        state: dict[str, float] = json.loads(entry.value or b"{}")
+        return state, entry.revision
+
+    async def _write(self, bucket: str, state: dict[str, float], revision: int | None) -> bool:
+        """Compare-and-set the bucket's state; False when another writer came first."""
+        value = json.dumps(state).encode()
+        try:
+            if revision is None:
+                await self._kv.create(bucket, value)
+            else:
+                await self._kv.update(bucket, value, last=revision)
+            return True
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
+            # Lost the race with another writer (create on an existing key raises a
+            # wrong-last-sequence APIError too): read again.
+            await asyncio.sleep(random.uniform(0, 0.005))
+            return False
 
     async def peek(self, bucket: str) -> float:
         """The tokens `bucket` holds now (refilled to this moment), taking none: for `pulse why`."""
         limit = self._limit(bucket)
-        try:
-            entry = await self._kv.get(bucket)
-        except nats.js.errors.KeyNotFoundError:
-            return float(limit.burst)
-        return bucket_level(json.loads(entry.value or b"{}"), limit, self._clock())
+        state, _ = await self._read(bucket)
+        # A held bucket (Retry-After) stores `at` = the end of the hold: it reads empty until then.
+        return bucket_level(state, limit, self._clock())
 
     async def acquire(self, bucket: str, tokens: int = 1, *, max_wait_s: float = 10.0) -> float:
         """Take `tokens`, waiting at most `max_wait_s`; return the seconds waited.

@@ -1,6 +1,7 @@
 """The only code that writes `runs` (and `cancels`).
 
-A run record moves `queued`? → `running` ⇄ `retrying` → exactly one terminal status.
+A run record moves `queued`? → `running` ⇄ `retrying` (⇄ `deferred` while an upstream
+quota is spent) → exactly one terminal status.
 Every write that changes a run's state is conditional on the record not being terminal
 yet (`status` not terminal in the filter of one `findAndModify`), so two workers (or a
 worker and the watchdog) racing to finish one run produce one outcome, the record keeps
@@ -365,6 +366,47 @@ async def record_retry(db: Database, run_id: str, attempt: AttemptRecord, next_a
     )
     if attempt.number > MAX_ATTEMPT_HISTORY:
         await _trim_attempts(db, run_id, attempt.number)
+
+
+async def record_deferred(
+    db: Database,
+    request: JobRequest,
+    *,
+    until: datetime,
+    error: str,
+    attempt: AttemptRecord | None = None,
+) -> bool:
+    """An upstream quota holds the run back: status `deferred` until `until`, with the reason.
+
+    A run deferred before it started gets a record (from `request`); one deferred inside
+    an attempt keeps that attempt in its history but not in its count: waiting for a
+    quota spends nothing of the retry budget. Returns False when the run was terminal.
+    """
+    now = utcnow()
+    update: dict[str, Any] = {
+        "$set": {
+            "status": RunStatus.DEFERRED.value,
+            "reason": "quota_exhausted",
+            "error": bounded(error),
+            "next_attempt_at": until,
+            "heartbeat_at": None,
+            "updated_at": now,
+        },
+        "$setOnInsert": {**_request_fields(request), "attempt_count": 0},
+    }
+    if attempt is not None:
+        update["$push"] = _push_attempt(attempt)
+        update["$inc"] = {"attempt_count": -1}
+        del update["$setOnInsert"]["attempt_count"]
+    applied, _ = await _write_unless_terminal(db, request.run_id, update, upsert=True)
+    return applied
+
+
+async def add_provider_calls(db: Database, run_id: str, calls: dict[str, int]) -> None:
+    """Add an attempt's upstream requests to the run's `provider_calls` (one `$inc` by `_id`)."""
+    if calls:
+        increments = {f"provider_calls.{upstream}": count for upstream, count in calls.items()}
+        await db[Collections.RUNS].update_one({"_id": run_id}, {"$inc": increments})
 
 
 async def finish_run(

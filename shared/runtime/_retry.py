@@ -9,6 +9,9 @@ The rule "out of attempts" lives here only: `is_last_attempt` (a failure then en
 run), `past_last_attempt` (the worker of the last attempt died), and which failed runs
 carry a dead letter (`DEAD_LETTER_REASONS`, `was_dead_lettered`).
 
+A run held back by an upstream's quota (`OutcomeKind.DEFERRED`) is not an attempt either:
+it is recorded `deferred` and nak'ed until the quota resets (see `decide`).
+
 Infrastructure failures are not attempts: when the store or NATS cannot be reached
 while a delivery is handled (`is_infrastructure_failure`), the message is nak'ed with a
 bounded backoff (`infrastructure_delay_s`) and no attempt is counted, since attempts
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, get_args
 
@@ -54,6 +58,7 @@ class OutcomeKind(StrEnum):
     CANCELED = "canceled"
     SKIPPED = "skipped"
     SUSPENDED = "suspended"  # a workflow sleeps or waits: no outcome yet, no worker holds it
+    DEFERRED = "deferred"  # an upstream quota is spent: wait for its reset, spend no attempt
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Outcome:
     delay_s: float | None = None
     #: A suspended workflow: sleeping until, or waiting for what.
     suspension: Suspension | None = None
+    #: A deferred run: when it may go (the quota's reset).
+    defer_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,12 @@ def decide(outcome: Outcome, attempt: int, policy: RetryPolicy, rng: random.Rand
         return Decision(Settle.ACK, RunStatus.SKIPPED)
     if kind is OutcomeKind.SUSPENDED and outcome.suspension is not None:
         return Decision(Settle.ACK, outcome.suspension.status)
+    if kind is OutcomeKind.DEFERRED:
+        # Not a failure: no attempt is spent and nothing is dead-lettered, whatever the
+        # attempt number. The request waits in JetStream (nak with the delay the runner
+        # chose: until the reset, at most the quota re-check interval), so at most one
+        # look per interval, never a retry loop against the upstream.
+        return Decision(Settle.NAK, RunStatus.DEFERRED, delay_s=max(outcome.delay_s or 0.0, 0.0))
     if kind is OutcomeKind.INVALID:
         return Decision(Settle.TERM, RunStatus.FAILED, dead_letter="invalid")
     if kind is OutcomeKind.PERMANENT:

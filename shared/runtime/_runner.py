@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ServerSelectionTimeoutError
 
 from shared.delayed import SCHEDULER_HEADER
-from shared.errors import InvalidRequest, PermanentError, RetryableError, RunCanceled, bounded
+from shared.errors import InvalidRequest, PermanentError, QuotaExhausted, RetryableError, RunCanceled, bounded
 from shared.jobargs import args_problem
 from shared.logs import bind, run_context
 from shared.names import Names
@@ -32,6 +32,7 @@ from shared.requests import MSG_ID_HEADER
 from shared.runtime import _journal as journal
 from shared.runtime import _monitor as monitor
 from shared.runtime import _records as records
+from shared.runtime._budgets import Budgets
 from shared.runtime._chain import publish_follow_ups
 from shared.runtime._context import JobContext, context_logger
 from shared.runtime._events import publish_alert, publish_dead_letter, publish_run_event
@@ -87,7 +88,7 @@ class RecordedNotAnnounced(Exception):
 
 @dataclass
 class Runtime:
-    """What every run of a worker shares: settings, clients, limiter, metrics."""
+    """What every run of a worker shares: settings, clients, limiter, budgets, metrics."""
 
     settings: Settings
     names: Names
@@ -96,6 +97,7 @@ class Runtime:
     js: JetStreamContext
     http: httpx.AsyncClient
     limiter: RateLimiter
+    budgets: Budgets
     metrics: RuntimeMetrics
     worker_id: str
     scrub: Callable[[str], str]
@@ -144,6 +146,9 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     skipped = guard(job.policy, request, first=first, schedule=schedule)
     if skipped is not None:
         return await end_without_running(rt, job, msg, request, skipped, attempt=0)
+    spent = await rt.budgets.exhausted(job.policy.upstreams)
+    if spent is not None and not await records.cancel_requested(rt.db, request.run_id):
+        return await defer(rt, job, msg, request, deferral(rt, spent))
     started = await start(rt, job, request, seq=msg.metadata.sequence.stream, delivery=delivery, first=first)
     if started is None:
         return await settle_already_finished(rt, job, msg, request)
@@ -260,6 +265,54 @@ def guard(policy: JobPolicy, request: JobRequest, *, first: bool, schedule: Sche
     return None
 
 
+def deferral(rt: Runtime, exc: QuotaExhausted) -> Outcome:
+    """The outcome of a run held back by a spent quota: look again at the reset, or sooner.
+
+    The nak delay is capped by `quota_recheck_s`, so a raised quota or a cancel is
+    noticed within that interval; each look is one read, never a provider call.
+    """
+    wait_s = (exc.resets_at - rt.budgets.now()).total_seconds()
+    return Outcome(
+        OutcomeKind.DEFERRED,
+        error=str(exc),
+        reason="quota_exhausted",
+        delay_s=min(max(wait_s, 0.0), rt.settings.quota_recheck_s),
+        defer_until=exc.resets_at,
+    )
+
+
+async def defer(rt: Runtime, job: Bound, msg: Msg, request: JobRequest, outcome: Outcome) -> Decision:
+    """Defer a run before it starts (its quota is spent): record it, put the request back until then."""
+    decision = decide(outcome, 0, job.policy.retry)
+    if not await record_deferred(rt, job, request, outcome, decision, attempt_doc=None):
+        return await settle_already_finished(rt, job, msg, request)
+    await settle(msg, decision)
+    return decision
+
+
+async def record_deferred(
+    rt: Runtime,
+    job: Bound,
+    request: JobRequest,
+    outcome: Outcome,
+    decision: Decision,
+    *,
+    attempt_doc: AttemptRecord | None,
+) -> bool:
+    """Record the run `deferred` (the reason and when it may go), count and log it; False when it was terminal."""
+    until = outcome.defer_until or utcnow()
+    if not await records.record_deferred(rt.db, request, until=until, error=outcome.error or "", attempt=attempt_doc):
+        return False
+    rt.metrics.runs_deferred.labels(job=job.spec.name).inc()
+    _run_log(rt, job, request.run_id, attempt_doc.number if attempt_doc else 0).warning(
+        "run %s deferred: %s",
+        request.run_id,
+        outcome.error,
+        extra={"event": "run.deferred", "status": RunStatus.DEFERRED.value, "delay_s": decision.delay_s},
+    )
+    return True
+
+
 # -- start ------------------------------------------------------------------------------
 
 
@@ -352,6 +405,7 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             http=rt.http,
             log=context_logger(request.job, request.run_id, attempt),
             limiter=rt.limiter,
+            budgets=rt.budgets,
             metrics=rt.metrics,
             _heartbeat=heartbeat,
             _control=control,
@@ -369,6 +423,7 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             if not task.done():  # timed out, or this worker is shutting down
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await records.add_provider_calls(rt.db, request.run_id, ctx.provider_calls)
         if not done:
             return Outcome(OutcomeKind.FAILED, error=f"the attempt timed out after {job.policy.timeout_s:g}s")
         return classify(rt, job.policy, task, control)
@@ -401,6 +456,8 @@ def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: R
     error = rt.scrub(bounded(f"{type(exc).__name__}: {exc}"))
     if isinstance(exc, RunCanceled) or control.canceled:
         return Outcome(OutcomeKind.CANCELED, error=error)
+    if isinstance(exc, QuotaExhausted):
+        return deferral(rt, exc)
     if isinstance(exc, RateLimited):
         if policy.on_rate_limited == "skip":
             return Outcome(OutcomeKind.SKIPPED, reason="rate_limited", error=error)
@@ -438,6 +495,8 @@ async def record_attempt(
     )
     if decision.status is RunStatus.RETRYING:
         await record_retry(rt, job, request.run_id, attempt_doc, decision)
+    elif decision.status is RunStatus.DEFERRED:
+        await record_deferred(rt, job, request, outcome, decision, attempt_doc=attempt_doc)
     elif outcome.suspension is not None and not decision.is_terminal:
         await suspend(rt.db, rt.js, rt.names, request, attempt_doc, outcome.suspension)
     else:

@@ -33,6 +33,7 @@ from shared.errors import (
     DuplicateStep,
     InvalidRequest,
     PermanentError,
+    QuotaExhausted,
     RetryableError,
     RunCanceled,
     StepFailed,
@@ -254,8 +255,8 @@ class Steps:
             try:
                 value = await fn(*args)
                 break
-            except (RunCanceled, asyncio.CancelledError):
-                raise
+            except (RunCanceled, QuotaExhausted, asyncio.CancelledError):
+                raise  # a spent quota defers the whole run; retrying the step could only be refused again
             except (PermanentError, InvalidRequest) as exc:
                 await self._fail(name, tries, exc)
                 raise

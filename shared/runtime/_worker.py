@@ -47,6 +47,7 @@ from shared.runlogs import RunLogShipper
 from shared.runtime import _monitor as monitor
 from shared.runtime import _suspend as suspend
 from shared.runtime._broker import ServiceBroker
+from shared.runtime._budgets import Budgets
 from shared.runtime._health import STORE_READ_TIMEOUT_S, store_readable
 from shared.runtime._heartbeat import hold_message
 from shared.runtime._job import JobSpec
@@ -192,6 +193,7 @@ class Worker:
             js=js,
             http=self._http,
             limiter=RateLimiter(buckets[settings.names.ratelimit_bucket], dict(settings.rate_limits)),
+            budgets=Budgets(db, dict(settings.quotas)),
             metrics=self.metrics,
             worker_id=self.worker_id,
             scrub=scrubber.scrub,

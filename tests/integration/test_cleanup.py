@@ -85,7 +85,8 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
     counts = await clean_up(db, retention=RETENTION, now=NOW, batch_size=2, checkpoint=checkpoint)
 
     assert counts == {
-        "runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "cancels": 1, "slots": 1, "whale_trades": 1
+        "runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "cancels": 1, "slots": 1, "budgets": 0,
+        "whale_trades": 1,
     }  # fmt: skip
     assert await ids(db, Collections.SLOTS) == {"slot-in"}
     assert await ids(db, Collections.STEPS) == {"ended-in:a", "sleeping:a"}
@@ -108,7 +109,8 @@ async def test_a_second_cleanup_finds_nothing(db: Database) -> None:
 
     assert first["runs"] == 1
     assert second == {
-        "runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "cancels": 0, "slots": 0, "whale_trades": 0
+        "runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "cancels": 0, "slots": 0, "budgets": 0,
+        "whale_trades": 0,
     }  # fmt: skip
 
 

@@ -31,6 +31,7 @@ COMMANDS = [
     ["backfill"],
     ["why"],
     ["up"],
+    ["budgets"],
 ]
 
 
