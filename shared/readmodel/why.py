@@ -28,6 +28,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from shared.names import JOB_SERVICE, Collections
+from shared.readmodel.budgets import quota_exhausted
 from shared.readmodel.deadletters import count_by_job
 from shared.readmodel.schedules import effective_for, read_override
 from shared.readmodel.status import QueueInfo, queue_info
@@ -306,9 +307,22 @@ class Sources:
 
 
 ExtraCheck = Callable[[Sources, str, datetime], Awaitable[Blocker | None]]
-#: Checks that read their own facts, run after `BLOCKER_CHECKS`. The upstream quota
-#: ("budget exhausted until T") belongs here: one `async def (sources, job, now)`.
-EXTRA_CHECKS: list[ExtraCheck] = []
+async def quota_spent(sources: Sources, job: str, now: datetime) -> Blocker | None:
+    """An upstream quota the job calls is spent for this period (the runtime defers its runs)."""
+    block = await quota_exhausted(sources.db, sources.settings, job, now)
+    if block is None:
+        return None
+    return Blocker(
+        "quota_exhausted",
+        block.detail,
+        f"wait for the reset at {iso(block.until)}, or raise the {block.upstream} quota in PULSE_QUOTAS "
+        "if the provider allows more; see `pulse budgets`",
+        until=block.until,
+    )
+
+
+#: Checks that read their own facts, run after `BLOCKER_CHECKS`: one `async def (sources, job, now)`.
+EXTRA_CHECKS: list[ExtraCheck] = [quota_spent]
 
 
 async def read_facts(sources: Sources, job: str, now: datetime, *, ticker_grace_s: float = TICKER_GRACE_S) -> Facts:

@@ -182,6 +182,32 @@ async def test_an_empty_rate_limit_bucket_says_when_a_token_is_back(
     assert timedelta(seconds=50) < blocker.until - utcnow() <= timedelta(seconds=60)
 
 
+async def test_a_spent_upstream_quota_says_until_when(
+    make_settings: Callable[..., Settings], stack_for: Callable[[Settings], Stack]
+) -> None:
+    """The run that spends the last request of the day leaves the quota blocker, with its reset."""
+
+    async def spend(ctx: JobContext) -> None:
+        await ctx.acquire("polymarket_data")
+
+    jobs: dict[str, Any] = {name: {"enabled": False} for name in JOBS if name != JOB}
+    jobs[JOB] = {"schedule": "every 1h", "upstreams": ["polymarket_data"]}
+    settings = make_settings(
+        jobs=jobs, quotas={"polymarket_data": {"requests": 1, "period": "day", "resets_at": "00:00"}}
+    )
+    stack = stack_for(settings)
+    assert "quota_exhausted" not in await stack.kinds()
+    await stack.worker(spend)
+    await stack.status(await stack.tick(), "completed")
+
+    [blocker] = [b for b in (await stack.why()).blockers if b.kind == "quota_exhausted"]
+    assert "polymarket_data" in blocker.detail
+    assert blocker.until is not None
+    assert blocker.until > utcnow()
+    assert (blocker.until.hour, blocker.until.minute) == (0, 0)  # the next daily reset
+    assert "PULSE_QUOTAS" in blocker.action
+
+
 async def test_no_worker_bound_to_the_consumer_with_a_request_waiting(
     make_settings: Callable[..., Settings], stack_for: Callable[[Settings], Stack]
 ) -> None:
