@@ -20,15 +20,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: The five jobs of the system and the service that runs each.
+#: The jobs of the system and the service that runs each (market_refresh, a workflow
+#: requested by whale_sync, refreshes one market: the market_sync service runs it).
 JOB_SERVICE: dict[str, str] = {
     "market_sync": "market_sync",
     "whale_sync": "whale_sync",
     "stats": "stats",
     "cleanup": "janitor",
     "watchdog": "janitor",
+    "market_refresh": "market_sync",
 }
 JOBS: tuple[str, ...] = tuple(JOB_SERVICE)
+#: Jobs whose runs request other jobs: market_sync chains the hour's stats (its default
+#: `on_complete`), whale_sync requests a market_refresh per market with a new whale. The
+#: NATS grants (`shared/permissions.py`) let each service publish these jobs' requests.
+JOB_REQUESTS: dict[str, tuple[str, ...]] = {
+    "market_sync": ("stats",),
+    "whale_sync": ("market_refresh",),
+}
 SERVICES: tuple[str, ...] = ("ticker", "market_sync", "whale_sync", "stats", "janitor")
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]{0,32}$")
@@ -186,3 +195,6 @@ class Collections:
     #: read by the runtime at each claim and heartbeat (apart from `runs`, so that no
     #: write to a run record can ever drop one).
     CANCELS = "cancels"
+    #: market_refresh's merged result, one document per run (`_id` = run_id): the market's
+    #: prices and recent trades, and the change found by the check a minute later.
+    MARKET_REFRESHES = "market_refreshes"

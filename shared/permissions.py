@@ -20,7 +20,8 @@ What each role may do (subjects shown without a namespace):
                  `logs.<job>` (run log lines) for the jobs it reports on; subscribe
                  `control.cancel.<job>` and `signals.<job>`;
                  publish `delayed.<job>.*` and `jobs.<job>`, read and delete its holding
-                 messages (workflow wake-ups and resumes); write KV
+                 messages (workflow wake-ups and resumes); publish `jobs.<other>` for
+                 the jobs its jobs request (`JOB_REQUESTS`: chains); write KV
                  `ratelimit`; read KV `schedules`
     janitor      also reports on every job: its watchdog marks any job's dead runs
                  `timed_out`, which publishes that job's run event and alert; and it
@@ -45,7 +46,7 @@ from collections.abc import Iterable
 from typing import TypedDict
 
 from shared.bus import inbox_prefix_of
-from shared.names import JOB_SERVICE, JOBS, SERVICES, Names
+from shared.names import JOB_REQUESTS, JOB_SERVICE, JOBS, SERVICES, Names
 
 #: The `pulse` CLI's user: it triggers, cancels, replays and edits schedules.
 OPERATOR = "operator"
@@ -211,6 +212,7 @@ def service_permissions(names: Names, service: str) -> Permissions:
         reported = JOBS if service in _REPORTS_ON_EVERY_JOB else own
         for job in own:
             publish += _consume(names, job) + _resume(names, job)
+            publish += [names.job_subject(requested) for requested in JOB_REQUESTS.get(job, ())]
             subscribe += [names.cancel_subject(job), names.signal_subject(job)]
         for job in reported:
             publish += _reports(names, job)
