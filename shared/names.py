@@ -31,11 +31,10 @@ JOB_SERVICE: dict[str, str] = {
     "market_refresh": "market_sync",
 }
 JOBS: tuple[str, ...] = tuple(JOB_SERVICE)
-#: Jobs whose runs request other jobs: market_sync chains the hour's stats (its default
-#: `on_complete`), whale_sync requests a market_refresh per market with a new whale. The
-#: NATS grants (`shared/permissions.py`) let each service publish these jobs' requests.
+#: Jobs whose code requests other jobs (whale_sync: a market_refresh per market with a
+#: new whale trade). Follow-ups in a policy's `on_complete` are not listed here: the NATS
+#: grants (`shared/permissions.py`) add those of the default policies.
 JOB_REQUESTS: dict[str, tuple[str, ...]] = {
-    "market_sync": ("stats",),
     "whale_sync": ("market_refresh",),
 }
 SERVICES: tuple[str, ...] = ("ticker", "market_sync", "whale_sync", "stats", "janitor")

@@ -44,7 +44,7 @@ from .common import (
     print_json,
     run_async,
 )
-from .render import live_status, run_detail, run_json, runs_table, status_table
+from .render import chains_table, live_status, run_detail, run_json, runs_table, status_table
 from .workflows import steps_json, steps_table
 
 _ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
@@ -242,7 +242,7 @@ JobsOpt = Annotated[list[str] | None, typer.Option("--job", "-j", help="Only thi
 
 
 def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
-    """Per job: schedule and next fire, paused, last run, freshness, failures, queue.
+    """Per job: schedule and next fire, paused, last run, freshness, failures, queue; then the chains.
 
     Example: pulse status ;  pulse status --job whale_sync --json
     """
@@ -254,8 +254,11 @@ def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
             rows = await collect_status(conns.js, conns.db, settings, jobs)
         if as_json:
             print_json(status_json(rows))
-        else:
-            console.print(status_table(rows))
+            return
+        console.print(status_table(rows))
+        chains = chains_table(rows)
+        if chains is not None:
+            console.print(chains)
 
     run_async(_run)
 
