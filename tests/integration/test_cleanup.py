@@ -70,6 +70,12 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
             {"_id": "sleeping:a", "run_id": "sleeping", "ended_at": failed_limit - timedelta(days=90)},
         ]
     )
+    await db[Collections.MARKET_REFRESHES].insert_many(
+        [
+            {"_id": "market_refresh:chain:in", "written_at": failed_limit + MARGIN},
+            {"_id": "market_refresh:chain:out", "written_at": failed_limit - MARGIN},
+        ]
+    )
     beats: list[dict[str, Any] | None] = []
 
     async def checkpoint(progress: dict[str, Any] | None = None) -> None:
@@ -77,12 +83,21 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
 
     counts = await clean_up(db, retention=RETENTION, now=NOW, batch_size=2, checkpoint=checkpoint)
 
-    assert counts == {"runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "cancels": 1, "whale_trades": 1}
+    assert counts == {
+        "runs": 3,
+        "failed_runs": 2,
+        "orphan_cancels": 1,
+        "steps": 1,
+        "cancels": 1,
+        "whale_trades": 1,
+        "market_refreshes": 1,
+    }
     assert await ids(db, Collections.STEPS) == {"ended-in:a", "sleeping:a"}
     kept = {"completed-in", "failed-in", "timed-out-in", "running-old", "retrying-old", "queued-in"}
     assert await ids(db, Collections.RUNS) == kept
     assert await ids(db, Collections.CANCELS) == {"cancel-in"}
     assert await ids(db, Collections.WHALE_TRADES) == {"trade-in"}
+    assert await ids(db, Collections.MARKET_REFRESHES) == {"market_refresh:chain:in"}
     # Three expired ordinary runs in batches of two: a heartbeat after each batch.
     assert [b for b in beats if b and b["sweep"] == "runs" and "deleted" in b] == [
         {"sweep": "runs", "deleted": 2},
@@ -97,7 +112,15 @@ async def test_a_second_cleanup_finds_nothing(db: Database) -> None:
     second = await clean_up(db, retention=RETENTION, now=NOW, batch_size=10)
 
     assert first["runs"] == 1
-    assert second == {"runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "cancels": 0, "whale_trades": 0}
+    assert second == {
+        "runs": 0,
+        "failed_runs": 0,
+        "orphan_cancels": 0,
+        "steps": 0,
+        "cancels": 0,
+        "whale_trades": 0,
+        "market_refreshes": 0,
+    }
 
 
 @pytest.mark.slow
