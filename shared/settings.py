@@ -367,6 +367,9 @@ class Settings(BaseSettings):
     whale_overlap_s: float = Field(120.0, ge=0, description="re-read this much before the watermark")
     http_timeout_s: float = Field(10.0, gt=0, description="per-request timeout to the provider")
     http_attempts: int = Field(4, ge=1, le=20, description="quick in-attempt tries of a transient HTTP error")
+    whale_market_refresh: bool = Field(
+        True, description="whale_sync requests a market_refresh per market and hour of its whale trades"
+    )
     market_refresh_recheck_s: float = Field(
         60.0, gt=0, description="market_refresh sleeps this long (durably) before checking the market again"
     )

@@ -34,7 +34,9 @@ async def whale_sync(ctx: JobContext) -> dict[str, Any]:
         overlap_s=ctx.settings.whale_overlap_s,
         checkpoint=ctx.checkpoint,
         write_batch=ctx.settings.store_write_batch,
-        request_refreshes=lambda keys: request_market_refreshes(ctx, keys),
+        request_refreshes=(
+            (lambda keys: request_market_refreshes(ctx, keys)) if ctx.settings.whale_market_refresh else None
+        ),
     )
     return counts.as_summary()
 
