@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, timedelta
@@ -149,6 +150,37 @@ async def test_market_refresh_retries_only_the_failing_parallel_step(
     assert stored["recent_trades"]["trades"] >= 0
     assert stored["yes_change"] == pytest.approx(stored["quote_after"]["yes_price"] - stored["quote"]["yes_price"])
     assert doc["summary"]["yes_change"] == stored["yes_change"]
+
+
+async def test_market_refresh_whose_worker_is_killed_while_it_sleeps_is_finished_by_another(
+    sim_settings: Settings, js: JetStreamContext, db: Database, launch: Launch, simulator: RunningSimulator
+) -> None:
+    first = launch("market_sync")
+    refresh = request("market_refresh", args={"market": hex_id(SEED, "condition", 11)})
+    await publish_request(js, sim_settings.names, refresh)
+
+    async def _sleeping() -> dict[str, Any] | None:
+        doc = await db[Collections.RUNS].find_one({"_id": refresh.run_id})
+        return doc if doc is not None and doc["status"] == "sleeping" else None
+
+    await wait_value(_sleeping, timeout_s=60, what="the refresh to sleep")
+    first.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(first.wait, 10)
+    launch("market_sync")
+    doc = await completed_run(db, refresh.run_id, 60, "the refresh to be finished by the second process")
+    assert [a["outcome"] for a in doc["attempts"]][-1] == "succeeded"
+    steps = await read_steps(db, refresh.run_id)
+    assert [(s.name, s.tries) for s in steps] == [
+        ("market", 1),
+        ("prices", 1),
+        ("trades", 1),
+        ("write", 1),
+        ("settle", 0),
+        ("check", 1),
+        ("record", 1),
+    ]
+    served = (await sim_control(simulator, "/_sim/stats"))["requests"]
+    assert (served["markets"], served["trades"]) == (3, 1)  # nothing asked twice across the crash
 
 
 async def test_whale_sync_requests_one_market_refresh_per_market_and_hour(
