@@ -3,6 +3,7 @@
 - market_refresh (a workflow in the market_sync service) refreshes a market while the
   simulator fails every trades request: only the trades step is tried again, across
   attempts; the market and prices steps ran once (counted by the simulator's requests).
+- a market_refresh whose worker is killed while it sleeps is finished by another process.
 - whale_sync requests one market_refresh per market and hour of its whale trades, once.
 - stats is chained after the market sync of its hour, once, and `pulse status` shows it.
 """
