@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.names import JOBS
 
@@ -26,8 +26,16 @@ class NoArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-#: Every known job's args model (all of today's jobs take none).
-ARGS_MODELS: Mapping[str, type[BaseModel]] = dict.fromkeys(JOBS, NoArgs)
+class MarketRefreshArgs(BaseModel):
+    """market_refresh's argument: the market to refresh, by its condition id (as whale trades name it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    market: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="the market's condition id, 0x and 64 hex digits")
+
+
+#: Every known job's args model (NoArgs for the jobs that take none).
+ARGS_MODELS: Mapping[str, type[BaseModel]] = {**dict.fromkeys(JOBS, NoArgs), "market_refresh": MarketRefreshArgs}
 
 
 def args_model(job: str) -> type[BaseModel]:

@@ -20,15 +20,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: The five jobs of the system and the service that runs each.
+#: The jobs of the system and the service that runs each (market_refresh, a workflow
+#: requested by whale_sync, refreshes one market: the market_sync service runs it).
 JOB_SERVICE: dict[str, str] = {
     "market_sync": "market_sync",
     "whale_sync": "whale_sync",
     "stats": "stats",
     "cleanup": "janitor",
     "watchdog": "janitor",
+    "market_refresh": "market_sync",
 }
 JOBS: tuple[str, ...] = tuple(JOB_SERVICE)
+#: Jobs whose code requests other jobs (whale_sync: a market_refresh per market with a
+#: new whale trade). Follow-ups in a policy's `on_complete` are not listed here: the NATS
+#: grants (`shared/permissions.py`) add those of the default policies.
+JOB_REQUESTS: dict[str, tuple[str, ...]] = {
+    "whale_sync": ("market_refresh",),
+}
 SERVICES: tuple[str, ...] = ("ticker", "market_sync", "whale_sync", "stats", "janitor")
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]{0,32}$")
@@ -193,3 +201,6 @@ class Collections:
     #: Upstream request budgets: one document per upstream and quota period,
     #: `<upstream>:<period start ISO-8601 UTC>`, whose `spent` is reserved by a conditional `$inc`.
     BUDGETS = "budgets"
+    #: market_refresh's merged result, one document per run (`_id` = run_id): the market's
+    #: prices and recent trades, and the change found by the check a minute later.
+    MARKET_REFRESHES = "market_refreshes"

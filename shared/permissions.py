@@ -20,7 +20,9 @@ What each role may do (subjects shown without a namespace):
                  `logs.<job>` (run log lines) for the jobs it reports on; subscribe
                  `control.cancel.<job>` and `signals.<job>`;
                  publish `delayed.<job>.*` and `jobs.<job>`, read and delete its holding
-                 messages (workflow wake-ups and resumes); write KV
+                 messages (workflow wake-ups and resumes); publish `jobs.<other>` for
+                 the jobs its jobs request (`requested_jobs`: `JOB_REQUESTS` and the
+                 default `on_complete` follow-ups); write KV
                  `ratelimit`; read KV `schedules`
     janitor      also reports on every job: its watchdog marks any job's dead runs
                  `timed_out`, which publishes that job's run event and alert; and it
@@ -45,7 +47,9 @@ from collections.abc import Iterable
 from typing import TypedDict
 
 from shared.bus import inbox_prefix_of
-from shared.names import JOB_SERVICE, JOBS, SERVICES, Names
+from shared.chains import parse_follow_up
+from shared.names import JOB_REQUESTS, JOB_SERVICE, JOBS, SERVICES, Names
+from shared.settings import JobPolicies
 
 #: The `pulse` CLI's user: it triggers, cancels, replays and edits schedules.
 OPERATOR = "operator"
@@ -80,6 +84,12 @@ class Permissions(TypedDict):
 def jobs_of(service: str) -> tuple[str, ...]:
     """The jobs `service` consumes (`JOB_SERVICE`), in `JOBS` order; empty for the ticker."""
     return tuple(job for job in JOBS if JOB_SERVICE[job] == service)
+
+
+def requested_jobs(job: str) -> tuple[str, ...]:
+    """The jobs whose requests a run of `job` publishes: its code's (`JOB_REQUESTS`) and its default follow-ups."""
+    follow_ups = tuple(parse_follow_up(text).job for text in JobPolicies().for_job(job).on_complete)
+    return tuple(dict.fromkeys(JOB_REQUESTS.get(job, ()) + follow_ups))
 
 
 def password_variable(user: str) -> str:
@@ -211,6 +221,7 @@ def service_permissions(names: Names, service: str) -> Permissions:
         reported = JOBS if service in _REPORTS_ON_EVERY_JOB else own
         for job in own:
             publish += _consume(names, job) + _resume(names, job)
+            publish += [names.job_subject(requested) for requested in requested_jobs(job)]
             subscribe += [names.cancel_subject(job), names.signal_subject(job)]
         for job in reported:
             publish += _reports(names, job)

@@ -115,15 +115,21 @@ class JobPolicy(BaseModel):
         ),
     )
     on_complete: tuple[str, ...] = Field(
-        (), description="jobs requested (trigger chain, exactly once) when a run of this job completes"
+        (),
+        description=(
+            "jobs requested (trigger chain, exactly once) when a run of this job completes: "
+            "'stats' after every completed run, 'stats@hour' once per hour of the runs' slots"
+        ),
     )
 
     @field_validator("on_complete")
     @classmethod
     def _follow_ups_are_jobs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from shared.names import check_job_name
+        from shared.chains import parse_follow_up  # the one grammar of follow-ups
 
-        return tuple(check_job_name(job) for job in value)
+        for text in value:
+            parse_follow_up(text)
+        return value
 
     @field_validator("schedule")
     @classmethod
@@ -161,6 +167,9 @@ _DEFAULT_POLICIES: dict[str, JobPolicy] = {
         stale_after_s=15 * 60,
         freshness_target_s=10 * 60,
         upstreams=("polymarket_gamma",),
+        # The hour's stats snapshot follows the first market sync of the hour that
+        # completes, so it never reads a half-synced catalogue (docs/workflows.md).
+        on_complete=("stats@hour",),
     ),
     "whale_sync": JobPolicy(
         schedule="every 1m",
@@ -171,11 +180,27 @@ _DEFAULT_POLICIES: dict[str, JobPolicy] = {
         upstreams=("polymarket_data",),
     ),
     "stats": JobPolicy(
+        # Not requested by the ticker: market_sync's `on_complete` chains it once per hour.
+        # The schedule stays what `pulse schedule` shows and what re-enabling it would fire.
         schedule="hourly at :00",
+        enabled=False,
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=1, base=2),
         timeout_s=120,
         stale_after_s=2 * 3600 + 600,
         freshness_target_s=2 * 3600,
+    ),
+    "market_refresh": JobPolicy(
+        # Requested by whale_sync (one per market that received a whale trade, per hour),
+        # never by the ticker; the schedule is only a placeholder the field requires.
+        schedule="hourly at :00",
+        enabled=False,
+        retry=RetryPolicy(max_attempts=4, initial_backoff_s=1, base=2),
+        timeout_s=60,
+        overlap="parallel",
+        concurrency=8,
+        # Quiet markets request none for hours: alert only after a day without one.
+        stale_after_s=24 * 3600,
+        upstreams=("polymarket_gamma", "polymarket_data"),
     ),
     "cleanup": JobPolicy(
         schedule="daily at 02:00",
@@ -217,6 +242,7 @@ class JobPolicies(BaseModel):
     stats: JobPolicy = _DEFAULT_POLICIES["stats"]
     cleanup: JobPolicy = _DEFAULT_POLICIES["cleanup"]
     watchdog: JobPolicy = _DEFAULT_POLICIES["watchdog"]
+    market_refresh: JobPolicy = _DEFAULT_POLICIES["market_refresh"]
 
     @model_validator(mode="before")
     @classmethod
@@ -415,6 +441,12 @@ class Settings(BaseSettings):
     whale_overlap_s: float = Field(120.0, ge=0, description="re-read this much before the watermark")
     http_timeout_s: float = Field(10.0, gt=0, description="per-request timeout to the provider")
     http_attempts: int = Field(4, ge=1, le=20, description="quick in-attempt tries of a transient HTTP error")
+    whale_market_refresh: bool = Field(
+        True, description="whale_sync requests a market_refresh per market and hour of its whale trades"
+    )
+    market_refresh_recheck_s: float = Field(
+        60.0, gt=0, description="market_refresh sleeps this long (durably) before checking the market again"
+    )
 
     # -- retention -------------------------------------------------------------
     runs_retention_days: float = Field(2, gt=0, description="keep finished run records this long")

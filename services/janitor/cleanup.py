@@ -126,6 +126,13 @@ def sweeps(retention: Retention, now: datetime) -> list[Sweep]:
             Collections.WHALE_TRADES,
             {"traded_at": {"$lt": now - retention.whale_trades}},
         ),
+        # market_refresh's merged results (one per run) go with the longest run retention,
+        # like the run's step journal.
+        Sweep(
+            "market_refreshes",
+            Collections.MARKET_REFRESHES,
+            {"written_at": {"$lt": now - retention.failed_runs}},
+        ),
     ]
 
 

@@ -9,7 +9,7 @@ stored: a crash in between re-reads the window, which is harmless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +46,7 @@ class WhaleSyncCounts:
     invalid: int = 0
     below_threshold: int = 0
     markets_updated: int = 0
+    refreshes_requested: int = 0
 
     def as_summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +105,20 @@ def latest_per_market(trades: list[WhaleTradeDoc]) -> dict[str, WhaleTradeDoc]:
         if current is None or trade.traded_at > current.traded_at:
             latest[trade.market] = trade
     return latest
+
+
+#: Requests a market_refresh for each (market, hour of its whale trade); returns how many it asked for.
+RequestRefreshes = Callable[[list[tuple[str, datetime]]], Awaitable[int]]
+
+
+def refresh_keys(trades: list[WhaleTradeDoc]) -> list[tuple[str, datetime]]:
+    """Each (market, UTC hour of a whale trade in it) once, sorted: one market_refresh each.
+
+    Keyed by the trade's hour, not the run's, so re-reading a trade in the overlap window
+    asks for the same refresh again (and is dropped as a duplicate).
+    """
+    hours = {(trade.market, trade.traded_at.replace(minute=0, second=0, microsecond=0)) for trade in trades}
+    return sorted(hours)
 
 
 async def read_watermark(db: Database) -> datetime | None:
@@ -171,6 +186,7 @@ async def sync_whales(
     checkpoint: Checkpoint,
     now: Callable[[], datetime] = utcnow,
     write_batch: int = WRITE_BATCH,
+    request_refreshes: RequestRefreshes | None = None,
 ) -> WhaleSyncCounts:
     """Fetch recent large trades, store each once, and update the markets' whale activity.
 
@@ -182,6 +198,9 @@ async def sync_whales(
         checkpoint: the runtime's heartbeat (raises RunCanceled to stop the run).
         now: clock (tests pass a fixed one).
         write_batch: most documents per bulk write (`PULSE_STORE_WRITE_BATCH`).
+        request_refreshes: asks for a market_refresh per market and hour of the kept
+            trades, after they are stored and before the watermark moves (a crash in
+            between asks again, and the repeat is dropped as a duplicate).
 
     Raises:
         ProviderUnavailable, ProviderRejected, ProviderDataError: from the provider.
@@ -201,6 +220,8 @@ async def sync_whales(
     counts.new = await store_trades(db, batch.keep, write_batch=write_batch)
     counts.duplicate = len(batch.keep) - counts.new + batch.repeated
     counts.markets_updated = await note_on_markets(db, provider.name, batch.keep, write_batch=write_batch)
+    if request_refreshes is not None and batch.keep:
+        counts.refreshes_requested = await request_refreshes(refresh_keys(batch.keep))
     if batch.newest is not None:
         await advance_watermark(db, batch.newest, watermark, started)
     log.info(

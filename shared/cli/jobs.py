@@ -46,7 +46,7 @@ from .common import (
     print_json,
     run_async,
 )
-from .render import live_status, run_detail, run_json, runs_table, status_table
+from .render import chains_table, live_status, run_detail, run_json, runs_table, status_table
 from .workflows import steps_json, steps_table
 
 _ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
@@ -247,7 +247,7 @@ JobsOpt = Annotated[list[str] | None, typer.Option("--job", "-j", help="Only thi
 
 def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
     """Per job: schedule and next fire, paused, last run, freshness and its target, failures, queue;
-    then each upstream quota's spend (as `pulse budgets`), when PULSE_QUOTAS sets any.
+    then each upstream quota's spend (as `pulse budgets`), when PULSE_QUOTAS sets any, and the chains.
 
     Example: pulse status ;  pulse status --job whale_sync --json
     """
@@ -260,10 +260,13 @@ def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
             budgets = await read_budgets(conns.db, settings)
         if as_json:
             print_json(status_json(rows))
-        else:
-            console.print(status_table(rows))
-            if budgets:
-                console.print(budgets_table(budgets))
+            return
+        console.print(status_table(rows))
+        if budgets:
+            console.print(budgets_table(budgets))
+        chains = chains_table(rows)
+        if chains is not None:
+            console.print(chains)
 
     run_async(_run)
 

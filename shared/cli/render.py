@@ -91,6 +91,8 @@ def _count(value: int | None) -> Text:
 
 
 def _schedule_cell(row: JobStatus, now: datetime) -> Text:
+    if not row.enabled and row.chained_after:  # not scheduled: another job's runs request it
+        return Text("after " + "; ".join(row.chained_after), style="cyan")
     text = Text(row.schedule + ("*" if row.schedule_source == "override" else ""))
     if not row.enabled:
         text.append("  disabled", style="dim")
@@ -139,6 +141,28 @@ def status_table(rows: list[JobStatus], *, title: str | None = None) -> Table:
         if any(r.schedule_source == "override" for r in rows)
         else None
     )
+    return table
+
+
+def chains_table(rows: list[JobStatus]) -> Table | None:
+    """Which job follows which, and the last run each chain requested (None: no chains among `rows`)."""
+    chained = [row for row in rows if row.chained_after]
+    if not chained:
+        return None
+    now = datetime.now(UTC)
+    table = Table(title="chains", title_justify="left", header_style="bold")
+    for column in ("job", "after", "last chained run"):
+        table.add_column(column, overflow="fold")
+    for row in chained:
+        last = Text()
+        if row.last_chained_run_id is None:
+            last.append("none yet", style="dim")
+        else:
+            last.append_text(styled_status(row.last_chained_status))
+            last.append(f" {ago(row.last_chained_at, now)}  {row.last_chained_run_id}", style="dim")
+            if row.last_chained_by:
+                last.append(f"  after {row.last_chained_by}", style="dim")
+        table.add_row(row.job, "\n".join(row.chained_after), last)
     return table
 
 

@@ -78,6 +78,20 @@ class Provider(Protocol):
         """
         ...
 
+    async def fetch_market(
+        self, *, condition_id: str | None = None, market_id: str | None = None
+    ) -> MarketParse | None:
+        """One market, by its condition id or by the provider's market id (exactly one of them).
+
+        Returns None when the provider lists no such market; a `RecordError` when its
+        record is invalid. Raises as `iter_market_pages` does.
+        """
+        ...
+
+    async def fetch_market_trades(self, condition_id: str, *, limit: int) -> list[TradeParse]:
+        """The most recent trades (at most `limit`) of the market with `condition_id`, newest first."""
+        ...
+
     async def fetch_trades(self, *, since: datetime, min_notional: float) -> list[TradeParse]:
         """Return trades at or after `since` whose notional the provider says is at least `min_notional`.
 

@@ -415,6 +415,31 @@ class PolymarketProvider:
             cursor = next_cursor
         raise ProviderDataError(f"the markets listing did not end within {MAX_MARKET_PAGES} pages")
 
+    async def fetch_market(
+        self, *, condition_id: str | None = None, market_id: str | None = None
+    ) -> MarketParse | None:
+        """One market, by its condition id or its Gamma id (exactly one); None when the provider has none."""
+        if (condition_id is None) == (market_id is None):
+            raise ValueError("fetch_market takes exactly one of condition_id and market_id")
+        url = f"{self._settings.polymarket_gamma_url}/markets/keyset"
+        params: dict[str, str | int] = {"limit": 1}
+        if condition_id is not None:
+            params["condition_ids"] = condition_id
+        else:
+            params["id"] = str(market_id)
+        records, _ = split_market_page(await self._get(url, params, GAMMA_BUCKET))
+        return parse_market(records[0]) if records else None
+
+    async def fetch_market_trades(self, condition_id: str, *, limit: int) -> list[TradeParse]:
+        """The market's most recent taker trades (at most `limit`, one page), newest first."""
+        url = f"{self._settings.polymarket_data_url}/trades"
+        params: dict[str, str | int] = {"market": condition_id, "limit": limit, "takerOnly": "true"}
+        body = await self._get(url, params, DATA_BUCKET)
+        if not isinstance(body, list):
+            raise ProviderDataError("the trades endpoint answered with something other than a list")
+        now = utcnow()
+        return [parse_trade(raw, now) for raw in body]
+
     async def fetch_trades(self, *, since: datetime, min_notional: float) -> list[TradeParse]:
         """Large taker trades at or after `since`, newest first, across as many pages as needed."""
         url = f"{self._settings.polymarket_data_url}/trades"

@@ -1,6 +1,7 @@
 """A local stand-in for Polymarket's Gamma and Data APIs, with injectable faults.
 
-It serves the same shapes as the real endpoints (`GET /markets/keyset`, `GET /trades`)
+It serves the same shapes as the real endpoints (`GET /markets/keyset`, also filtered to
+one market by `id=` or `condition_ids=`, and `GET /trades`, also by `market=`)
 for a catalogue of up to 200,000 markets. Nothing is built up front: market `i` and
 trade `j` are computed from the seed and their index on each request, so memory stays
 flat whatever the catalogue size.
@@ -55,6 +56,8 @@ ENDPOINTS = ("markets", "trades")
 FAULT_KINDS = ("5xx", "429", "slow", "malformed", "bad_records")
 MAX_MARKETS = 200_000
 MAX_PAGE = 1000
+#: How many of the newest trades a `market=` query of /trades looks through.
+MARKET_SCAN = 5_000
 FIRST_MARKET_ID = 500_000
 
 #: Kinds of bad record. Records of INVALID_KINDS must be refused by a correct parser; the
@@ -185,6 +188,7 @@ class Simulator:
         self._started = clock()
         self._offset_s = 0.0
         self._rng = random.Random(config.seed)
+        self._condition_index: dict[str, int] = {}
         self.requests: Counter[str] = Counter()
         self.faults_served: Counter[str] = Counter()
 
@@ -262,6 +266,15 @@ class Simulator:
         records = [self.market(index, epoch) for index in range(offset, end)]
         return records, (end if end < self.markets else None)
 
+    def market_index(self, *, market_id: str | None = None, condition_id: str | None = None) -> int | None:
+        """The index of the market with this Gamma id or condition id, None when the catalogue has none."""
+        if market_id is not None:
+            index = int(market_id) - FIRST_MARKET_ID if market_id.isdigit() else -1
+            return index if 0 <= index < self.markets else None
+        if len(self._condition_index) != self.markets:  # built once per catalogue size
+            self._condition_index = {hex_id(self.config.seed, "condition", i): i for i in range(self.markets)}
+        return self._condition_index.get(condition_id or "")
+
     # -- trades -------------------------------------------------------------------------
     def _first_trade_ts(self) -> float:
         return self._started - self.config.trade_backlog * self.config.trades_every_s
@@ -298,12 +311,21 @@ class Simulator:
         kind = record_kind(seed, "trades", index, self.faults.get("trades", {}).get("bad_records", 0.0))
         return spoil_trade(record, kind) if kind else record
 
-    def trades_page(self, offset: int, limit: int, min_cash: float | None) -> list[dict[str, Any]]:
-        """Newest first; the CASH filter counts 1 % fees in, so a few trades just under it pass."""
+    def trades_page(
+        self, offset: int, limit: int, min_cash: float | None, market: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; the CASH filter counts 1 % fees in, so a few trades just under it pass.
+
+        `market` (a condition id) keeps that market's trades among the newest `MARKET_SCAN` trades.
+        """
         found: list[dict[str, Any]] = []
         skipped = 0
-        for index in range(self.latest_trade_index(), -1, -1):
+        newest = self.latest_trade_index()
+        oldest = max(-1, newest - MARKET_SCAN) if market is not None else -1
+        for index in range(newest, oldest, -1):
             record = self.trade(index)
+            if market is not None and record.get("conditionId") != market:
+                continue
             if min_cash is not None:
                 size, price = record.get("size"), record.get("price")
                 if isinstance(size, int | float) and isinstance(price, int | float) and size * price * 1.01 < min_cash:
@@ -366,6 +388,9 @@ class Simulator:
         if "offset" in query:
             return 422, {"type": "validation error", "error": "offset is not supported, use after_cursor"}, {}
         limit = _int_param(query, "limit", 100, 1, MAX_PAGE)
+        if "id" in query or "condition_ids" in query:  # one market (our client asks for one at a time)
+            index = self.market_index(market_id=query.get("id"), condition_id=query.get("condition_ids"))
+            return 200, {"markets": [] if index is None else [self.market(index)]}, {}
         # Like the real API, `cursor=` is ignored (page 1 again): only `after_cursor` pages.
         offset = _decode_cursor(query["after_cursor"]) if "after_cursor" in query else 0
         records, next_offset = self.market_page(offset, limit)
@@ -384,7 +409,7 @@ class Simulator:
             min_cash = float(query["filterAmount"])
             if not math.isfinite(min_cash) or min_cash < 0:
                 raise ValueError("filterAmount must be a number >= 0")
-        return 200, self.trades_page(offset, limit, min_cash), {}
+        return 200, self.trades_page(offset, limit, min_cash, query.get("market")), {}
 
     def _control(self, method: str, path: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
         data = json.loads(body) if body else {}

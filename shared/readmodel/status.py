@@ -15,7 +15,8 @@ from typing import Any
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from shared.names import JOBS, Collections
+from shared.chains import configured_chains
+from shared.names import JOB_REQUESTS, JOBS, Collections
 from shared.overrides import resolve
 from shared.readmodel.schedules import read_override
 from shared.readmodel.timetext import as_utc, iso
@@ -62,6 +63,14 @@ class JobStatus:
     in_flight: int | None = None
     running_records: int = 0
     alerts: list[str] = field(default_factory=list)
+    #: Chains: the jobs whose runs request this one ("market_sync, once per hour"), the
+    #: jobs this one requests, and the newest run of this job that a chain requested.
+    chained_after: list[str] = field(default_factory=list)
+    chains_to: list[str] = field(default_factory=list)
+    last_chained_run_id: str | None = None
+    last_chained_status: str | None = None
+    last_chained_by: str | None = None  # the run that requested it (`requested_by` without `chain:`)
+    last_chained_at: datetime | None = None  # when it started (or was requested, if not started yet)
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,37 @@ async def collect_job_status(
         status.alerts.append(status.freshness.replace("_", " "))
     if status.consecutive_failures >= policy.alert_after_failures:
         status.alerts.append(f"{status.consecutive_failures} failures in a row")
+    await _add_chains(db, settings, status)
     return status
+
+
+def _chain_links(settings: Settings) -> list[tuple[str, str, str]]:
+    """(job, follow-up, how often) of every chain: `on_complete` in settings, then `JOB_REQUESTS`."""
+    links = [
+        (chain.after, chain.follow_up.job, "once per hour" if chain.follow_up.per == "hour" else "after each run")
+        for chain in configured_chains(settings)
+    ]
+    links += [(after, then, "on request") for after, requested in JOB_REQUESTS.items() for then in requested]
+    return links
+
+
+async def _add_chains(db: Database, settings: Settings, status: JobStatus) -> None:
+    """Which job follows which, around `status.job`, and its last chained run (one indexed read)."""
+    links = _chain_links(settings)
+    status.chained_after = [f"{after}, {how}" for after, then, how in links if then == status.job]
+    status.chains_to = [f"{then}, {how}" for after, then, how in links if after == status.job]
+    if not status.chained_after:
+        return
+    last = await db[Collections.RUNS].find_one(
+        {"job": status.job, "trigger": "chain"},
+        {"status": 1, "requested_by": 1, "started_at": 1, "requested_at": 1},
+        sort=[("started_at", -1)],
+    )
+    if last is not None:
+        status.last_chained_run_id = str(last["_id"])
+        status.last_chained_status = last.get("status")
+        status.last_chained_by = str(last.get("requested_by") or "").removeprefix("chain:") or None
+        status.last_chained_at = as_utc(last.get("started_at") or last.get("requested_at"))
 
 
 async def collect_status(

@@ -307,6 +307,8 @@ class Sources:
 
 
 ExtraCheck = Callable[[Sources, str, datetime], Awaitable[Blocker | None]]
+
+
 async def quota_spent(sources: Sources, job: str, now: datetime) -> Blocker | None:
     """An upstream quota the job calls is spent for this period (the runtime defers its runs)."""
     block = await quota_exhausted(sources.db, sources.settings, job, now)

@@ -44,6 +44,8 @@ async def test_overview_lists_every_job(client: httpx.AsyncClient) -> None:
     html = (await client.get("/")).text
     for job in JOBS:
         assert f'data-job="{job}"' in html
+    assert "after market_sync, once per hour" in html  # stats is chained, not scheduled
+    assert "after whale_sync, on request" in html
 
 
 async def test_unknown_pages_and_runs_are_404(client: httpx.AsyncClient) -> None:

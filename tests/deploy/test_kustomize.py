@@ -76,10 +76,13 @@ def test_only_known_custom_resources_are_left_unvalidated(overlay: str) -> None:
 
 
 def scaled_jobs(prod: Rendered) -> dict[str, Obj]:
+    """Each ScaledObject by the main job of the service it scales (the first job `JOB_SERVICE` gives
+    the service: market_sync also runs market_refresh, whose queue does not scale it)."""
+    main_job = {service: job for job, service in reversed(JOB_SERVICE.items())}
     return {
-        job: scaled
+        main_job[service]: scaled
         for scaled in prod.of_kind("ScaledObject")
-        for job, service in JOB_SERVICE.items()
+        for service in main_job
         if scaled["spec"]["scaleTargetRef"]["name"] == k8s_name(service)
     }
 

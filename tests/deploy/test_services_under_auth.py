@@ -32,6 +32,7 @@ from shared.localstack import free_port
 from shared.names import JOBS, Collections, Names
 from shared.permissions import OPERATOR, jobs_of
 from shared.providers.simprocess import RunningSimulator, simulator_process
+from shared.providers.simulator import hex_id
 from shared.requests import publish_request
 from shared.schemas import JobRequest, Trigger, new_run_id, utcnow
 from shared.settings import Settings
@@ -80,6 +81,7 @@ def service_env(settings: Settings, server: AuthServer, user: str, port: int) ->
     env |= {"PULSE_NATS_USER": user, "PULSE_NATS_PASSWORD": server.passwords[user], "PULSE_HTTP_PORT": str(port)}
     # Nothing runs on a timetable here: runs are started by hand (the ticker test enables them).
     env |= {f"PULSE_JOBS__{job.upper()}__ENABLED": "false" for job in JOBS}
+    env |= {"PULSE_MARKET_REFRESH_RECHECK_S": "1"}  # market_refresh's durable sleep, kept short
     return env
 
 
@@ -129,6 +131,10 @@ async def wait_ready(process: subprocess.Popen[bytes], log: Path, port: int) -> 
         await wait_for(ready, timeout_s=60, interval_s=0.2, what=f"/readyz of {log.stem}")
 
 
+#: Arguments of the jobs that take some: market_refresh refreshes the simulator's first market.
+JOB_ARGS: dict[str, dict[str, Any]] = {"market_refresh": {"market": hex_id(1, "condition", 0)}}
+
+
 async def run_by_hand(settings: Settings, server: AuthServer, jobs: tuple[str, ...], until: set[str]) -> dict[str, str]:
     """As the operator, request `jobs` manually; return the last run status per job seen in EVENTS."""
     operator = await connect_operator(settings, server)
@@ -144,7 +150,8 @@ async def run_by_hand(settings: Settings, server: AuthServer, jobs: tuple[str, .
         for job in jobs:
             now = utcnow()
             request = JobRequest(run_id=new_run_id(job, Trigger.MANUAL), job=job, trigger=Trigger.MANUAL,
-                                 scheduled_for=now, requested_at=now, requested_by="tests")  # fmt: skip
+                                 scheduled_for=now, requested_at=now, requested_by="tests",
+                                 args=JOB_ARGS.get(job, {}))  # fmt: skip
             await publish_request(js, NAMES, request)
 
         async def all_finished() -> bool:

@@ -19,7 +19,7 @@ Spawn = Callable[..., subprocess.Popen[bytes]]
 
 @pytest.fixture
 def spawn(settings: Settings, tmp_path: Path) -> Iterator[Spawn]:
-    """Factory of worker processes (python -m tests.e2e.workers.<module>), killed at the end."""
+    """Factory of processes (python -m tests.e2e.workers.<module>, or a real `services.<name>`), killed at the end."""
     processes: list[subprocess.Popen[bytes]] = []
 
     def _spawn(
@@ -28,7 +28,7 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Spawn]:
         full_env = {**os.environ, **settings_env(worker_settings or settings), **(env or {})}
         log = (tmp_path / f"{module}-{len(processes)}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", f"tests.e2e.workers.{module}", *args],
+            [sys.executable, "-m", module if module.startswith("services.") else f"tests.e2e.workers.{module}", *args],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.PIPE,

@@ -83,11 +83,16 @@ def _stop(process: subprocess.Popen[bytes] | None, sig: int) -> None:
 
 def job_env(schedules: Mapping[str, str], **policy: object) -> dict[str, str]:
     """PULSE_JOBS__* for a run: only `schedules`' jobs enabled (with those schedules), and
-    `policy` (e.g. alert_after_failures=1, retry__max_attempts=3) applied to each of them."""
-    env: dict[str, str] = {}
+    `policy` (e.g. alert_after_failures=1, retry__max_attempts=3) applied to each of them.
+
+    Chains are off (no `on_complete` follow-ups, no market refreshes from whale_sync): they
+    would request jobs no scenario serves, and those requests would stay in JOBS.
+    """
+    env: dict[str, str] = {"PULSE_WHALE_MARKET_REFRESH": "false"}
     for job in JOBS:
         prefix = f"PULSE_JOBS__{job.upper()}__"
         env[prefix + "ENABLED"] = "true" if job in schedules else "false"
+        env[prefix + "ON_COMPLETE"] = "[]"
         if job in schedules:
             env[prefix + "SCHEDULE"] = schedules[job]
             for key, value in policy.items():

@@ -77,6 +77,12 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
             {"_id": "slot-out", "job": "market_sync", "state": "requested", "slot": runs_limit - MARGIN},
         ]
     )
+    await db[Collections.MARKET_REFRESHES].insert_many(
+        [
+            {"_id": "market_refresh:chain:in", "written_at": failed_limit + MARGIN},
+            {"_id": "market_refresh:chain:out", "written_at": failed_limit - MARGIN},
+        ]
+    )
     beats: list[dict[str, Any] | None] = []
 
     async def checkpoint(progress: dict[str, Any] | None = None) -> None:
@@ -86,7 +92,7 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
 
     assert counts == {
         "runs": 3, "failed_runs": 2, "orphan_cancels": 1, "steps": 1, "cancels": 1, "slots": 1, "budgets": 0,
-        "whale_trades": 1,
+        "whale_trades": 1, "market_refreshes": 1,
     }  # fmt: skip
     assert await ids(db, Collections.SLOTS) == {"slot-in"}
     assert await ids(db, Collections.STEPS) == {"ended-in:a", "sleeping:a"}
@@ -94,6 +100,7 @@ async def test_documents_just_inside_each_retention_are_kept_and_just_outside_de
     assert await ids(db, Collections.RUNS) == kept
     assert await ids(db, Collections.CANCELS) == {"cancel-in"}
     assert await ids(db, Collections.WHALE_TRADES) == {"trade-in"}
+    assert await ids(db, Collections.MARKET_REFRESHES) == {"market_refresh:chain:in"}
     # Three expired ordinary runs in batches of two: a heartbeat after each batch.
     assert [b for b in beats if b and b["sweep"] == "runs" and "deleted" in b] == [
         {"sweep": "runs", "deleted": 2},
@@ -110,7 +117,7 @@ async def test_a_second_cleanup_finds_nothing(db: Database) -> None:
     assert first["runs"] == 1
     assert second == {
         "runs": 0, "failed_runs": 0, "orphan_cancels": 0, "steps": 0, "cancels": 0, "slots": 0, "budgets": 0,
-        "whale_trades": 0,
+        "whale_trades": 0, "market_refreshes": 0,
     }  # fmt: skip
 
 

@@ -227,7 +227,7 @@ def test_status_reports_schedule_freshness_failures_and_queue(settings: Settings
     invoke(settings, "trigger", "stats")
 
     rows = {row["job"]: row for row in stdout_json(invoke(settings, "status", "--json"))}
-    assert set(rows) == {"market_sync", "whale_sync", "stats", "cleanup", "watchdog"}
+    assert set(rows) == {"market_sync", "whale_sync", "stats", "cleanup", "watchdog", "market_refresh"}
     stats = rows["stats"]
     assert stats["last_run_id"] == "stats:manual:c"
     assert stats["last_status"] == "timed_out"
@@ -236,7 +236,9 @@ def test_status_reports_schedule_freshness_failures_and_queue(settings: Settings
     assert stats["waiting"] == 1
     assert stats["in_flight"] == 0
     assert stats["schedule"] == "hourly at :00"
-    assert datetime.fromisoformat(stats["next_fire"]).minute == 0
+    assert stats["next_fire"] is None  # not scheduled: chained after market_sync
+    assert stats["chained_after"] == ["market_sync, once per hour"]
+    assert datetime.fromisoformat(rows["cleanup"]["next_fire"]).hour == 2
     assert rows["whale_sync"]["fresh"] is False
     assert "stale" in rows["whale_sync"]["alerts"]
     market = rows["market_sync"]
@@ -306,7 +308,7 @@ def test_watch_once_renders_the_status_view(settings: Settings) -> None:
     result = invoke(settings, "watch", "--once", "--job", "stats")
     assert result.exit_code == 0, result.output
     assert "stats" in result.stdout
-    assert "market_sync" not in result.stdout
+    assert "whale_sync" not in result.stdout
 
 
 def test_watch_shows_run_events_as_they_arrive(settings: Settings) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
 
+from shared.providers.base import NoLimit
+from shared.providers.polymarket import PolymarketProvider
 from shared.providers.simprocess import simulator_process
-from shared.providers.simulator import SimConfig, Simulator, parse_fault
+from shared.providers.simulator import FIRST_MARKET_ID, SimConfig, Simulator, hex_id, parse_fault
+from shared.schemas import MarketDoc, WhaleTradeDoc
 
 
 def test_keyset_listing_serves_the_catalogue_once_and_ignores_the_wrong_cursor_parameter() -> None:
@@ -88,3 +93,26 @@ def test_records_are_deterministic_per_seed_and_index() -> None:
     )
     assert [one.market(i) for i in range(5)] == [two.market(i) for i in range(5)]
     assert one.market(0) != Simulator(SimConfig(markets=5, seed=10, frozen=True)).market(0)
+
+
+async def test_the_provider_reads_one_market_by_either_id_and_its_recent_trades(make_settings: Any) -> None:
+    """market_refresh's lookups: Gamma filtered by id or condition id, the Data API by market."""
+    with simulator_process(markets=300, seed=5) as sim:
+        settings = make_settings(polymarket_gamma_url=sim.url, polymarket_data_url=sim.url)
+        async with httpx.AsyncClient() as http:
+            provider = PolymarketProvider(settings, http, NoLimit())
+            by_condition = await provider.fetch_market(condition_id=hex_id(5, "condition", 42))
+            assert isinstance(by_condition, MarketDoc)
+            by_id = await provider.fetch_market(market_id=by_condition.market_id)
+            assert isinstance(by_id, MarketDoc)
+            assert by_id.id == by_condition.id == f"polymarket:{FIRST_MARKET_ID + 42}"
+            assert await provider.fetch_market(condition_id="0x" + "0" * 64) is None
+            assert await provider.fetch_market(market_id=str(FIRST_MARKET_ID + 300)) is None
+            with pytest.raises(ValueError, match="exactly one"):
+                await provider.fetch_market()
+            busiest = Counter(t["conditionId"] for t in httpx.get(f"{sim.url}/trades", params={"limit": 10_000}).json())
+            market, expected = busiest.most_common(1)[0]
+            trades = await provider.fetch_market_trades(market, limit=100)
+    assert len(trades) == expected
+    assert all(isinstance(t, WhaleTradeDoc) and t.market == market for t in trades)
+    assert [t.traded_at for t in trades] == sorted((t.traded_at for t in trades), reverse=True)  # type: ignore[union-attr]
