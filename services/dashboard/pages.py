@@ -3,7 +3,8 @@
 /                 Overview: per job schedule, next fire, last run, freshness, 24 h success
                   rate and p50/p95 with a chart, queue and redeliveries, alerts
 /runs             Runs: filters (job, status, trigger, since, until), keyset pages, live
-/runs/<run_id>    Run: facts, timeline, attempts, summary, args; cancel and re-run
+/runs/<run_id>    Run: facts, timeline, a workflow's steps, attempts, summary, args; cancel,
+                  re-run, and the signal a waiting workflow waits for
 /schedules        Schedules: change, pause/resume (bulk), trigger now or at a time,
                   upcoming and recent slots (with skipped and missed ones), delayed runs
 /dlq, /dlq/<seq>  Dead letters: list, show, replay, purge, replay/purge all matching
@@ -23,15 +24,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 from services.dashboard.app import Dashboard, Page, json_body
-from services.dashboard.charts import line_chart, sparkline
+from services.dashboard.charts import line_chart, sparkline, step_bar
 from services.dashboard.sources import LiveEvent
 from services.dashboard.web import EventStream, HttpError, Response, sse
 from shared.audit import recent_actions
 from shared.names import JOBS
 from shared.readmodel import deadletters, runs, schedules, stats
 from shared.readmodel import status as job_status
-from shared.readmodel.timetext import as_utc, parse_since, parse_time
-from shared.schemas import RunRecord, RunStatus, Trigger
+from shared.readmodel.timetext import as_utc, human_seconds, iso, parse_since, parse_time
+from shared.runtime import read_steps
+from shared.schemas import RunRecord, RunStatus, StepRecord, Trigger
 
 #: Upcoming and recent slots shown per job.
 SLOTS_SHOWN = 6
@@ -191,6 +193,49 @@ def timeline(record: RunRecord) -> list[TimelineEntry]:
     return sorted(entries, key=lambda e: as_utc(e.at) or datetime.min.replace(tzinfo=UTC))
 
 
+@dataclass(frozen=True)
+class StepView:
+    """One row of a workflow run's step timeline."""
+
+    step: StepRecord
+    took: str
+    note: str
+    bar: Any
+
+
+def step_views(steps: list[StepRecord], now: datetime) -> list[StepView]:
+    """The steps with their durations and bars, scaled to the span from the first start to the last end.
+
+    A step still open (running, sleeping, waiting) reaches `now`, so the span covers it too.
+    """
+    starts = [as_utc(s.started_at) for s in steps if s.started_at is not None]
+    ends = [as_utc(s.ended_at) or now for s in steps if s.started_at is not None]
+    first = min((t for t in starts if t is not None), default=now)
+    last = max((t for t in ends if t is not None), default=now)
+    span = max((last - first).total_seconds(), 0.001)
+    views = []
+    for step in steps:
+        start, end = as_utc(step.started_at), as_utc(step.ended_at)
+        took = human_seconds(step.duration_ms / 1000) if step.duration_ms is not None else "…"
+        note = step.error or ""
+        if step.status.value in ("sleeping", "waiting") and step.wake_at is not None:
+            note = f"until {iso_of(step.wake_at)}"
+        elif step.timed_out:
+            note = "timed out (no signal)"
+        if start is None:
+            bar = step_bar(0, 0, status=step.status.value, label=f"{step.name}: not started")
+        else:
+            offset = (start - first).total_seconds() / span
+            finish = ((end or now) - first).total_seconds() / span
+            bar = step_bar(offset, finish, status=step.status.value, label=f"{step.name}: {step.status.value}, {took}")
+        views.append(StepView(step, took, note, bar))
+    return views
+
+
+def iso_of(moment: datetime | None) -> str:
+    return iso(as_utc(moment)) or "-"
+
+
 async def run_page(page: Page) -> Response:
     run_id = page.request.params["run_id"]
     record = await page.read("the run", lambda: runs.find_run(page.sources.store(), run_id))
@@ -212,16 +257,18 @@ async def run_page(page: Page) -> Response:
             ("heartbeat at", record.heartbeat_at),
             ("ended at", record.ended_at),
             ("next attempt at", record.next_attempt_at),
+            ("waiting for signal", record.waiting_for if record.status is RunStatus.WAITING else None),
+            ("wakes at", record.wake_at if record.status in (RunStatus.SLEEPING, RunStatus.WAITING) else None),
             ("reason", record.reason),
         )
         if value
     ]
-    from shared.readmodel.timetext import iso
-
     facts = [(label, iso(as_utc(v)) if isinstance(v, datetime) else v) for label, v in facts]
     live = None if record.status.is_terminal else "/events?" + urlencode({"page": "run", "run_id": run_id})
+    steps = await page.read("the workflow's steps", lambda: read_steps(page.sources.store(), run_id)) or []
     return page.render(
         "run.html", title=f"Run {run_id}", page="runs", r=record, facts=facts,
+        steps=step_views(steps, datetime.now(UTC)),
         args_json=json.dumps(record.args, sort_keys=True), timeline=timeline(record),
         summary_json=json.dumps(record.summary, indent=2, default=str) if record.summary else "",
         live_url=live,

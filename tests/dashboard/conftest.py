@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from shared.settings import Settings
 from tests.dashboard.support import TOKEN, Running, running_dashboard
+from tests.integration.test_runtime_support import start_worker as start_worker  # the workers' fixture
 
 
 @pytest.fixture
@@ -30,3 +31,4 @@ async def dashboard(dash_settings: Settings, js: Any, db: Any) -> AsyncIterator[
 async def client(dashboard: Running) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=dashboard.url, timeout=20) as http:
         yield http
+
