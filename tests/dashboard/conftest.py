@@ -31,4 +31,3 @@ async def dashboard(dash_settings: Settings, js: Any, db: Any) -> AsyncIterator[
 async def client(dashboard: Running) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=dashboard.url, timeout=20) as http:
         yield http
-
