@@ -11,6 +11,8 @@
 /stats            Market stats: charts of the hourly snapshots, top markets
 /audit            The audit trail of operator actions
 /events           Server-Sent Events for the pages above (fed by the EVENTS stream)
+
+/healthz, /readyz and /metrics are the runtime's (`Dashboard.app()`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from services.dashboard.app import Dashboard, Page, json_body
+from services.dashboard.app import Dashboard, Page
 from services.dashboard.charts import line_chart, sparkline, step_bar
 from services.dashboard.sources import LiveEvent
 from services.dashboard.web import EventStream, HttpError, Response, sse
@@ -56,9 +58,6 @@ def register(dash: Dashboard) -> None:
     dash.route("GET", "/audit", audit_page)
     dash.route("GET", "/login", login_page)
     dash.route("GET", "/events", events)
-    dash.route("GET", "/healthz", healthz)
-    dash.route("GET", "/readyz", readyz)
-    dash.route("GET", "/metrics", metrics)
 
 
 # -- overview ------------------------------------------------------------------------
@@ -414,22 +413,12 @@ async def login_page(page: Page) -> Response:
     return page.render("login.html", title="Sign in", next=target if target.startswith("/") else "/")
 
 
-# -- health ----------------------------------------------------------------------------------
+# -- gauges ----------------------------------------------------------------------------------
 
 
-async def healthz(page: Page) -> Response:
-    return json_body({"status": "ok"})
-
-
-async def readyz(page: Page) -> Response:
-    """Ready while it serves: pages work (with a banner) even when a server is down; the body says which."""
-    src = page.sources
-    return json_body({"ready": True, "nats": src.nats_up, "mongo": src.mongo_up, "live_pages": src.hub.listeners})
-
-
-async def observe_system(page: Page) -> None:
-    """Refresh the system gauges (queues, dead letters, freshness targets) from the read model."""
-    gauges, src, settings = page.dashboard.metrics, page.sources, page.settings
+async def observe_system(dash: Dashboard) -> None:
+    """Refresh the system gauges of /metrics (queues, dead letters, freshness targets) from the read model."""
+    gauges, src, settings = dash.metrics, dash.sources, dash.settings
     for job in JOBS:
         gauges.stale_after.labels(job=job).set(settings.jobs.for_job(job).stale_after_s)
     counts = await deadletters.count_by_job(src.js, settings.names)
@@ -440,18 +429,6 @@ async def observe_system(page: Page) -> None:
             gauges.pending.labels(job=job).set(queue.waiting)
             gauges.ack_pending.labels(job=job).set(queue.in_flight)
             gauges.redelivered.labels(job=job).set(queue.redelivered)
-
-
-async def metrics(page: Page) -> Response:
-    """Prometheus text format: requests by route and status, open live streams, servers up."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    dash = page.dashboard
-    await page.read("metrics", lambda: observe_system(page))
-    dash.metrics.live_streams.set(page.sources.hub.listeners)
-    dash.metrics.up.labels(server="nats").set(1 if page.sources.nats_up else 0)
-    dash.metrics.up.labels(server="mongo").set(1 if page.sources.mongo_up else 0)
-    return Response(generate_latest(dash.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
 
 # -- live updates ------------------------------------------------------------------------------

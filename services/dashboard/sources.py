@@ -3,7 +3,9 @@
 The dashboard must answer while either server is down (a banner, never a 500), so it
 never waits on a dead server: NATS is connected in the background (and nats-py
 reconnects by itself afterwards), MongoDB is pinged every few seconds, and pages skip
-what is known to be down. Run events and alerts arrive through one core-NATS
+what is known to be down. The NATS connection is the one of the service's FastStream
+broker (`DashboardBroker`, started by the app's lifespan like every service's), whose
+start does not wait for a NATS that is down. Run events and alerts arrive through one core-NATS
 subscription on the EVENTS stream's subjects (the messages the stream captures; no
 consumer state is left on the server) and are fanned out to every open
 Server-Sent-Events connection through bounded queues: a slow browser loses events, it
@@ -26,8 +28,9 @@ from nats.js import JetStreamContext
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from shared.bus import connect_nats
+from shared.bus import connect_broker
 from shared.errors import PulseError
+from shared.runtime import ServiceBroker, store_readable
 from shared.settings import Settings
 from shared.store import Database, Document, ensure_indexes, make_client
 
@@ -75,12 +78,26 @@ class EventHub:
         return len(self._queues)
 
 
+class DashboardBroker(ServiceBroker):
+    """The dashboard's broker: its start leaves a NATS that is down to `Sources`' background connect.
+
+    Every service's app starts its broker; a worker cannot work without NATS, but the
+    dashboard must serve its pages (with a banner) while NATS is away. It has no
+    subscribers, so a start after the connection is up has nothing else to do.
+    """
+
+    async def start(self) -> None:
+        if self._connection is not None:
+            await super().start()
+
+
 class Sources:
     """NATS, MongoDB and the event hub, with what is up right now."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hub = EventHub()
+        self.broker = DashboardBroker(settings, name="dashboard")
         self.nats: NatsClient | None = None
         self.mongo: AsyncMongoClient[Document] = make_client(settings)
         self.db: Database = self.mongo[settings.mongo_db]
@@ -106,6 +123,14 @@ class Sources:
             raise Unavailable("MongoDB")
         return self.db
 
+    async def nats_ready(self) -> bool:
+        """Readiness: the NATS connection is up."""
+        return self.nats_up
+
+    async def mongo_ready(self) -> bool:
+        """Readiness: a real read of the store answers (not the last ping's memory)."""
+        return await store_readable(self.db)
+
     async def start(self) -> None:
         """Try each server once (bounded), then keep trying in the background; servers may be down."""
         await self._ping_mongo()
@@ -116,14 +141,14 @@ class Sources:
         ]
 
     async def stop(self) -> None:
-        """End every live stream, stop the loops, close both clients."""
+        """End every live stream and stop the loops (before the broker stops and drains NATS)."""
         self.hub.publish(None)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.nats is not None:
-            with contextlib.suppress(Exception):
-                await self.nats.close()
+
+    async def close(self) -> None:
+        """Close the MongoDB client (after the broker stopped)."""
         await self.mongo.close()
 
     async def _nats_loop(self) -> None:
@@ -136,7 +161,7 @@ class Sources:
         if self.nats is not None:
             return
         try:
-            client = await connect_nats(self.settings, name="dashboard")
+            client = await connect_broker(self.broker, self.settings)
         except PulseError as exc:
             log.warning("dashboard.nats_unreachable: %s", exc, extra={"event": "dashboard.nats_unreachable"})
             return

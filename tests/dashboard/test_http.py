@@ -38,6 +38,17 @@ async def test_every_page_answers_with_no_runs(client: httpx.AsyncClient, path: 
     assert answer.headers["content-security-policy"].startswith("default-src 'self'")
 
 
+async def test_health_routes_are_the_runtimes_with_real_checks(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"nats": True, "mongo": True}}
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'pulse_dashboard_server_up{server="nats"} 1.0' in metrics.text
+    assert "pulse_dashboard_live_streams 0.0" in metrics.text
+
+
 async def test_overview_lists_every_job(client: httpx.AsyncClient) -> None:
     from shared.names import JOBS
 
