@@ -114,7 +114,7 @@ class Page:
             "request_path": self.request.path,
             "now": datetime.now(UTC),
             "now_iso": iso(datetime.now(UTC).replace(microsecond=0)),
-            "live_url": values.pop("live_url", None),
+            "live_url": _resuming(values.pop("live_url", None), self.sources.hub.last_seq),
             **values,
         }
         body = self.dashboard.templates.get_template(template).render(context)
@@ -127,6 +127,13 @@ class Page:
             "error.html", status=status, title=heading.get(status, "Error"), heading=heading.get(status, "Error"),
             message=message, back=back,
         )  # fmt: skip
+
+
+def _resuming(live_url: str | None, seq: int) -> str | None:
+    """The page's event stream, starting after the EVENTS sequence the page was rendered at."""
+    if live_url is None:
+        return None
+    return f"{live_url}{'&' if '?' in live_url else '?'}last_event_id={seq}"
 
 
 def flash_cookie(message: str, *, error: bool = False) -> str:

@@ -439,43 +439,75 @@ def _matches(event: LiveEvent, query: dict[str, str | None]) -> bool:
     return all(not query.get(key) or data.get(key) == query[key] for key in ("job", "status", "trigger", "run_id"))
 
 
+def last_event_id(page: Page) -> int | None:
+    """Where the browser's stream left off: its `Last-Event-ID` header (sent by EventSource when it
+    reconnects), else `last_event_id=` in the query (the sequence the page was rendered at)."""
+    text = page.request.headers.get("last-event-id") or page.request.arg("last_event_id") or ""
+    return int(text) if text.isdigit() else None
+
+
 async def _updates(page: Page) -> AsyncIterator[str]:
-    """The blocks of one page's event stream, until the client leaves or the dashboard stops."""
+    """The blocks of one page's event stream, until the client leaves or the dashboard stops.
+
+    Every block carries its event's EVENTS sequence as the SSE id (an id-only block for an
+    event this page shows nothing of, so the browser's last id stays current). A stream
+    that resumes after an id first gets what it missed, read from the stream, then the
+    live events after it: each event once, in order.
+    """
     arg = page.request.arg
     kind = arg("page") or "overview"
     query = {key: arg(key) for key in ("job", "status", "trigger", "run_id")}
     hub = page.sources.hub
-    queue = hub.subscribe()
-    templates = page.dashboard.templates
+    queue = hub.subscribe()  # first: what arrives while the missed events are read waits here
+    after = last_event_id(page)
+    sent = after or 0
     try:
         yield "retry: 2000\n: connected\n\n"
+        if after is not None:
+            missed = await page.read("missed events", lambda: page.sources.missed(after))
+            if missed is not None and not missed.complete:
+                yield sse("reset", "too many events were missed: reload the page")
+                return
+            replay = missed.events if missed is not None else []
+            last_run = max((e.seq for e in replay if e.kind == "run"), default=0)
+            for event in replay:
+                # The overview is re-rendered whole: once, for the last missed run event.
+                coalesced = kind == "overview" and event.kind == "run" and event.seq != last_run
+                yield f"id: {event.seq}\n\n" if coalesced else await _block(page, kind, query, event)
+                sent = event.seq
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+                live = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            if event is None:
+            if live is None:
                 return
-            if event.kind == "alert":
-                text = (
-                    f"ALERT {event.data.get('job')} {event.data.get('kind')}: {str(event.data.get('detail', ''))[:300]}"
-                )
-                html = templates.from_string('<div class="banner alert" role="alert">{{ text }}</div>').render(
-                    text=text
-                )
-                yield sse("alert", html)
+            if live.seq <= sent:  # already sent from the stream
                 continue
-            if kind == "runs" and _matches(event, query):
-                block = await _run_row(page, event)
-                if block:
-                    yield block
-            elif kind == "run" and event.data.get("run_id") == query.get("run_id"):
-                yield sse("ended", str(event.data.get("status", "")))
-            elif kind == "overview":
-                yield sse("jobs", await _jobs_fragment(page))
+            yield await _block(page, kind, query, live)
+            sent = live.seq
     finally:
         hub.unsubscribe(queue)
+
+
+async def _block(page: Page, kind: str, query: dict[str, str | None], event: LiveEvent) -> str:
+    """The SSE block of `event` for this page (`kind`, filtered by `query`), with its id."""
+    event_id = str(event.seq)
+    if event.kind == "alert":
+        data = event.data
+        text = f"ALERT {data.get('job')} {data.get('kind')}: {str(data.get('detail', ''))[:300]}"
+        html = page.dashboard.templates.from_string('<div class="banner alert" role="alert">{{ text }}</div>')
+        return sse("alert", html.render(text=text), event_id)
+    if kind == "runs" and _matches(event, query):
+        row = await _run_row(page, event)
+        if row is not None:
+            return sse("row", row, event_id)
+    elif kind == "run" and event.data.get("run_id") == query.get("run_id"):
+        return sse("ended", str(event.data.get("status", "")), event_id)
+    elif kind == "overview":
+        return sse("jobs", await _jobs_fragment(page), event_id)
+    return f"id: {event_id}\n\n"  # nothing to show here; the browser's last id moves on
 
 
 async def _run_row(page: Page, event: LiveEvent) -> str | None:
@@ -484,7 +516,7 @@ async def _run_row(page: Page, event: LiveEvent) -> str | None:
     if record is None:
         return None
     macro = page.dashboard.templates.get_template("macros.html").module.run_row  # type: ignore[attr-defined]
-    return sse("row", str(macro(record, datetime.now(UTC))))
+    return str(macro(record, datetime.now(UTC)))
 
 
 async def _jobs_fragment(page: Page) -> str:

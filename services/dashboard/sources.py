@@ -5,11 +5,16 @@ never waits on a dead server: NATS is connected in the background (and nats-py
 reconnects by itself afterwards), MongoDB is pinged every few seconds, and pages skip
 what is known to be down. The NATS connection is the one of the service's FastStream
 broker (`DashboardBroker`, started by the app's lifespan like every service's), whose
-start does not wait for a NATS that is down. Run events and alerts arrive through one core-NATS
-subscription on the EVENTS stream's subjects (the messages the stream captures; no
-consumer state is left on the server) and are fanned out to every open
-Server-Sent-Events connection through bounded queues: a slow browser loses events, it
-never slows the others.
+start does not wait for a NATS that is down.
+
+Run events and alerts arrive through one ordered consumer of the EVENTS stream (an
+ephemeral push consumer starting at the newest message, recreated by nats-py at the
+right sequence after a reconnect; no state is left on the server) and are fanned out to
+every open Server-Sent-Events connection through bounded queues: a slow browser loses
+events, it never slows the others. Each event carries its stream sequence, the SSE
+event id: a browser that reconnects says the last id it got (`Last-Event-ID`), and
+`missed(after)` reads what came since from the stream itself (at most `REPLAY_LIMIT`
+events; beyond that the page reloads instead).
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
@@ -40,6 +48,8 @@ log = logging.getLogger("services.dashboard")
 CHECK_INTERVAL_S = 2.0
 #: Events buffered per open page before the oldest are dropped.
 QUEUE_SIZE = 200
+#: Most events sent again to a reconnecting page; a page that missed more reloads.
+REPLAY_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,16 @@ class LiveEvent:
     kind: str  # "run" or "alert"
     subject: str
     data: dict[str, Any]
+    #: Its sequence in the EVENTS stream: the SSE event id.
+    seq: int
+
+
+@dataclass(frozen=True)
+class Missed:
+    """The events a reconnecting page missed, oldest first; `complete` False when there were too many."""
+
+    events: list[LiveEvent]
+    complete: bool
 
 
 class EventHub:
@@ -56,6 +76,8 @@ class EventHub:
 
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[LiveEvent | None]] = set()
+        #: The EVENTS sequence the feed has reached (pages start their live stream after it).
+        self.last_seq = 0
 
     def subscribe(self) -> asyncio.Queue[LiveEvent | None]:
         queue: asyncio.Queue[LiveEvent | None] = asyncio.Queue(QUEUE_SIZE)
@@ -67,6 +89,8 @@ class EventHub:
 
     def publish(self, event: LiveEvent | None) -> None:
         """Deliver to every subscriber; a full queue drops its oldest event. None ends every stream."""
+        if event is not None:
+            self.last_seq = max(self.last_seq, event.seq)
         for queue in list(self._queues):
             if queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
@@ -102,7 +126,7 @@ class Sources:
         self.mongo: AsyncMongoClient[Document] = make_client(settings)
         self.db: Database = self.mongo[settings.mongo_db]
         self.mongo_up = False
-        self._subs: list[Subscription] = []
+        self._feed: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._indexes_ready = False
 
@@ -151,40 +175,74 @@ class Sources:
         """Close the MongoDB client (after the broker stopped)."""
         await self.mongo.close()
 
+    async def missed(self, after: int) -> Missed:
+        """The events after sequence `after` still in the stream, read from it (never more than `REPLAY_LIMIT`)."""
+        js, names = self.js, self.settings.names
+        state = (await js.stream_info(names.events_stream)).state
+        if state.last_seq <= after:
+            return Missed([], complete=True)
+        first = max(after + 1, state.first_seq)
+        if state.last_seq - first + 1 > REPLAY_LIMIT:
+            return Missed([], complete=False)
+        events = []
+        for seq in range(first, state.last_seq + 1):
+            try:
+                msg = await js.get_msg(names.events_stream, seq)
+            except nats.js.errors.NotFoundError:  # expired or deleted meanwhile
+                continue
+            event = self._event(msg.subject or "", msg.data or b"", seq)
+            if event is not None:
+                events.append(event)
+        return Missed(events, complete=True)
+
     async def _nats_loop(self) -> None:
-        while self.nats is None:
+        while self.nats is None or self._feed is None:
             await asyncio.sleep(CHECK_INTERVAL_S)
             await self._connect_nats()
 
     async def _connect_nats(self) -> None:
-        """One bounded first connect; afterwards nats-py reconnects by itself (subscriptions included)."""
-        if self.nats is not None:
-            return
-        try:
-            client = await connect_broker(self.broker, self.settings)
-        except PulseError as exc:
-            log.warning("dashboard.nats_unreachable: %s", exc, extra={"event": "dashboard.nats_unreachable"})
-            return
+        """One bounded first connect (nats-py reconnects by itself afterwards), then the event feed."""
+        if self.nats is None:
+            try:
+                self.nats = await connect_broker(self.broker, self.settings)
+            except PulseError as exc:
+                log.warning("dashboard.nats_unreachable: %s", exc, extra={"event": "dashboard.nats_unreachable"})
+                return
+        if self._feed is None:
+            await self._subscribe_feed()
+
+    async def _subscribe_feed(self) -> None:
+        """The ordered consumer of EVENTS right after its newest message; retried while the stream does not exist."""
         names = self.settings.names
-        self._subs = [
-            await client.subscribe(names.run_events_wildcard(), cb=self._on_run_event),
-            await client.subscribe(names.alerts_wildcard(), cb=self._on_alert),
-        ]
-        self.nats = client
-
-    async def _on_run_event(self, msg: Msg) -> None:
-        self._relay("run", msg)
-
-    async def _on_alert(self, msg: Msg) -> None:
-        self._relay("alert", msg)
-
-    def _relay(self, kind: str, msg: Msg) -> None:
         try:
-            data = json.loads(msg.data)
+            js = self.js
+            newest = (await js.stream_info(names.events_stream)).state.last_seq
+            # From the sequence read, not "new": nothing published in between is skipped.
+            start = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=newest + 1)
+            self._feed = await js.subscribe(
+                names.events_stream_subjects[0], stream=names.events_stream, ordered_consumer=True, config=start,
+                cb=self._on_event,
+            )  # fmt: skip
+            self.hub.last_seq = max(self.hub.last_seq, newest)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError, Unavailable) as exc:
+            log.warning("dashboard.events_unavailable: %s", type(exc).__name__,
+                        extra={"event": "dashboard.events_unavailable"})  # fmt: skip
+
+    async def _on_event(self, msg: Msg) -> None:
+        event = self._event(msg.subject, msg.data, msg.metadata.sequence.stream)
+        if event is not None:
+            self.hub.publish(event)
+
+    def _event(self, subject: str, body: bytes, seq: int) -> LiveEvent | None:
+        """A run event or alert from an EVENTS message; None for a body that is not a JSON object."""
+        try:
+            data = json.loads(body)
         except ValueError:
-            return
-        if isinstance(data, dict):
-            self.hub.publish(LiveEvent(kind, msg.subject, data))
+            return None
+        if not isinstance(data, dict):
+            return None
+        alerts = self.settings.names.alerts_wildcard().removesuffix(">")
+        return LiveEvent("alert" if subject.startswith(alerts) else "run", subject, data, seq)
 
     async def _mongo_loop(self) -> None:
         while True:
