@@ -469,6 +469,8 @@ async def _updates(page: Page) -> AsyncIterator[str]:
                 yield sse("reset", "too many events were missed: reload the page")
                 return
             replay = missed.events if missed is not None else []
+            if missed is not None and after > missed.last_seq:
+                sent = 0  # an id from before EVENTS was recreated: nothing of this stream was sent yet
             last_run = max((e.seq for e in replay if e.kind == "run"), default=0)
             for event in replay:
                 # The overview is re-rendered whole: once, for the last missed run event.

@@ -69,6 +69,8 @@ class Missed:
 
     events: list[LiveEvent]
     complete: bool
+    #: The stream's last sequence when they were read (below a page's id after EVENTS was recreated).
+    last_seq: int
 
 
 class EventHub:
@@ -180,10 +182,10 @@ class Sources:
         js, names = self.js, self.settings.names
         state = (await js.stream_info(names.events_stream)).state
         if state.last_seq <= after:
-            return Missed([], complete=True)
+            return Missed([], complete=True, last_seq=state.last_seq)
         first = max(after + 1, state.first_seq)
         if state.last_seq - first + 1 > REPLAY_LIMIT:
-            return Missed([], complete=False)
+            return Missed([], complete=False, last_seq=state.last_seq)
         events = []
         for seq in range(first, state.last_seq + 1):
             try:
@@ -193,7 +195,7 @@ class Sources:
             event = self._event(msg.subject or "", msg.data or b"", seq)
             if event is not None:
                 events.append(event)
-        return Missed(events, complete=True)
+        return Missed(events, complete=True, last_seq=state.last_seq)
 
     async def _nats_loop(self) -> None:
         while self.nats is None or self._feed is None:

@@ -123,3 +123,15 @@ async def _listening(hub: sources.EventHub, pages: int) -> bool:
 
 async def _reached(hub: sources.EventHub, seq: int) -> bool:
     return hub.last_seq >= seq
+
+
+async def test_an_id_beyond_the_streams_end_does_not_hold_back_new_events(
+    dashboard: Running, client: httpx.AsyncClient, js: JetStreamContext, db: Database, dash_settings: Settings
+) -> None:
+    """A browser's id from before EVENTS was recreated (its sequences start again at 1)."""
+    hub = dashboard.dashboard.sources.hub
+    async with client.stream("GET", "/events?page=runs", headers={"Last-Event-ID": "999999"}) as response:
+        stream = blocks(response)
+        await wait_for(lambda: _listening(hub, 1), timeout_s=10, what="the page's stream to listen")
+        run1, seq1 = await finished(db, js, dash_settings, 1)
+        assert await rows_until(stream, run1) == [(seq1, run1)]
