@@ -80,7 +80,8 @@ async def test_mutating_commands_record_who_did_what(settings: Settings, js: Jet
         (alice, "signal", "stats:manual:nothing", "failed"),
         (f"pulse:{getpass.getuser()}@{HOST}", "schedule_pause", "cleanup", "done"),
     ]
-    details = {(e["action"], e["target"]): e for e in await db[Collections.AUDIT].find({}).to_list(None)}
+    entries = await db[Collections.AUDIT].find({}).sort("at", 1).to_list(None)
+    details = {(e["action"], e["target"]): e for e in entries}  # the newest entry of each (action, target)
     assert details[("trigger", "stats")]["detail"].startswith("will run at")  # the last trigger, delayed
     assert details[("cancel", "stats:manual:nothing")]["detail"].startswith("no run 'stats:manual:nothing'")
     assert details[("schedule_set", "stats")]["params"] == {"schedule": "every 5m"}
