@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 from services.dashboard.app import Dashboard, Page
 from services.dashboard.charts import line_chart, sparkline, step_bar
-from services.dashboard.sources import LiveEvent
+from services.dashboard.sources import OVERFLOWED, LiveEvent
 from services.dashboard.web import EventStream, HttpError, Response, sse
 from shared.audit import recent_actions
 from shared.names import JOBS
@@ -452,7 +452,8 @@ async def _updates(page: Page) -> AsyncIterator[str]:
     Every block carries its event's EVENTS sequence as the SSE id (an id-only block for an
     event this page shows nothing of, so the browser's last id stays current). A stream
     that resumes after an id first gets what it missed, read from the stream, then the
-    live events after it: each event once, in order.
+    live events after it: each event once, in order. A page too slow for its queue
+    catches up the same way, from the stream.
     """
     arg = page.request.arg
     kind = arg("page") or "overview"
@@ -464,19 +465,13 @@ async def _updates(page: Page) -> AsyncIterator[str]:
     try:
         yield "retry: 2000\n: connected\n\n"
         if after is not None:
-            missed = await page.read("missed events", lambda: page.sources.missed(after))
-            if missed is not None and not missed.complete:
+            caught_up = await _catch_up(page, kind, query, after)
+            if caught_up is None:
                 yield sse("reset", "too many events were missed: reload the page")
                 return
-            replay = missed.events if missed is not None else []
-            if missed is not None and after > missed.last_seq:
-                sent = 0  # an id from before EVENTS was recreated: nothing of this stream was sent yet
-            last_run = max((e.seq for e in replay if e.kind == "run"), default=0)
-            for event in replay:
-                # The overview is re-rendered whole: once, for the last missed run event.
-                coalesced = kind == "overview" and event.kind == "run" and event.seq != last_run
-                yield f"id: {event.seq}\n\n" if coalesced else await _block(page, kind, query, event)
-                sent = event.seq
+            blocks, sent = caught_up
+            for block in blocks:
+                yield block
         while True:
             try:
                 live = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
@@ -485,12 +480,39 @@ async def _updates(page: Page) -> AsyncIterator[str]:
                 continue
             if live is None:
                 return
+            if live is OVERFLOWED:  # the queue dropped events: read them from the stream
+                caught_up = await _catch_up(page, kind, query, sent)
+                if caught_up is None:
+                    yield sse("reset", "too many events were missed: reload the page")
+                    return
+                blocks, sent = caught_up
+                for block in blocks:
+                    yield block
+                continue
             if live.seq <= sent:  # already sent from the stream
                 continue
             yield await _block(page, kind, query, live)
             sent = live.seq
     finally:
         hub.unsubscribe(queue)
+
+
+async def _catch_up(page: Page, kind: str, query: dict[str, str | None], after: int) -> tuple[list[str], int] | None:
+    """The blocks of the events after `after` (read from the stream) and the last id sent; None: too many."""
+    missed = await page.read("missed events", lambda: page.sources.missed(after))
+    if missed is None:  # NATS is away: the live feed resumes when it is back
+        return [], after
+    if not missed.complete:
+        return None
+    sent = 0 if after > missed.last_seq else after  # an id from before EVENTS was recreated: nothing sent yet
+    last_run = max((e.seq for e in missed.events if e.kind == "run"), default=0)
+    blocks = []
+    for event in missed.events:
+        # The overview is re-rendered whole: once, for the last missed run event.
+        coalesced = kind == "overview" and event.kind == "run" and event.seq != last_run
+        blocks.append(f"id: {event.seq}\n\n" if coalesced else await _block(page, kind, query, event))
+        sent = event.seq
+    return blocks, sent
 
 
 async def _block(page: Page, kind: str, query: dict[str, str | None], event: LiveEvent) -> str:

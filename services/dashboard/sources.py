@@ -10,17 +10,16 @@ start does not wait for a NATS that is down.
 Run events and alerts arrive through one ordered consumer of the EVENTS stream (an
 ephemeral push consumer starting at the newest message, recreated by nats-py at the
 right sequence after a reconnect; no state is left on the server) and are fanned out to
-every open Server-Sent-Events connection through bounded queues: a slow browser loses
-events, it never slows the others. Each event carries its stream sequence, the SSE
-event id: a browser that reconnects says the last id it got (`Last-Event-ID`), and
-`missed(after)` reads what came since from the stream itself (at most `REPLAY_LIMIT`
-events; beyond that the page reloads instead).
+every open Server-Sent-Events connection through bounded queues: a page too slow for
+its queue never slows the others, it reads what its queue dropped from the stream. Each
+event carries its stream sequence, the SSE event id: a browser that reconnects says the
+last id it got (`Last-Event-ID`), and `missed(after)` reads what came since from the
+stream itself (at most `REPLAY_LIMIT` events; beyond that the page reloads instead).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -63,6 +62,10 @@ class LiveEvent:
     seq: int
 
 
+#: Put in the queue of a page that fell more than `QUEUE_SIZE` events behind.
+OVERFLOWED = LiveEvent("overflow", "", {}, 0)
+
+
 @dataclass(frozen=True)
 class Missed:
     """The events a reconnecting page missed, oldest first; `complete` False when there were too many."""
@@ -90,13 +93,18 @@ class EventHub:
         self._queues.discard(queue)
 
     def publish(self, event: LiveEvent | None) -> None:
-        """Deliver to every subscriber; a full queue drops its oldest event. None ends every stream."""
+        """Deliver to every subscriber. None ends every stream.
+
+        A full queue (a page slower than the events) is emptied and gets `OVERFLOWED`: its
+        page reads what it lost from the stream (`Sources.missed`) rather than losing it.
+        """
         if event is not None:
             self.last_seq = max(self.last_seq, event.seq)
         for queue in list(self._queues):
             if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
+                while not queue.empty():
                     queue.get_nowait()
+                queue.put_nowait(OVERFLOWED)
             queue.put_nowait(event)
 
     @property

@@ -135,3 +135,29 @@ async def test_an_id_beyond_the_streams_end_does_not_hold_back_new_events(
         await wait_for(lambda: _listening(hub, 1), timeout_s=10, what="the page's stream to listen")
         run1, seq1 = await finished(db, js, dash_settings, 1)
         assert await rows_until(stream, run1) == [(seq1, run1)]
+
+
+async def test_a_page_slower_than_its_queue_reads_what_it_dropped_from_the_stream(
+    dashboard: Running, client: httpx.AsyncClient, js: JetStreamContext, db: Database, dash_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from services.dashboard import pages
+
+    monkeypatch.setattr(sources, "QUEUE_SIZE", 2)
+    hub = dashboard.dashboard.sources.hub
+    release = asyncio.Event()
+    render = pages._block
+
+    async def slow_block(*args: object) -> str:
+        await release.wait()  # the page is stuck on its first event while five more arrive
+        return await render(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pages, "_block", slow_block)
+    async with client.stream("GET", "/events?page=runs") as response:
+        stream = blocks(response)
+        await wait_for(lambda: _listening(hub, 1), timeout_s=10, what="the page's stream to listen")
+        ended = [await finished(db, js, dash_settings, n) for n in range(1, 7)]
+        await wait_for(lambda: _reached(hub, ended[-1][1]), timeout_s=10, what="the feed to hear them")
+        release.set()
+        rows = await rows_until(stream, ended[-1][0])
+    assert rows == [(seq, run_id) for run_id, seq in ended]
