@@ -460,19 +460,20 @@ async def _updates(page: Page) -> AsyncIterator[str]:
     query = {key: arg(key) for key in ("job", "status", "trigger", "run_id")}
     hub = page.sources.hub
     queue = hub.subscribe()  # first: what arrives while the missed events are read waits here
-    after = last_event_id(page)
-    sent = after or 0
+    resume_after = last_event_id(page)  # read the stream after this first (None: nothing to read)
+    sent = resume_after or 0
     try:
         yield "retry: 2000\n: connected\n\n"
-        if after is not None:
-            caught_up = await _catch_up(page, kind, query, after)
-            if caught_up is None:
-                yield sse("reset", "too many events were missed: reload the page")
-                return
-            blocks, sent = caught_up
-            for block in blocks:
-                yield block
         while True:
+            if resume_after is not None:
+                caught_up = await _catch_up(page, kind, query, resume_after)
+                if caught_up is None:
+                    yield sse("reset", "too many events were missed: reload the page")
+                    return
+                blocks, sent = caught_up
+                for block in blocks:
+                    yield block
+                resume_after = None
             try:
                 live = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
             except TimeoutError:
@@ -481,13 +482,7 @@ async def _updates(page: Page) -> AsyncIterator[str]:
             if live is None:
                 return
             if live is OVERFLOWED:  # the queue dropped events: read them from the stream
-                caught_up = await _catch_up(page, kind, query, sent)
-                if caught_up is None:
-                    yield sse("reset", "too many events were missed: reload the page")
-                    return
-                blocks, sent = caught_up
-                for block in blocks:
-                    yield block
+                resume_after = sent
                 continue
             if live.seq <= sent:  # already sent from the stream
                 continue
