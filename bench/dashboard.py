@@ -154,7 +154,7 @@ async def bench(settings: Settings, sizes: list[int], repeat: int) -> None:
     await ensure_topology(js, settings)
     await ensure_indexes(db)
     dashboard = Dashboard(settings)
-    http_server = HttpServer(dashboard, "127.0.0.1", 0)
+    http_server = HttpServer(dashboard.app(), "127.0.0.1", 0)  # the service's app: health routes + pages
     await http_server.start()
     await dashboard.start()
     pages: dict[int, dict[str, float]] = {}
@@ -174,6 +174,8 @@ async def bench(settings: Settings, sizes: list[int], repeat: int) -> None:
                 table("queries behind them, alone", queries)
     finally:
         await dashboard.stop()
+        await dashboard.sources.broker.stop()
+        await dashboard.close()
         await http_server.stop()
         await nats_client.close()
         await client.drop_database(settings.mongo_db)

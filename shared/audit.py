@@ -1,13 +1,16 @@
 """The audit trail of operator actions: who did what, when, from where, and how it ended.
 
 One document per action in the `audit` collection (DESIGN.md: "an audit trail of
-operator actions (who, what, when, from CLI or dashboard)"). Refused actions are
+operator actions (who, what, when, from CLI or dashboard)"). The dashboard records its
+actions (`services/dashboard/actions.py`) and the `pulse` CLI its mutating commands
+(`shared/cli/trail.py`), so the dashboard's audit view shows both. Refused actions are
 recorded too, so a probe without the token leaves a trace. Details are bounded and
 never hold a secret (callers pass the action's parameters, never credentials).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +23,15 @@ from shared.store import Database
 
 Source = Literal["cli", "dashboard"]
 Outcome = Literal["done", "refused", "failed"]
+
+_ACTOR_RE = re.compile(r"^[A-Za-z0-9_.@\-]{1,40}$")
+
+
+def check_actor(name: str) -> str:
+    """An operator's name fit for the audit trail (dashboard sign-in, `pulse --actor`), or ValueError."""
+    if not _ACTOR_RE.match(name):
+        raise ValueError(f"the name {name[:60]!r} must be 1-40 letters, digits or . _ @ -")
+    return name
 
 
 @dataclass(frozen=True)

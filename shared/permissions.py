@@ -30,9 +30,10 @@ What each role may do (subjects shown without a namespace):
                  consumers, get and delete single JOBS messages, never purge); and it
                  delivers alerts: the durable consumer `alert_delivery` on EVENTS
     dashboard    the operators' dashboard: read streams, consumers and buckets; publish
-                 requests (trigger, re-run, replay) and cancel hints; write KV `schedules`;
-                 delete dead letters and held delayed requests, purge DLQ; subscribe to
-                 `events.>` (live pages). No stream, consumer or bucket configuration.
+                 requests (trigger, re-run, replay, signal) and cancel hints; write KV
+                 `schedules`; delete dead letters and held delayed requests, purge DLQ;
+                 read EVENTS through an ordered consumer and single gets (live pages).
+                 No stream, durable consumer or bucket configuration.
     operator     the `pulse` CLI: everything under the system's subjects and JetStream API
 
 Example:
@@ -258,16 +259,23 @@ def dashboard_permissions(names: Names) -> Permissions:
     """The dashboard: everything its pages read and its actions write, no administration.
 
     It reads stream and consumer state (queues, dead letters, held delayed requests),
-    publishes requests into JOBS (trigger, re-run, replay, delayed runs) and cancel
-    hints, edits the `schedules` bucket, deletes single messages of JOBS (a canceled
-    delayed request) and DLQ, purges DLQ, and hears run events and alerts. It never
-    creates, updates or deletes a stream, a consumer or a bucket.
+    publishes requests into JOBS (trigger, re-run, replay, delayed runs, a signaled
+    workflow's resumption) and cancel hints, edits the `schedules` bucket, deletes single
+    messages of JOBS (a canceled delayed request or wake-up) and DLQ, purges DLQ, and reads
+    run events and alerts from EVENTS: live through an ordered consumer (ephemeral, as a
+    KV watch's), and the events a reconnecting page missed by single gets. It never
+    creates, updates or deletes a stream, a durable consumer or a bucket.
     """
-    jobs, dlq = names.jobs_stream, names.dlq_stream
+    jobs, dlq, events = names.jobs_stream, names.dlq_stream, names.events_stream
     publish = [
         f"{_JS_API}.INFO",
         *(f"{_JS_API}.STREAM.INFO.{stream}" for stream in (jobs, names.events_stream, dlq)),
-        *(f"{_JS_API}.STREAM.MSG.GET.{stream}" for stream in (jobs, dlq)),
+        *(f"{_JS_API}.STREAM.MSG.GET.{stream}" for stream in (jobs, dlq, events)),
+        # The live pages' ordered consumer of EVENTS (ephemeral; flow control replies).
+        f"{_JS_API}.CONSUMER.CREATE.{events}",
+        f"{_JS_API}.CONSUMER.CREATE.{events}.>",
+        f"{_JS_API}.CONSUMER.DELETE.{events}.>",
+        f"$JS.FC.{events}.>",
         # Held delayed requests are read with direct gets by subject (shared/delayed.py).
         f"{_JS_API}.DIRECT.GET.{jobs}",
         f"{_JS_API}.DIRECT.GET.{jobs}.>",
@@ -280,7 +288,7 @@ def dashboard_permissions(names: Names) -> Permissions:
         *_kv_write(names.schedules_bucket),
         *_kv_read(names.ticker_bucket),
     ]
-    subscribe = [_inbox(DASHBOARD), *names.events_stream_subjects]
+    subscribe = [_inbox(DASHBOARD)]  # the ordered consumer delivers to the dashboard's inbox
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
 
 

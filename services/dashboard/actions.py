@@ -4,8 +4,9 @@ Every action, taken or refused, is written to the audit trail (who, what, when, 
 where, outcome). An action answers with a redirect to the page it came from and a
 one-shot message; bad input answers 400, an unknown run or dead letter 404, both with
 one line saying what was wrong and what to do. The work itself is the shared code the
-CLI calls: `shared.operations` (trigger, cancel, re-run), `shared.readmodel.schedules`
-(schedule overrides) and `shared.readmodel.deadletters` (replay, purge).
+CLI calls: `shared.operations` (trigger, cancel, re-run), `shared.runtime.deliver_signal`
+(signal a waiting workflow), `shared.readmodel.schedules` (schedule overrides) and
+`shared.readmodel.deadletters` (replay, purge).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from services.dashboard.pages import parse_seq
 from services.dashboard.security import CSRF_FIELD, SESSION_COOKIE, Refused, Session, clear_cookie, session_cookie
 from services.dashboard.web import Response, redirect
 from shared.audit import Outcome, record_action
-from shared.errors import InvalidRequest
-from shared.names import JOBS
+from shared.errors import InvalidRequest, SignalRejected
+from shared.names import JOBS, check_job_name
 from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, rerun, trigger_run
 from shared.readmodel import deadletters, schedules
 from shared.readmodel.runs import find_run
 from shared.readmodel.timetext import parse_time
+from shared.runtime import deliver_signal
 from shared.schedules import parse_schedule
 
 log = logging.getLogger("services.dashboard")
@@ -47,6 +49,7 @@ def register(dash: Dashboard) -> None:
     dash.route("POST", "/logout", logout)
     dash.route("POST", "/runs/{run_id}/cancel", cancel)
     dash.route("POST", "/runs/{run_id}/rerun", rerun_action)
+    dash.route("POST", "/runs/{run_id}/signal", signal)
     dash.route("POST", "/schedules/{job}/set", schedule_set)
     dash.route("POST", "/schedules/{job}/reset", schedule_reset)
     dash.route("POST", "/schedules/{job}/trigger", trigger)
@@ -93,12 +96,12 @@ async def act(page: Page, action: str, target: str, back: str, work: Work) -> Re
     except (BadInput, InvalidRequest, ValueError) as exc:
         await _audit(page, actor, action, target, "failed", str(exc), params)
         return page.error(400, str(exc), back=back)
+    except (RunAlreadyEnded, SignalRejected) as exc:
+        await _audit(page, actor, action, target, "failed", str(exc), params)
+        return page.error(409, str(exc), back=back)
     except (Missing, RunNotFound, LookupError) as exc:
         await _audit(page, actor, action, target, "failed", str(exc), params)
         return page.error(404, str(exc), back=back)
-    except RunAlreadyEnded as exc:
-        await _audit(page, actor, action, target, "failed", str(exc), params)
-        return page.error(409, str(exc), back=back)
     except Exception as exc:
         from services.dashboard.app import SERVER_ERRORS
 
@@ -201,6 +204,33 @@ async def rerun_action(page: Page) -> Response:
     if new_id and response.status == 303:
         response.headers["location"] = _run_url(new_id[0])
     return response
+
+
+async def signal(page: Page) -> Response:
+    """Send the signal a waiting workflow run waits for (as `pulse signal`), with a JSON payload."""
+    run_id = page.request.params["run_id"]
+    src = page.sources
+
+    async def work(session: Session, params: dict[str, Any]) -> str:
+        try:  # any job may be a workflow: the run's record decides, checked by deliver_signal
+            check_job_name(run_id.split(":", 1)[0])
+        except ValueError as exc:
+            raise Missing(f"{run_id!r} is not a run id ({exc})") from None
+        name = str(params.get("name") or "").strip()
+        if not name:
+            raise BadInput("give the signal's name: the step the run waits on (shown as 'waiting for signal')")
+        text = str(params.get("payload") or "").strip()
+        try:
+            payload = json.loads(text) if text else None
+        except ValueError as exc:
+            raise BadInput(f'the payload is not JSON ({exc}); e.g. {{"approved": true}}, or leave it empty') from None
+        if await find_run(src.store(), run_id) is None:
+            raise Missing(f"no run {run_id!r} is recorded, so there is nothing to signal")
+        await deliver_signal(src.store(), src.js, page.settings.names, run_id, name, payload,
+                             max_bytes=page.settings.step_results_max_bytes)  # fmt: skip
+        return f"{run_id}: signal {name} delivered; the run resumes"
+
+    return await act(page, "signal", run_id, _run_url(run_id), work)
 
 
 # -- schedules -------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """The dashboard's ASGI app: routing, the per-request context, error pages, health routes.
 
+`Dashboard(settings).app()` is the service's FastStream app (`shared.runtime.build_http_app`,
+run by `run_app` as every service): `/healthz`, `/readyz` (NATS connected and a real store
+read) and `/metrics` from the runtime, every other path from `Dashboard`.
+
 Every page is rendered on the server from the shared read model (`shared.readmodel`),
 the same functions `pulse` calls. A server that is down never makes a page fail: each
 part of a page is read through `Page.read`, which turns an unreachable NATS or MongoDB
@@ -11,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
+from faststream.asgi import AsgiFastStream
 from pymongo.errors import PyMongoError
 
 from services.dashboard.render import environment
@@ -29,6 +33,7 @@ from services.dashboard.sources import Sources, Unavailable
 from services.dashboard.web import EventStream, HttpError, Receive, Request, Response, Router, Scope, Send
 from shared.errors import PulseError
 from shared.readmodel.timetext import iso
+from shared.runtime import build_http_app
 from shared.settings import Settings
 
 log = logging.getLogger("services.dashboard")
@@ -44,6 +49,8 @@ NAV = (
     ("/stats", "Market stats", "stats"),
 )
 FLASH_COOKIE = "pulse_flash"
+#: How often the system gauges of /metrics (queues, dead letters) are read again.
+GAUGES_INTERVAL_S = 15.0
 #: Errors that mean "a server is down or slow", shown as a banner rather than a 500.
 SERVER_ERRORS: tuple[type[BaseException], ...] = (
     Unavailable,
@@ -107,7 +114,7 @@ class Page:
             "request_path": self.request.path,
             "now": datetime.now(UTC),
             "now_iso": iso(datetime.now(UTC).replace(microsecond=0)),
-            "live_url": values.pop("live_url", None),
+            "live_url": _resuming(values.pop("live_url", None), self.sources.hub.last_seq),
             **values,
         }
         body = self.dashboard.templates.get_template(template).render(context)
@@ -120,6 +127,13 @@ class Page:
             "error.html", status=status, title=heading.get(status, "Error"), heading=heading.get(status, "Error"),
             message=message, back=back,
         )  # fmt: skip
+
+
+def _resuming(live_url: str | None, seq: int) -> str | None:
+    """The page's event stream, starting after the EVENTS sequence the page was rendered at."""
+    if live_url is None:
+        return None
+    return f"{live_url}{'&' if '?' in live_url else '?'}last_event_id={seq}"
 
 
 def flash_cookie(message: str, *, error: bool = False) -> str:
@@ -189,6 +203,11 @@ class Dashboard:
         self.router = Router()
         self.closing = asyncio.Event()
         self.metrics = DashboardMetrics()
+        hub = self.sources.hub
+        self.metrics.live_streams.set_function(lambda: hub.listeners)
+        self.metrics.up.labels(server="nats").set_function(lambda: 1 if self.sources.nats_up else 0)
+        self.metrics.up.labels(server="mongo").set_function(lambda: 1 if self.sources.mongo_up else 0)
+        self._gauges: asyncio.Task[None] | None = None
         from services.dashboard import actions, pages
 
         pages.register(self)
@@ -229,11 +248,52 @@ class Dashboard:
         )
 
     async def start(self) -> None:
+        """Connect (servers may be down: they are retried in the background) and start the gauges."""
         await self.sources.start()
+        self._gauges = asyncio.create_task(self._refresh_gauges(), name="dashboard-gauges")
 
     async def stop(self) -> None:
+        """End the live streams (so the HTTP server can close them) and the background loops."""
         self.closing.set()
+        if self._gauges is not None:
+            self._gauges.cancel()
+            await asyncio.gather(self._gauges, return_exceptions=True)
         await self.sources.stop()
+
+    async def close(self) -> None:
+        """Close the store's client (after the broker stopped)."""
+        await self.sources.close()
+
+    def app(self) -> AsgiFastStream:
+        """The service's FastStream app (run by `shared.runtime.run_app` on the dashboard's address)."""
+
+        async def announce() -> None:
+            mode = "actions enabled" if self.guard.enabled else "read-only (no PULSE_DASHBOARD_TOKEN)"
+            log.info("dashboard pages served (%s)", mode, extra={"event": "dashboard.http"})
+
+        return build_http_app(
+            {"nats": self.sources.nats_ready, "mongo": self.sources.mongo_ready},
+            self.metrics.registry,
+            self.sources.broker,
+            fallback=self,
+            on_startup=[self.start],
+            after_startup=[announce],
+            on_shutdown=[self.stop],  # the live streams end before the broker drains NATS
+            after_shutdown=[self.close],
+        )
+
+    async def _refresh_gauges(self) -> None:
+        """Read the system gauges of /metrics (queues, dead letters, targets) from the read model, again and again."""
+        from services.dashboard.pages import observe_system
+
+        while True:
+            if self.sources.nats_up:
+                try:
+                    await asyncio.wait_for(observe_system(self), timeout=self.settings.nats_connect_timeout_s)
+                except SERVER_ERRORS as exc:  # a server went away: the next round tries again
+                    log.warning("dashboard.gauges_unavailable: %s", type(exc).__name__,
+                                extra={"event": "dashboard.gauges_unavailable"})  # fmt: skip
+            await asyncio.sleep(GAUGES_INTERVAL_S)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -273,7 +333,3 @@ class Dashboard:
         return Response(
             target.read_bytes(), content_type=_STATIC_TYPES[target.suffix], headers={"cache-control": "max-age=300"}
         )
-
-
-def json_body(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, default=str), status, content_type="application/json")

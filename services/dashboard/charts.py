@@ -87,3 +87,17 @@ def line_chart(points: Sequence[tuple[datetime, float]], *, title: str, width: i
         f"{html.escape(points[-1][0].strftime('%m-%d %H:%M'))} UTC</text>"
         f'<polyline points="{line}"/>{dots}</svg>'
     )
+
+
+def step_bar(start: float, end: float, *, status: str, label: str, width: int = 240, height: int = 14) -> Markup:
+    """One step's place in its run, as a bar: `start` and `end` are fractions (0..1) of the run's span."""
+    left = max(0.0, min(1.0, start)) * width
+    right = max(0.0, min(1.0, end)) * width
+    bar = max(right - left, 2.0)  # an instant step stays visible
+    title = html.escape(label)
+    return Markup(
+        f'<svg class="step-bar" width="{width}" height="{height}" role="img" aria-label="{title}">'
+        f'<title>{title}</title><rect class="track" x="0" y="0" width="{width}" height="{height}"/>'
+        f'<rect class="bar b-{html.escape(status)}" x="{left:.1f}" y="2" width="{bar:.1f}" '
+        f'height="{height - 4}"/></svg>'
+    )

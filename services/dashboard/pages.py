@@ -3,13 +3,16 @@
 /                 Overview: per job schedule, next fire, last run, freshness, 24 h success
                   rate and p50/p95 with a chart, queue and redeliveries, alerts
 /runs             Runs: filters (job, status, trigger, since, until), keyset pages, live
-/runs/<run_id>    Run: facts, timeline, attempts, summary, args; cancel and re-run
+/runs/<run_id>    Run: facts, timeline, a workflow's steps, attempts, summary, args; cancel,
+                  re-run, and the signal a waiting workflow waits for
 /schedules        Schedules: change, pause/resume (bulk), trigger now or at a time,
                   upcoming and recent slots (with skipped and missed ones), delayed runs
 /dlq, /dlq/<seq>  Dead letters: list, show, replay, purge, replay/purge all matching
 /stats            Market stats: charts of the hourly snapshots, top markets
 /audit            The audit trail of operator actions
 /events           Server-Sent Events for the pages above (fed by the EVENTS stream)
+
+/healthz, /readyz and /metrics are the runtime's (`Dashboard.app()`).
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from services.dashboard.app import Dashboard, Page, json_body
-from services.dashboard.charts import line_chart, sparkline
-from services.dashboard.sources import LiveEvent
+from services.dashboard.app import Dashboard, Page
+from services.dashboard.charts import line_chart, sparkline, step_bar
+from services.dashboard.sources import OVERFLOWED, LiveEvent
 from services.dashboard.web import EventStream, HttpError, Response, sse
 from shared.audit import recent_actions
 from shared.names import JOBS
 from shared.readmodel import deadletters, runs, schedules, stats
 from shared.readmodel import status as job_status
-from shared.readmodel.timetext import as_utc, parse_since, parse_time
-from shared.schemas import RunRecord, RunStatus, Trigger
+from shared.readmodel.timetext import as_utc, human_seconds, iso, parse_since, parse_time
+from shared.runtime import read_steps
+from shared.schemas import RunRecord, RunStatus, StepRecord, Trigger
 
 #: Upcoming and recent slots shown per job.
 SLOTS_SHOWN = 6
@@ -54,9 +58,6 @@ def register(dash: Dashboard) -> None:
     dash.route("GET", "/audit", audit_page)
     dash.route("GET", "/login", login_page)
     dash.route("GET", "/events", events)
-    dash.route("GET", "/healthz", healthz)
-    dash.route("GET", "/readyz", readyz)
-    dash.route("GET", "/metrics", metrics)
 
 
 # -- overview ------------------------------------------------------------------------
@@ -191,6 +192,49 @@ def timeline(record: RunRecord) -> list[TimelineEntry]:
     return sorted(entries, key=lambda e: as_utc(e.at) or datetime.min.replace(tzinfo=UTC))
 
 
+@dataclass(frozen=True)
+class StepView:
+    """One row of a workflow run's step timeline."""
+
+    step: StepRecord
+    took: str
+    note: str
+    bar: Any
+
+
+def step_views(steps: list[StepRecord], now: datetime) -> list[StepView]:
+    """The steps with their durations and bars, scaled to the span from the first start to the last end.
+
+    A step still open (running, sleeping, waiting) reaches `now`, so the span covers it too.
+    """
+    starts = [as_utc(s.started_at) for s in steps if s.started_at is not None]
+    ends = [as_utc(s.ended_at) or now for s in steps if s.started_at is not None]
+    first = min((t for t in starts if t is not None), default=now)
+    last = max((t for t in ends if t is not None), default=now)
+    span = max((last - first).total_seconds(), 0.001)
+    views = []
+    for step in steps:
+        start, end = as_utc(step.started_at), as_utc(step.ended_at)
+        took = human_seconds(step.duration_ms / 1000) if step.duration_ms is not None else "…"
+        note = step.error or ""
+        if step.status.value in ("sleeping", "waiting") and step.wake_at is not None:
+            note = f"until {iso_of(step.wake_at)}"
+        elif step.timed_out:
+            note = "timed out (no signal)"
+        if start is None:
+            bar = step_bar(0, 0, status=step.status.value, label=f"{step.name}: not started")
+        else:
+            offset = (start - first).total_seconds() / span
+            finish = ((end or now) - first).total_seconds() / span
+            bar = step_bar(offset, finish, status=step.status.value, label=f"{step.name}: {step.status.value}, {took}")
+        views.append(StepView(step, took, note, bar))
+    return views
+
+
+def iso_of(moment: datetime | None) -> str:
+    return iso(as_utc(moment)) or "-"
+
+
 async def run_page(page: Page) -> Response:
     run_id = page.request.params["run_id"]
     record = await page.read("the run", lambda: runs.find_run(page.sources.store(), run_id))
@@ -212,16 +256,18 @@ async def run_page(page: Page) -> Response:
             ("heartbeat at", record.heartbeat_at),
             ("ended at", record.ended_at),
             ("next attempt at", record.next_attempt_at),
+            ("waiting for signal", record.waiting_for if record.status is RunStatus.WAITING else None),
+            ("wakes at", record.wake_at if record.status in (RunStatus.SLEEPING, RunStatus.WAITING) else None),
             ("reason", record.reason),
         )
         if value
     ]
-    from shared.readmodel.timetext import iso
-
     facts = [(label, iso(as_utc(v)) if isinstance(v, datetime) else v) for label, v in facts]
     live = None if record.status.is_terminal else "/events?" + urlencode({"page": "run", "run_id": run_id})
+    steps = await page.read("the workflow's steps", lambda: read_steps(page.sources.store(), run_id)) or []
     return page.render(
         "run.html", title=f"Run {run_id}", page="runs", r=record, facts=facts,
+        steps=step_views(steps, datetime.now(UTC)),
         args_json=json.dumps(record.args, sort_keys=True), timeline=timeline(record),
         summary_json=json.dumps(record.summary, indent=2, default=str) if record.summary else "",
         live_url=live,
@@ -367,22 +413,12 @@ async def login_page(page: Page) -> Response:
     return page.render("login.html", title="Sign in", next=target if target.startswith("/") else "/")
 
 
-# -- health ----------------------------------------------------------------------------------
+# -- gauges ----------------------------------------------------------------------------------
 
 
-async def healthz(page: Page) -> Response:
-    return json_body({"status": "ok"})
-
-
-async def readyz(page: Page) -> Response:
-    """Ready while it serves: pages work (with a banner) even when a server is down; the body says which."""
-    src = page.sources
-    return json_body({"ready": True, "nats": src.nats_up, "mongo": src.mongo_up, "live_pages": src.hub.listeners})
-
-
-async def observe_system(page: Page) -> None:
-    """Refresh the system gauges (queues, dead letters, freshness targets) from the read model."""
-    gauges, src, settings = page.dashboard.metrics, page.sources, page.settings
+async def observe_system(dash: Dashboard) -> None:
+    """Refresh the system gauges of /metrics (queues, dead letters, freshness targets) from the read model."""
+    gauges, src, settings = dash.metrics, dash.sources, dash.settings
     for job in JOBS:
         gauges.stale_after.labels(job=job).set(settings.jobs.for_job(job).stale_after_s)
     counts = await deadletters.count_by_job(src.js, settings.names)
@@ -395,18 +431,6 @@ async def observe_system(page: Page) -> None:
             gauges.redelivered.labels(job=job).set(queue.redelivered)
 
 
-async def metrics(page: Page) -> Response:
-    """Prometheus text format: requests by route and status, open live streams, servers up."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    dash = page.dashboard
-    await page.read("metrics", lambda: observe_system(page))
-    dash.metrics.live_streams.set(page.sources.hub.listeners)
-    dash.metrics.up.labels(server="nats").set(1 if page.sources.nats_up else 0)
-    dash.metrics.up.labels(server="mongo").set(1 if page.sources.mongo_up else 0)
-    return Response(generate_latest(dash.metrics.registry), content_type=CONTENT_TYPE_LATEST)
-
-
 # -- live updates ------------------------------------------------------------------------------
 
 
@@ -415,43 +439,94 @@ def _matches(event: LiveEvent, query: dict[str, str | None]) -> bool:
     return all(not query.get(key) or data.get(key) == query[key] for key in ("job", "status", "trigger", "run_id"))
 
 
+def last_event_id(page: Page) -> int | None:
+    """Where the browser's stream left off: its `Last-Event-ID` header (sent by EventSource when it
+    reconnects), else `last_event_id=` in the query (the sequence the page was rendered at)."""
+    text = page.request.headers.get("last-event-id") or page.request.arg("last_event_id") or ""
+    return int(text) if text.isdigit() else None
+
+
 async def _updates(page: Page) -> AsyncIterator[str]:
-    """The blocks of one page's event stream, until the client leaves or the dashboard stops."""
+    """The blocks of one page's event stream, until the client leaves or the dashboard stops.
+
+    Every block carries its event's EVENTS sequence as the SSE id (an id-only block for an
+    event this page shows nothing of, so the browser's last id stays current). A stream
+    that resumes after an id first gets what it missed, read from the stream, then the
+    live events after it: each event once, in order. A page too slow for its queue
+    catches up the same way, from the stream.
+    """
     arg = page.request.arg
     kind = arg("page") or "overview"
     query = {key: arg(key) for key in ("job", "status", "trigger", "run_id")}
     hub = page.sources.hub
-    queue = hub.subscribe()
-    templates = page.dashboard.templates
+    queue = hub.subscribe()  # first: what arrives while the missed events are read waits here
+    resume_after = last_event_id(page)  # read the stream after this first (None: nothing to read)
+    sent = resume_after or 0
     try:
         yield "retry: 2000\n: connected\n\n"
         while True:
+            if resume_after is not None:
+                caught_up = await _catch_up(page, kind, query, resume_after)
+                if caught_up is None:
+                    yield sse("reset", "too many events were missed: reload the page")
+                    return
+                blocks, sent = caught_up
+                for block in blocks:
+                    yield block
+                resume_after = None
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
+                live = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            if event is None:
+            if live is None:
                 return
-            if event.kind == "alert":
-                text = (
-                    f"ALERT {event.data.get('job')} {event.data.get('kind')}: {str(event.data.get('detail', ''))[:300]}"
-                )
-                html = templates.from_string('<div class="banner alert" role="alert">{{ text }}</div>').render(
-                    text=text
-                )
-                yield sse("alert", html)
+            if live is OVERFLOWED:  # the queue dropped events: read them from the stream
+                resume_after = sent
                 continue
-            if kind == "runs" and _matches(event, query):
-                block = await _run_row(page, event)
-                if block:
-                    yield block
-            elif kind == "run" and event.data.get("run_id") == query.get("run_id"):
-                yield sse("ended", str(event.data.get("status", "")))
-            elif kind == "overview":
-                yield sse("jobs", await _jobs_fragment(page))
+            if live.seq <= sent:  # already sent from the stream
+                continue
+            yield await _block(page, kind, query, live)
+            sent = live.seq
     finally:
         hub.unsubscribe(queue)
+
+
+async def _catch_up(page: Page, kind: str, query: dict[str, str | None], after: int) -> tuple[list[str], int] | None:
+    """The blocks of the events after `after` (read from the stream) and the last id sent; None: too many."""
+    missed = await page.read("missed events", lambda: page.sources.missed(after))
+    if missed is None:  # NATS is away: the live feed resumes when it is back
+        return [], after
+    if not missed.complete:
+        return None
+    sent = 0 if after > missed.last_seq else after  # an id from before EVENTS was recreated: nothing sent yet
+    last_run = max((e.seq for e in missed.events if e.kind == "run"), default=0)
+    blocks = []
+    for event in missed.events:
+        # The overview is re-rendered whole: once, for the last missed run event.
+        coalesced = kind == "overview" and event.kind == "run" and event.seq != last_run
+        blocks.append(f"id: {event.seq}\n\n" if coalesced else await _block(page, kind, query, event))
+        sent = event.seq
+    return blocks, sent
+
+
+async def _block(page: Page, kind: str, query: dict[str, str | None], event: LiveEvent) -> str:
+    """The SSE block of `event` for this page (`kind`, filtered by `query`), with its id."""
+    event_id = str(event.seq)
+    if event.kind == "alert":
+        data = event.data
+        text = f"ALERT {data.get('job')} {data.get('kind')}: {str(data.get('detail', ''))[:300]}"
+        html = page.dashboard.templates.from_string('<div class="banner alert" role="alert">{{ text }}</div>')
+        return sse("alert", html.render(text=text), event_id)
+    if kind == "runs" and _matches(event, query):
+        row = await _run_row(page, event)
+        if row is not None:
+            return sse("row", row, event_id)
+    elif kind == "run" and event.data.get("run_id") == query.get("run_id"):
+        return sse("ended", str(event.data.get("status", "")), event_id)
+    elif kind == "overview":
+        return sse("jobs", await _jobs_fragment(page), event_id)
+    return f"id: {event_id}\n\n"  # nothing to show here; the browser's last id moves on
 
 
 async def _run_row(page: Page, event: LiveEvent) -> str | None:
@@ -460,7 +535,7 @@ async def _run_row(page: Page, event: LiveEvent) -> str | None:
     if record is None:
         return None
     macro = page.dashboard.templates.get_template("macros.html").module.run_row  # type: ignore[attr-defined]
-    return sse("row", str(macro(record, datetime.now(UTC))))
+    return str(macro(record, datetime.now(UTC)))
 
 
 async def _jobs_fragment(page: Page) -> str:

@@ -17,7 +17,8 @@ from shared.readmodel.timetext import human_seconds, iso
 from shared.schemas import utcnow
 from shared.settings import Settings
 
-from .common import check_job, cli_settings, connect, console, err_console, operator, parse_since, print_json, run_async
+from .common import check_job, cli_settings, connect, console, err_console, parse_since, print_json, run_async
+from .trail import ActorOpt, acting_as
 
 _SAYS = {
     "ran": "already ran ({status}): not requested again",
@@ -49,7 +50,9 @@ def _summary(plan: BackfillPlan) -> str:
     return head + cost + pace + took
 
 
-async def _backfill(settings: Settings, job: str, start: datetime, end: datetime, dry_run: bool) -> BackfillPlan:
+async def _backfill(
+    settings: Settings, job: str, start: datetime, end: datetime, dry_run: bool, who: str
+) -> BackfillPlan:
     async with connect(settings) as conns:
         plan = await plan_backfill(conns.js, conns.db, settings, job, start, end, utcnow())
         if dry_run:
@@ -60,7 +63,7 @@ async def _backfill(settings: Settings, job: str, start: datetime, end: datetime
             if err_console.is_terminal:
                 err_console.print(_slot_line(entry), highlight=False, markup=False)
 
-        return await run_backfill(conns.js, conns.db, settings, plan, requested_by=operator(), on_slot=progress)
+        return await run_backfill(conns.js, conns.db, settings, plan, requested_by=who, on_slot=progress)
 
 
 def backfill(
@@ -75,6 +78,7 @@ def backfill(
         bool, typer.Option("--dry-run", help="Print the slots, how many already ran, and the cost; change nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    actor: ActorOpt = None,
 ) -> None:
     """Request each slot of JOB's schedule in [--from, --to) once, under the slot's run id.
 
@@ -92,7 +96,8 @@ def backfill(
     check_job(settings, job)
     window_start = parse_since(start, option="--from")
     window_end = parse_since(end, option="--to") if end is not None else utcnow()
-    plan = run_async(lambda: _backfill(settings, job, window_start, window_end, dry_run))
+    who = acting_as(actor)
+    plan = run_async(lambda: _backfill(settings, job, window_start, window_end, dry_run, who))
     if as_json:
         print_json(plan.as_json())
         return

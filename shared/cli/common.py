@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -130,15 +128,6 @@ def print_json(data: Any) -> None:
     """Write `data` as indented JSON on stdout (datetimes and enums as strings)."""
     sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
     sys.stdout.flush()
-
-
-def operator() -> str:
-    """Who is asking, for `requested_by` ("pulse:<user>@<host>")."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"pulse:{user}@{socket.gethostname()}"[:200]
 
 
 def check_job(settings: Settings, job: str) -> str:

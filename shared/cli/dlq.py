@@ -41,11 +41,11 @@ from .common import (
     console,
     err_console,
     fail,
-    operator,
     print_json,
     run_async,
 )
 from .jobs import parse_args
+from .trail import ActorOpt, acting_as, audited
 
 dlq_app = typer.Typer(
     help="Dead letters: requests that exhausted their attempts or could not be run.", no_args_is_help=True
@@ -169,6 +169,7 @@ def replay(
     ] = None,
     edit: Annotated[bool, typer.Option("--edit", help="Edit the args as JSON in $EDITOR before replaying.")] = False,
     as_json: JsonOpt = False,
+    actor: ActorOpt = None,
 ) -> None:
     """Publish a dead request again as a new run (trigger `replay`) and print its run_id.
 
@@ -185,50 +186,81 @@ def replay(
     if all_ and (set_ or unset or edit):
         fail("--set, --unset and --edit change one dead letter: give its sequence number instead of --all")
 
-    who = operator()
+    who = acting_as(actor)
 
-    async def _read_one(number: int) -> StoredLetter:
+    async def _read_one(number: int) -> StoredLetter | None:
         async with connect(settings, need_store=False) as conns:
-            return await read_letter(conns.js, settings, number)
+            try:
+                return await deadletters.read_letter(conns.js, settings.names, number)
+            except LookupError:
+                return None  # the replay below says so (and records it in the audit trail)
 
     edited_args: dict[str, Any] | None = None
-    if seq is not None:
-        stored_one = run_async(lambda: _read_one(seq))
+    stored_one = run_async(lambda: _read_one(seq)) if seq is not None else None
+    if stored_one is not None:
         edited_args = edit_args(stored_one, set_ or [], unset or [], edit)
         refusal = replay_refusal(stored_one, edited_args)
         if refusal is not None:
             fail(f"dead letter #{seq} not replayed: {refusal}")
 
+    action, target = ("dlq_replay", str(seq)) if seq is not None else ("dlq_replay_all", job or "all")
+    params: dict[str, Any] = {"keep": keep} | ({"args": edited_args} if edited_args is not None else {})
+
     async def _run() -> int:
         async with connect(settings) as conns:
-            if seq is not None:
-                letters = [await read_letter(conns.js, settings, seq)]
-            else:
-                letters = await read_letters(conns.js, settings.names, job, SCAN_LIMIT)
-            results = [
-                await replay_letter(
-                    conns.js, conns.db, settings.names, stored, keep=keep, requested_by=who, edited_args=edited_args
-                )
-                for stored in letters
-            ]
-        if as_json:
-            print_json(results)
-        for result in results if not as_json else []:
-            if result["replayed"]:
-                console.print(result["run_id"], highlight=False, markup=False)
-                note = " (already replayed: not started again)" if result["duplicate"] else ""
-                err_console.print(
-                    f"dead letter #{result['seq']} replayed as {result['run_id']}{note}", highlight=False, markup=False
-                )
-            else:
-                err_console.print(
-                    f"dead letter #{result['seq']} not replayed: {result['reason']}", highlight=False, markup=False
-                )
-        if not results:
-            err_console.print("no dead letters to replay")
+            try:
+                async with audited(settings, conns.db, who, action, target, params) as trail:
+                    if seq is not None:
+                        letters = [await deadletters.read_letter(conns.js, settings.names, seq)]
+                    else:
+                        letters = await read_letters(conns.js, settings.names, job, SCAN_LIMIT)
+                    results = [
+                        await replay_letter(
+                            conns.js,
+                            conns.db,
+                            settings.names,
+                            stored,
+                            keep=keep,
+                            requested_by=who,
+                            edited_args=edited_args,
+                        )
+                        for stored in letters
+                    ]
+                    trail.detail = _replay_note(results)
+            except LookupError as exc:
+                fail(f"{exc}; list them with: pulse dlq list", EXIT_FAILED)
+        _report_replays(results, as_json=as_json)
         return EXIT_OK if all(r["replayed"] for r in results) else EXIT_FAILED
 
     raise typer.Exit(run_async(_run))
+
+
+def _report_replays(results: list[dict[str, Any]], *, as_json: bool) -> None:
+    """The new run ids on stdout (or the results as JSON), the story on stderr."""
+    if as_json:
+        print_json(results)
+        return
+    for result in results:
+        if result["replayed"]:
+            console.print(result["run_id"], highlight=False, markup=False)
+            note = " (already replayed: not started again)" if result["duplicate"] else ""
+            err_console.print(
+                f"dead letter #{result['seq']} replayed as {result['run_id']}{note}", highlight=False, markup=False
+            )
+        else:
+            err_console.print(
+                f"dead letter #{result['seq']} not replayed: {result['reason']}", highlight=False, markup=False
+            )
+    if not results:
+        err_console.print("no dead letters to replay")
+
+
+def _replay_note(results: list[dict[str, Any]]) -> str:
+    """The audit trail's line of a replay: the new run ids, and what was left."""
+    done = [f"#{r['seq']} as {r['run_id']}" for r in results if r["replayed"]]
+    left = [f"#{r['seq']} ({r['reason']})" for r in results if not r["replayed"]]
+    text = f"replayed {len(done)}: {', '.join(done)}" if done else "replayed none"
+    return text + (f"; not replayed: {', '.join(left)}" if left else "")
 
 
 def edit_args(stored: StoredLetter, set_: list[str], unset: list[str], use_editor: bool) -> dict[str, Any] | None:
@@ -267,6 +299,7 @@ def purge(
     job: JobOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: JsonOpt = False,
+    actor: ActorOpt = None,
 ) -> None:
     """Delete dead letters: one by sequence, all of a job, or all. Asks first unless --yes.
 
@@ -281,13 +314,21 @@ def purge(
         err_console.print("nothing deleted")
         raise typer.Exit(EXIT_FAILED)
 
+    who = acting_as(actor)
+    action, target = ("dlq_purge", str(seq)) if seq is not None else ("dlq_purge_all", job or "all")
+
     async def _run() -> int:
         async with connect(settings, need_store=False) as conns:
-            if seq is not None:
-                await read_letter(conns.js, settings, seq)  # exits 1 when it is not there
-                deleted = 1 if await delete_letter(conns.js, settings.names, seq) else 0
-            else:
-                deleted = await purge_letters(conns.js, settings.names, job)
+            try:
+                async with audited(settings, None, who, action, target) as note:
+                    if seq is not None:
+                        await deadletters.read_letter(conns.js, settings.names, seq)  # LookupError when it is not there
+                        deleted = 1 if await delete_letter(conns.js, settings.names, seq) else 0
+                    else:
+                        deleted = await purge_letters(conns.js, settings.names, job)
+                    note.detail = f"deleted {deleted} dead letter(s)"
+            except LookupError as exc:
+                fail(f"{exc}; list them with: pulse dlq list", EXIT_FAILED)
         if as_json:
             print_json({"deleted": deleted})
         else:

@@ -39,7 +39,6 @@ from .common import (
     console,
     err_console,
     fail,
-    operator,
     parse_duration,
     parse_since,
     parse_time,
@@ -47,6 +46,7 @@ from .common import (
     run_async,
 )
 from .render import chains_table, live_status, run_detail, run_json, runs_table, status_table
+from .trail import ActorOpt, acting_as, audited
 from .workflows import steps_json, steps_table
 
 _ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
@@ -126,8 +126,18 @@ def ended_text(record: RunRecord) -> str:
     return f"{record.run_id} ended {record.status.value}{took} {how}{summary}"
 
 
+def _trigger_note(run_id: str, at: datetime | None, duplicate: bool, existing: RunRecord | None) -> str:
+    """The audit trail's line of a trigger."""
+    if existing is not None:
+        return f"same key as {run_id} ({existing.status.value}): not started again"
+    if duplicate:
+        return f"same key as the queued {run_id}: not started again"
+    return f"will run at {iso(at)} as {run_id}" if at is not None else f"started as {run_id}"
+
+
 async def _trigger(
     job: str,
+    who: str,
     args: dict[str, Any],
     at: datetime | None,
     key: str | None,
@@ -137,10 +147,13 @@ async def _trigger(
 ) -> int:
     settings = cli_settings()
     check_job(settings, job)
-    request = build_request(job, args, at, key, operator())
+    request = build_request(job, args, at, key, who)
     run_id = request.run_id
+    params = {"args": args, "at": iso(at), "key": key}
     async with connect(settings) as conns:
-        done = await trigger_run(conns.js, conns.db, settings.names, request, at=at, keyed=key is not None)
+        async with audited(settings, conns.db, who, "trigger", job, params) as note:
+            done = await trigger_run(conns.js, conns.db, settings.names, request, at=at, keyed=key is not None)
+            note.detail = _trigger_note(run_id, at, done.duplicate, done.existing)
         duplicate, existing = done.duplicate, done.existing
         _report_trigger(run_id, job, at, duplicate, existing, json_out=as_json and not wait, quiet=as_json and wait)
         if not wait:
@@ -204,6 +217,7 @@ def trigger(
     ] = False,
     timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after SECONDS.")] = None,
     as_json: JsonOpt = False,
+    actor: ActorOpt = None,
 ) -> None:
     """Start a job now (or once later) and print its run_id.
 
@@ -221,8 +235,9 @@ def trigger(
     if timeout is not None and timeout <= 0:
         fail("--timeout must be a positive number of seconds")
     args = parse_args(arg or [])
+    who = acting_as(actor)
     try:
-        code = run_async(lambda: _trigger(job, args, when, key, wait, timeout, as_json))
+        code = run_async(lambda: _trigger(job, who, args, when, key, wait, timeout, as_json))
     except typer.Exit as exc:
         if wait and exc.exit_code == EXIT_INTERRUPTED:
             err_console.print("stopped waiting; the run itself goes on (see: pulse runs --job " + job + ")")
@@ -380,6 +395,7 @@ def run(
 def cancel(
     run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)],
     as_json: JsonOpt = False,
+    actor: ActorOpt = None,
 ) -> None:
     """Cancel a queued, delayed, retrying or running run; it ends `canceled` at its next check point.
 
@@ -388,11 +404,14 @@ def cancel(
     settings = cli_settings()
     job = run_id.split(":", 1)[0]
     check_job(settings, job)
+    who = acting_as(actor)
 
     async def _run() -> int:
         async with connect(settings) as conns:
             try:
-                done = await cancel_run(conns.nats, conns.js, conns.db, settings.names, run_id, by=operator())
+                async with audited(settings, conns.db, who, "cancel", run_id) as note:
+                    done = await cancel_run(conns.nats, conns.js, conns.db, settings.names, run_id, by=who)
+                    note.detail = f"{run_id}: {done.status}" + (" (delayed request removed)" if done.delayed else "")
             except RunAlreadyEnded as exc:
                 fail(str(exc), EXIT_FAILED)
             except RunNotFound as exc:

@@ -50,10 +50,10 @@ from .common import (
     console,
     err_console,
     fail,
-    operator,
     print_json,
     run_async,
 )
+from .trail import ActorOpt, acting_as, audited
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 JobArg = Annotated[str, typer.Argument(help=f"The job: one of {', '.join(JOBS)}.", show_default=False)]
@@ -69,15 +69,21 @@ schedule_app = typer.Typer(
 # -- the override document -----------------------------------------------------------
 
 
-async def _change(settings: Settings, job: str, change: Change) -> tuple[ScheduleOverride | None, EffectiveSchedule]:
-    """Apply `change` to the job's override (compare-and-set, shared read model); exit 1 if it kept changing."""
+async def _change(
+    settings: Settings, job: str, change: Change, *, who: str, action: str, params: dict[str, Any] | None = None
+) -> tuple[ScheduleOverride | None, EffectiveSchedule]:
+    """Apply `change` to the job's override (compare-and-set), audited; exit 1 if it kept changing."""
 
     def warn(problem: str) -> None:
         err_console.print(f"warning: the stored override of {job} is unreadable and is replaced ({problem})")
 
     async with connect(settings, need_store=False) as conns:
         try:
-            return await change_override(conns.js, settings, job, change, on_unreadable=warn)
+            async with audited(settings, None, who, action, job, params) as note:
+                override, eff = await change_override(conns.js, settings, job, change, on_unreadable=warn)
+                state = "paused" if eff.paused else "active"
+                note.detail = f"{job}: schedule {eff.schedule.text!r} ({eff.source}), {state}"
+                return override, eff
         except ConcurrentChange as exc:
             fail(str(exc), EXIT_FAILED)
 
@@ -190,6 +196,7 @@ def set_(
         ),
     ] = None,
     now: Annotated[bool, typer.Option("--now", help="Also start one run now (a manual run).")] = False,
+    actor: ActorOpt = None,
 ) -> None:
     """Override JOB's schedule at runtime (the ticker applies it within seconds, no restart).
 
@@ -214,9 +221,10 @@ def set_(
     check_job(settings, job)
     policy = _catch_up_option(catch_up)
     text = _spec_from_options(every, cron, spec, catch_up)
-    who = operator()
+    who = acting_as(actor)
     changes = [change for change in (_schedule_change(text, who), _catch_up_change(policy, who)) if change]
-    _, eff = run_async(lambda: _change(settings, job, _chain(changes)))
+    params = {"schedule": text, "catch_up": policy}
+    _, eff = run_async(lambda: _change(settings, job, _chain(changes), who=who, action="schedule_set", params=params))
     _report(eff, "schedule set" if text is not None else "catch-up policy set")
     if policy == "all" and settings.jobs.for_job(job).overlap == "skip":
         err_console.print(
@@ -267,13 +275,17 @@ async def _start_now(settings: Settings, job: str, who: str) -> str:
         scheduled_for=utcnow(),
         requested_by=who,
     )
-    async with connect(settings, need_store=False) as conns:
+    async with (
+        connect(settings, need_store=False) as conns,
+        audited(settings, None, who, "trigger", job, {"from": "schedule set --now"}) as note,
+    ):
         await publish_request(conns.js, settings.names, request)
+        note.detail = f"started as {request.run_id}"
     return request.run_id
 
 
 @schedule_app.command("pause")
-def pause(job: JobArg) -> None:
+def pause(job: JobArg, actor: ActorOpt = None) -> None:
     """Stop the ticker from requesting JOB until `pulse schedule resume JOB`.
 
     Manual and delayed runs still work.
@@ -282,24 +294,26 @@ def pause(job: JobArg) -> None:
     """
     settings = cli_settings()
     check_job(settings, job)
-    _, eff = run_async(lambda: _change(settings, job, pause_change(operator())))
+    who = acting_as(actor)
+    _, eff = run_async(lambda: _change(settings, job, pause_change(who), who=who, action="schedule_pause"))
     _report(eff, "paused")
 
 
 @schedule_app.command("resume")
-def resume(job: JobArg) -> None:
+def resume(job: JobArg, actor: ActorOpt = None) -> None:
     """Let the ticker request JOB again, from its next slot; slots missed while paused do not fire.
 
     Example: pulse schedule resume market_sync
     """
     settings = cli_settings()
     check_job(settings, job)
-    _, eff = run_async(lambda: _change(settings, job, resume_change(operator())))
+    who = acting_as(actor)
+    _, eff = run_async(lambda: _change(settings, job, resume_change(who), who=who, action="schedule_resume"))
     _report(eff, "resumed")
 
 
 @schedule_app.command("reset")
-def reset(job: JobArg) -> None:
+def reset(job: JobArg, actor: ActorOpt = None) -> None:
     """Drop JOB's runtime override: back to the default schedule and catch-up policy from settings, not paused.
 
     Like resume, slots missed while it was paused do not fire.
@@ -308,7 +322,8 @@ def reset(job: JobArg) -> None:
     """
     settings = cli_settings()
     check_job(settings, job)
-    _, eff = run_async(lambda: _change(settings, job, reset_change(operator())))
+    who = acting_as(actor)
+    _, eff = run_async(lambda: _change(settings, job, reset_change(who), who=who, action="schedule_reset"))
     _report(eff, "reset to the default")
 
 
@@ -349,21 +364,28 @@ def pending(
     console.print(table)
 
 
-async def _cancel(settings: Settings, run_id: str) -> bool:
-    async with connect(settings, need_store=False) as conns:
-        return await cancel_delayed(conns.js, settings.names, run_id)
+async def _cancel(settings: Settings, run_id: str, who: str) -> bool:
+    async with (
+        connect(settings, need_store=False) as conns,
+        audited(settings, None, who, "cancel_pending", run_id) as note,
+    ):
+        canceled = await cancel_delayed(conns.js, settings.names, run_id)
+        note.detail = "canceled before it fired" if canceled else "not pending: nothing canceled"
+        return canceled
 
 
 @schedule_app.command("cancel-pending")
 def cancel_pending(
     run_id: Annotated[str, typer.Argument(help="The delayed run, as shown by `pulse schedule pending`.")],
+    actor: ActorOpt = None,
 ) -> None:
     """Cancel a delayed one-off run before it fires (exit 1 if it is not pending).
 
     Example: pulse schedule cancel-pending stats:delayed:3f2a9c0d
     """
     settings = cli_settings()
-    if run_async(lambda: _cancel(settings, run_id)):
+    who = acting_as(actor)
+    if run_async(lambda: _cancel(settings, run_id, who)):
         console.print(f"{run_id}: canceled; it will not fire", highlight=False, markup=False)
         raise typer.Exit(EXIT_OK)
     fail(f"{run_id} is not pending (already fired, canceled, or unknown); see: pulse schedule pending", EXIT_FAILED)

@@ -20,6 +20,7 @@ from shared.runtime import deliver_signal
 from shared.schemas import StepRecord
 
 from .common import EXIT_FAILED, EXIT_OK, cli_settings, connect, console, fail, print_json, run_async
+from .trail import ActorOpt, acting_as, audited
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
@@ -70,12 +71,14 @@ def signal(
     name: Annotated[str, typer.Argument(help="The signal: the name of the step that waits.", show_default=False)],
     payload: Annotated[str | None, typer.Argument(help="JSON the step returns (default null).")] = None,
     as_json: JsonOpt = False,
+    actor: ActorOpt = None,
 ) -> None:
     """Signal a waiting workflow run; it resumes with the JSON payload.
 
     Example: pulse signal market_refresh:manual:5d1c... approval '{"ok": true}'
     """
     settings = cli_settings()
+    who = acting_as(actor)
     try:  # any job may be a workflow: the run's record decides, checked by deliver_signal
         check_job_name(run_id.split(":", 1)[0])
     except ValueError as exc:
@@ -88,15 +91,12 @@ def signal(
     async def _run() -> int:
         async with connect(settings) as conns:
             try:
-                await deliver_signal(
-                    conns.db,
-                    conns.js,
-                    settings.names,
-                    run_id,
-                    name,
-                    value,
-                    max_bytes=settings.step_results_max_bytes,
-                )
+                async with audited(
+                    settings, conns.db, who, "signal", run_id, {"name": name, "payload": payload}
+                ) as note:
+                    await deliver_signal(conns.db, conns.js, settings.names, run_id, name, value,
+                                         max_bytes=settings.step_results_max_bytes)  # fmt: skip
+                    note.detail = f"{run_id}: signal {name} delivered; the run resumes"
             except SignalRejected as exc:
                 fail(str(exc), EXIT_FAILED)
         if as_json:

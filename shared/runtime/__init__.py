@@ -13,7 +13,7 @@ from shared.runtime._broker import ServiceBroker
 from shared.runtime._context import JobContext
 from shared.runtime._events import publish_cancel_hint
 from shared.runtime._freshness import Freshness, check_freshness, read_freshness
-from shared.runtime._health import HttpServer, build_http_app, kv_readable
+from shared.runtime._health import HttpServer, build_http_app, kv_readable, store_readable
 from shared.runtime._job import Checkpoint, job, no_checkpoint
 from shared.runtime._journal import read_steps
 from shared.runtime._monitor import failure_streak
@@ -46,5 +46,6 @@ __all__ = [
     "request_cancel",
     "run_app",
     "run_service",
+    "store_readable",
     "time_out_silent_runs",
 ]

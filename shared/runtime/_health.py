@@ -13,7 +13,8 @@ Used by every service (the job consumers through `run_service`, and the ticker):
 `/healthz` answers 200 while the process serves requests (liveness). `/readyz` runs every
 readiness check concurrently (each bounded by `check_timeout_s`) and answers 200 when all
 pass, else 503; the JSON body names each check's result. `/metrics` is the Prometheus
-text format of the given registry.
+text format of the given registry. A service with pages of its own (the dashboard) passes
+its ASGI app as `fallback`: it answers every path these routes do not match.
 
 uvicorn runs in-process with the ASGI lifespan off, and the service enters the app's
 lifespan itself: so a start-up failure is one clear log line with exit code 2 (uvicorn's
@@ -153,6 +154,7 @@ def build_http_app(
     after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
     after_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    fallback: AsgiApp | None = None,
 ) -> AsgiFastStream:
     """A service's FastStream ASGI app: its brokers and hooks, serving `health_routes`.
 
@@ -165,10 +167,12 @@ def build_http_app(
         after_startup: run once the brokers consume.
         on_shutdown: run before the brokers stop (which waits for running handlers).
         after_shutdown: run after the brokers stopped (close other clients).
+        fallback: the ASGI app of every other path (the dashboard's pages); without it they answer 404.
     """
     # logger=None: the app's "starting"/"shut down" lines are not JSON; services log their own.
-    return AsgiFastStream(
+    return _AppWithFallback(
         *brokers,
+        fallback=fallback,
         asgi_routes=health_routes(readiness_checks, registry, check_timeout_s=check_timeout_s),
         logger=None,
         on_startup=on_startup,
@@ -176,6 +180,20 @@ def build_http_app(
         on_shutdown=on_shutdown,
         after_shutdown=after_shutdown,
     )
+
+
+class _AppWithFallback(AsgiFastStream):
+    """FastStream's ASGI app, handing each HTTP path its exact-match routes do not serve to `fallback` (if any)."""
+
+    def __init__(self, *brokers: NatsBroker, fallback: AsgiApp | None, **options: Any) -> None:
+        super().__init__(*brokers, **options)
+        self._fallback = fallback
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._fallback is not None and scope["type"] == "http":
+            await self._fallback(scope, receive, send)
+            return
+        await super().not_found(scope, receive, send)
 
 
 class _QuietServer(uvicorn.Server):

@@ -24,7 +24,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from faststream.asgi import AsgiFastStream
 
@@ -89,10 +89,23 @@ def worker_app(
 AppFactory = Callable[[Settings], AsgiFastStream]
 
 
-async def serve(settings: Settings, service: str, build: AppFactory, stop: asyncio.Event) -> None:
+#: Where a service listens: the settings prefix of its address (`http` → PULSE_HTTP_HOST /
+#: PULSE_HTTP_PORT, the services' health port; `dashboard` → PULSE_DASHBOARD_HOST / _PORT).
+Listen = Literal["http", "dashboard"]
+
+
+def _address(settings: Settings, listen: Listen) -> tuple[str, int]:
+    host: str = getattr(settings, f"{listen}_host")
+    port: int = getattr(settings, f"{listen}_port")
+    return host, port
+
+
+async def serve(
+    settings: Settings, service: str, build: AppFactory, stop: asyncio.Event, *, listen: Listen = "http"
+) -> None:
     """Serve HTTP, run the FastStream app `build(settings)` until `stop` is set, then stop it."""
     app = build(settings)
-    http = HttpServer(app, settings.http_host, settings.http_port)
+    http = HttpServer(app, *_address(settings, listen))
     await http.start()  # first: /healthz answers (and /readyz says why not ready) while connecting
     log.info(
         "%s serving /healthz /readyz /metrics on port %d",
@@ -107,7 +120,7 @@ async def serve(settings: Settings, service: str, build: AppFactory, stop: async
         await http.stop()
 
 
-def run_app(service: str, build: AppFactory) -> None:
+def run_app(service: str, build: AppFactory, *, listen: Listen = "http") -> None:
     """Run a service's FastStream app until SIGTERM/SIGINT; never returns (exits the process).
 
     Exit codes: 0 after a signal (running attempts drained, even if NATS is away), 2 on a
@@ -117,6 +130,7 @@ def run_app(service: str, build: AppFactory) -> None:
     Args:
         service: the service's name (logs).
         build: makes the app (broker, hooks, health routes) from the loaded settings.
+        listen: which settings give the HTTP address (the dashboard serves on its own).
     """
     try:
         settings = load_settings()
@@ -130,7 +144,7 @@ def run_app(service: str, build: AppFactory) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, service, build, stop)
+        await serve(settings, service, build, stop, listen=listen)
 
     try:
         asyncio.run(main())
@@ -138,12 +152,14 @@ def run_app(service: str, build: AppFactory) -> None:
         log.error("%s cannot start: %s", service, exc, extra={"event": "service.failed"})
         raise SystemExit(EXIT_CONFIG) from None
     except OSError as exc:
+        host, port = _address(settings, listen)
         log.error(
-            "%s cannot serve HTTP on %s:%d (%s); set PULSE_HTTP_PORT to a free port",
+            "%s cannot serve HTTP on %s:%d (%s); set PULSE_%s_PORT to a free port",
             service,
-            settings.http_host,
-            settings.http_port,
+            host,
+            port,
             exc.strerror or exc,
+            listen.upper(),
             extra={"event": "service.failed"},
         )
         raise SystemExit(EXIT_CONFIG) from None

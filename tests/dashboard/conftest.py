@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from shared.settings import Settings
 from tests.dashboard.support import TOKEN, Running, running_dashboard
+from tests.integration.test_runtime_support import start_worker as start_worker  # the workers' fixture
 
 
 @pytest.fixture

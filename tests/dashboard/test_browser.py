@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,13 @@ from services.stats.__main__ import stats_job
 from shared.errors import PermanentError
 from shared.names import JOBS, Collections
 from shared.requests import publish_request
-from shared.runtime import JobContext, Worker, job
+from shared.runtime import JobContext, job
 from shared.schemas import JobRequest, Trigger, new_run_id, utcnow
 from shared.settings import JobPolicy, RetryPolicy, Settings
 from shared.store import Database
 from tests.dashboard.browser import chromium, sign_in
 from tests.dashboard.support import TOKEN, Running
+from tests.dashboard.workflow import SIGNAL, approval_flow, start_waiting_run
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -65,21 +66,6 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     await context.close()
 
 
-@pytest.fixture
-async def start_worker(dash_settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
-    workers: list[Worker] = []
-
-    async def _start(*specs: Any) -> Worker:
-        worker = Worker(dash_settings, list(specs))
-        await worker.start()
-        workers.append(worker)
-        return worker
-
-    yield _start
-    for worker in workers:
-        await worker.stop(timeout_s=5)
-
-
 def manual(job_name: str) -> JobRequest:
     return JobRequest(
         run_id=new_run_id(job_name, Trigger.MANUAL), job=job_name, trigger=Trigger.MANUAL, scheduled_for=utcnow()
@@ -108,7 +94,7 @@ async def test_a_completed_run_appears_on_the_open_runs_page_without_a_reload(
     async def quick(ctx: JobContext) -> dict[str, Any]:
         return {"markets": 7}
 
-    await start_worker(quick)
+    await start_worker([quick])
     await page.goto(dashboard.url + "/runs")
     await expect(page.locator("#live-state")).to_have_text("live")
     await page.evaluate("window.loadedOnce = 'yes'")  # gone if the page reloads
@@ -130,7 +116,7 @@ async def test_trigger_from_schedules_starts_a_run_that_completes(
         {"_id": "market_sync:manual:first", "job": "market_sync", "trigger": "manual", "status": "completed",
          "started_at": now, "ended_at": now}
     )  # fmt: skip
-    await start_worker(stats_job)
+    await start_worker([stats_job])
     await sign_in(page, dashboard.url, TOKEN)
     await page.screenshot(path=screenshots / "schedules.png", full_page=True)
     await page.locator('#schedules-table tr[data-job="stats"] form.trigger button').click()
@@ -183,7 +169,7 @@ async def test_cancel_from_the_run_page(
             await ctx.checkpoint({"step": step})
             await asyncio.sleep(0.05)
 
-    await start_worker(long_sync)
+    await start_worker([long_sync])
     request = manual("whale_sync")
     await publish_request(js, dash_settings.names, request)
     await wait_for(lambda: _is(db, request.run_id, "running"), timeout_s=15, what="the run to start")
@@ -209,7 +195,7 @@ async def test_replay_from_the_dead_letters_page(
             raise PermanentError("the <archive> table is missing")
         return {"deleted": 0}
 
-    await start_worker(flaky_cleanup)
+    await start_worker([flaky_cleanup])
     request = manual("cleanup")
     await publish_request(js, dash_settings.names, request)
     await wait_for(lambda: _is(db, request.run_id, "failed"), timeout_s=15, what="the run to fail")
@@ -260,3 +246,30 @@ async def test_actions_without_the_token_are_refused(dashboard: Running, page: P
     refused = await db[Collections.AUDIT].find_one({"action": "schedule_pause"})
     assert refused is not None
     assert refused["outcome"] == "refused"
+
+
+async def test_step_timeline_and_signal_form_on_the_run_page(
+    dashboard: Running, page: Page, db: Database, js: JetStreamContext, dash_settings: Settings, start_worker: Any,
+    screenshots: Path,
+) -> None:  # fmt: skip
+    await start_worker([approval_flow])
+    run_id = await start_waiting_run(js, db, dash_settings)
+    await sign_in(page, dashboard.url, TOKEN)
+    await page.goto(dashboard.url + "/runs/" + quote(run_id, safe=""))
+    steps = page.locator("#steps tbody tr")
+    await expect(steps).to_have_count(2)
+    await expect(steps.nth(0)).to_contain_text("prepare")
+    await expect(steps.nth(0)).to_contain_text("completed")
+    await expect(steps.nth(1)).to_contain_text("waiting")
+    await expect(page.locator("#steps svg.step-bar rect.bar")).to_have_count(2)
+    await expect(page.locator("#signal-form input[name=name]")).to_have_value(SIGNAL)
+    await page.screenshot(path=screenshots / "run-waiting.png", full_page=True)
+    await page.fill("#signal-form textarea[name=payload]", '{"approved": true}')
+    await page.click("#signal")
+    # No check of the one-shot message: the run may end, and the page reload, before it is read.
+    await wait_for(lambda: _is(db, run_id, "completed"), timeout_s=20, what="the signaled run to complete")
+    # The open page hears the run end (SSE) and shows its final state and steps.
+    await expect(page.locator("#run-status")).to_contain_text("completed")
+    await expect(steps.nth(1)).to_contain_text("completed")
+    await expect(page.locator("#signal-form")).to_have_count(0)
+    await page.screenshot(path=screenshots / "run-workflow.png", full_page=True)

@@ -38,6 +38,17 @@ async def test_every_page_answers_with_no_runs(client: httpx.AsyncClient, path: 
     assert answer.headers["content-security-policy"].startswith("default-src 'self'")
 
 
+async def test_health_routes_are_the_runtimes_with_real_checks(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"nats": True, "mongo": True}}
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'pulse_dashboard_server_up{server="nats"} 1.0' in metrics.text
+    assert "pulse_dashboard_live_streams 0.0" in metrics.text
+
+
 async def test_overview_lists_every_job(client: httpx.AsyncClient) -> None:
     from shared.names import JOBS
 
@@ -77,6 +88,7 @@ async def test_bad_run_filters_say_what_is_wrong(client: httpx.AsyncClient, quer
 ACTIONS = [
     ("/runs/stats:manual:x/cancel", {}),
     ("/runs/stats:manual:x/rerun", {}),
+    ("/runs/stats:manual:x/signal", {"name": "go"}),
     ("/schedules/stats/set", {"schedule": "every 5m"}),
     ("/schedules/stats/reset", {}),
     ("/schedules/stats/trigger", {}),
@@ -139,6 +151,10 @@ async def test_without_a_configured_token_the_dashboard_is_read_only(make_settin
         ("/runs/stats:manual:nothing/cancel", {}, 404, "no run 'stats:manual:nothing' is queued, delayed or recorded"),
         ("/runs/nope:manual:x/cancel", {}, 404, "a run id starts with its job"),
         ("/runs/stats:manual:nothing/rerun", {}, 404, "nothing to re-run"),
+        ("/runs/stats:manual:nothing/signal", {"name": "go"}, 404, "nothing to signal"),
+        ("/runs/stats:manual:nothing/signal", {"name": ""}, 400, "give the signal's name"),
+        ("/runs/stats:manual:nothing/signal", {"name": "go", "payload": "[1,"}, 400, "the payload is not JSON"),
+        ("/runs/Bad-Id/signal", {"name": "go"}, 404, "is not a run id"),
         ("/schedules/stats/set", {"schedule": "every blue moon"}, 400, "every blue moon"),
         ("/schedules/stats/set", {"schedule": ""}, 400, "give a schedule"),
         ("/schedules/nope/set", {"schedule": "every 5m"}, 404, "unknown job 'nope'"),

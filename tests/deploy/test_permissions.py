@@ -214,7 +214,12 @@ async def test_the_dashboard_takes_the_operators_actions_but_administers_nothing
     settings = user_settings(server, DASHBOARD)
     async with login(server, DASHBOARD) as (client, errors):
         js = client.jetstream(timeout=2)
-        live = await client.subscribe(NAMES.run_events_wildcard())
+        # The live pages' feed: an ordered consumer of EVENTS, and single gets of what a page missed.
+        live = await js.subscribe(NAMES.events_stream_subjects[0], stream=NAMES.events_stream, ordered_consumer=True)
+        async with login(server, "stats") as (stats, _):
+            await stats.jetstream(timeout=3).publish(NAMES.run_event_subject("stats", "completed"), b'{"n": 1}')
+        assert (await live.next_msg(timeout=5)).data == b'{"n": 1}'
+        assert (await js.get_msg(NAMES.events_stream, 1)).data == b'{"n": 1}'
         rows = await schedules.list_schedules(js, settings)
         assert [row["job"] for row in rows] == list(JOBS)
         await schedules.change_override(js, settings, "stats", schedules.pause("dashboard:tests"))

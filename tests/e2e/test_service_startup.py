@@ -153,3 +153,46 @@ async def test_sigterm_while_nats_is_unreachable_exits_0_with_one_line(
     incomplete = [e for e in _events(log) if e.get("event") == "service.stop_incomplete"]
     assert len(incomplete) == 1, _lines(log)
     assert not [line for line in _lines(log) if not line.startswith("{")], _lines(log)
+
+
+async def test_the_dashboard_serves_while_nats_is_down_and_stops_on_sigterm(launch: Launch) -> None:
+    """It starts through `run_app` like every service, but without NATS: /readyz says why it is not ready."""
+    port = free_port()
+    process, log = launch(
+        "dashboard",
+        PULSE_NATS_URL=f"nats://127.0.0.1:{free_port()}",
+        PULSE_NATS_CONNECT_TIMEOUT_S="1",
+        PULSE_DASHBOARD_PORT=str(port),
+        PULSE_DASHBOARD_HOST="127.0.0.1",
+    )
+
+    async def readiness() -> httpx.Response | None:
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                return await client.get(f"http://127.0.0.1:{port}/readyz")
+        except httpx.TransportError:
+            return None
+
+    answer = await wait_for(readiness, timeout_s=30, what="the dashboard to answer /readyz")
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "unready", "checks": {"nats": False, "mongo": True}}
+    async with httpx.AsyncClient(timeout=10) as client:
+        overview = await client.get(f"http://127.0.0.1:{port}/")
+    assert overview.status_code == 200
+    assert "NATS is unreachable" in overview.text
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 30) == 0
+    assert not [line for line in _lines(log) if "Traceback" in line], _lines(log)
+
+
+async def test_the_dashboard_on_a_busy_port_exits_2_naming_its_port_setting(launch: Launch) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        process, log = launch(
+            "dashboard", PULSE_DASHBOARD_HOST="127.0.0.1", PULSE_DASHBOARD_PORT=str(busy.getsockname()[1])
+        )
+        assert await asyncio.to_thread(process.wait, 60) == 2
+    failures = [e for e in _events(log) if e.get("event") == "service.failed"]
+    assert len(failures) == 1, _lines(log)
+    assert "PULSE_DASHBOARD_PORT" in str(failures[0]["msg"])

@@ -260,6 +260,9 @@ async def test_pulse_signal_resumes_a_waiting_run_and_pulse_run_shows_its_steps(
     sent = await asyncio.to_thread(invoke, settings, "signal", request.run_id, "go", '{"by": "cli"}')
     assert sent.exit_code == 0, sent.output
     assert f"{request.run_id}: signal go delivered" in sent.stdout
+    audited = await db[Collections.AUDIT].find({"action": "signal"}).sort("at", 1).to_list(None)
+    assert [(e["source"], e["target"], e["outcome"]) for e in audited][-1] == ("cli", request.run_id, "done")
+    assert audited[-1]["params"] == {"name": "go", "payload": '{"by": "cli"}'}
     doc = await support.wait_value(lambda: terminal_run(db, request.run_id), timeout_s=20, what="the run to finish")
     assert (doc["status"], doc["summary"]) == ("completed", {"go": {"by": "cli"}})
     shown = await asyncio.to_thread(invoke, settings, "run", request.run_id)

@@ -31,6 +31,7 @@ EXPECTED = {
     "request_cancel",
     "run_app",
     "run_service",
+    "store_readable",
     "time_out_silent_runs",
 }
 
