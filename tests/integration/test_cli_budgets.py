@@ -54,12 +54,17 @@ def test_budgets_json_shows_spend_quota_reset_and_forecast_per_upstream(make_set
     now = datetime.now(UTC)
     day = current_period(settings.quotas["polymarket_gamma"], now)
     assert (gamma["quota"], gamma["spent"], gamma["remaining"], gamma["exhausted"]) == (1000, 25, 975, False)
-    assert (gamma["period"], gamma["jobs"]) == ("day", ["market_sync"])
+    assert (gamma["period"], gamma["jobs"]) == ("day", ["market_sync", "market_refresh"])
     assert datetime.fromisoformat(gamma["resets_at"]) == day.resets_at
     assert datetime.fromisoformat(gamma["period_start"]) == day.start
     assert gamma["forecast_at_reset"] >= 25
     month = current_period(settings.quotas["polymarket_data"], now)
-    assert (data["spent"], data["remaining"], data["exhausted"], data["jobs"]) == (10, 0, True, ["whale_sync"])
+    assert (data["spent"], data["remaining"], data["exhausted"], data["jobs"]) == (
+        10,
+        0,
+        True,
+        ["whale_sync", "market_refresh"],
+    )
     assert datetime.fromisoformat(data["resets_at"]) == month.resets_at
     assert data["forecast_at_reset"] == 10
     assert data["runs_out_at"] is not None

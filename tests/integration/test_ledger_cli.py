@@ -14,7 +14,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
-from shared.names import Collections
+from shared.names import JOBS, Collections
 from shared.schedules import ScheduleOverride
 from shared.schemas import scheduled_run_id, utcnow
 from shared.settings import Settings
@@ -93,13 +93,7 @@ async def test_slots_draws_the_strip_and_lists_the_gaps_with_their_reasons(
 
     every_job = await pulse(settings, "slots", "--last", "15m", "--json")
     assert every_job.exit_code == 0, every_job.output
-    assert [view["job"] for view in json.loads(every_job.output)] == [
-        "market_sync",
-        "whale_sync",
-        "stats",
-        "cleanup",
-        "watchdog",
-    ]
+    assert [view["job"] for view in json.loads(every_job.output)] == list(JOBS)  # every job, in JOBS' order
 
 
 async def test_catch_up_set_at_runtime_is_obeyed_by_the_ticker(

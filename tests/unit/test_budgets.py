@@ -96,6 +96,7 @@ def test_default_freshness_targets_are_the_documented_ones() -> None:
         "market_sync": 600,
         "whale_sync": 180,
         "stats": 7200,
+        "market_refresh": None,
         "cleanup": None,
         "watchdog": None,
     }
