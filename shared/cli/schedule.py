@@ -223,7 +223,7 @@ def set_(
     text = _spec_from_options(every, cron, spec, catch_up)
     who = acting_as(actor)
     changes = [change for change in (_schedule_change(text, who), _catch_up_change(policy, who)) if change]
-    params = {"schedule": text, "catch_up": policy}
+    params = {key: value for key, value in (("schedule", text), ("catch_up", policy)) if value is not None}
     _, eff = run_async(lambda: _change(settings, job, _chain(changes), who=who, action="schedule_set", params=params))
     _report(eff, "schedule set" if text is not None else "catch-up policy set")
     if policy == "all" and settings.jobs.for_job(job).overlap == "skip":
