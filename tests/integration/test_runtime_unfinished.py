@@ -17,6 +17,7 @@ from pymongo.errors import NetworkTimeout
 from shared.names import Collections
 from shared.requests import publish_request
 from shared.runtime import JobContext, job
+from shared.runtime import _monitor as monitor
 from shared.runtime import _records as records
 from shared.runtime import _runner as runner
 from shared.runtime._worker import Worker
@@ -65,6 +66,8 @@ async def _run_to_the_end(worker: Worker, js: JetStreamContext, db: Database, re
         "run_event_publish",
         # Both deliveries reach the alerts: the second must not send them or count the run again.
         "metrics_claim",
+        # The first delivery claims the streak alert but cannot publish it: the redelivery does.
+        "streak_alert_publish",
     ],
 )
 async def test_a_failed_announcement_is_finished_once_by_the_redelivery(
@@ -78,8 +81,10 @@ async def test_a_failed_announcement_is_finished_once_by_the_redelivery(
 ) -> None:
     if fault == "run_event_publish":
         calls = _fail_first_call(monkeypatch, runner, "publish_run_event", nats.errors.TimeoutError())
-    else:
+    elif fault == "metrics_claim":
         calls = _fail_first_call(monkeypatch, records, "take_effects", NetworkTimeout("timed out"))
+    else:
+        calls = _fail_first_call(monkeypatch, monitor, "publish_alert", nats.errors.TimeoutError())
     retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0)
 
     @job("unlucky", policy=policy(retry=retry, alert_after_failures=1))
@@ -187,3 +192,21 @@ async def test_a_bug_that_also_breaks_recording_still_ends_with_a_dead_letter_of
     assert [json.loads(alert)["kind"] for alert in alerts] == ["dead_letter"]
     assert await stored_count(js, names.job_subject("hopeless"), names.jobs_stream) == 0
     assert await db[Collections.RUNS].find_one({"_id": request.run_id}) is None
+
+
+async def test_a_recovery_alert_that_could_not_be_published_is_sent_by_the_same_run_only(
+    settings: Settings, js: JetStreamContext, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run that closed the open alert may send `recovered` again (deduplicated); another run may not."""
+    names = settings.names
+    await monitor.register_job(db, "healing")
+    await db[Collections.JOB_STATE].update_one({"_id": monitor.state_id("healing")}, {"$set": {"alert_open": True}})
+    calls = _fail_first_call(monkeypatch, monitor, "publish_alert", nats.errors.TimeoutError())
+    with pytest.raises(nats.errors.TimeoutError):
+        await monitor.alert_on_recovery(db, js, names, "healing", "run-a")
+    assert await monitor.alert_on_recovery(db, js, names, "healing", "run-b") is False  # closed by run-a
+    assert await monitor.alert_on_recovery(db, js, names, "healing", "run-a") is True
+    assert await monitor.alert_on_recovery(db, js, names, "healing", "run-a") is True  # a repeat: deduplicated
+    assert len(calls) == 3
+    alerts = await collect(js, names.alert_subject("healing"), names.events_stream, 1)
+    assert [(json.loads(a)["kind"], "run-a" in json.loads(a)["detail"]) for a in alerts] == [("recovered", True)]
