@@ -704,7 +704,10 @@ async def fail_unhandled(rt: Runtime, job: Bound, msg: Msg, outcome: Outcome) ->
     anything else still terms the message, so the request stops coming back.
     """
     decision = decide(outcome, 0, job.policy.retry)
-    parsed = parse_request(msg.data, job.spec)
+    try:
+        parsed: Parsed | Invalid = parse_request(msg.data, job.spec)
+    except Exception as exc:  # the bug may be in parsing: then only the raw payload is known
+        parsed = Invalid(_described(rt, exc), None, None)
     request = parsed.request
     foreign = isinstance(parsed, Invalid) and parsed.foreign
     run_id = request.run_id if request is not None else parsed.run_id if isinstance(parsed, Invalid) else None

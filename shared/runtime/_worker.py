@@ -322,7 +322,10 @@ class Worker:
                 return
             except Exception as unreachable:  # the store or NATS is away: put back, try again
                 self._remember_unhandled(seq, count)
-                await self._put_back(bound, msg, unreachable)
+                if isinstance(unreachable, RecordedNotAnnounced) or is_infrastructure_failure(unreachable):
+                    await self._put_back(bound, msg, unreachable)
+                else:  # fail_unhandled lets nothing else out; never loop back into this method
+                    log.error("ending a request of %s failed: %r", job, unreachable, extra=extra)
                 return
         self._remember_unhandled(seq, count)  # left unsettled: it comes back after the ack wait
 

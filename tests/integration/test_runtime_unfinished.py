@@ -161,18 +161,34 @@ async def test_a_request_whose_handling_keeps_raising_a_bug_ends_failed_after_th
     assert worker.metrics.runs.labels(job="buggy", status="failed")._value.get() == 1
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [
+        ("start", "finish_run"),  # the run cannot be recorded either
+        ("parse_request",),  # the request cannot even be read: its run id is unknown
+    ],
+)
 async def test_a_bug_that_also_breaks_recording_still_ends_with_a_dead_letter_of_the_raw_request(
-    make_settings: Any, js: JetStreamContext, db: Database, start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+    broken: tuple[str, ...],
+    make_settings: Any,
+    js: JetStreamContext,
+    db: Database,
+    start_worker: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The bound holds when the run cannot be recorded either: the dead letter carries the payload."""
+    """The bound holds when the run cannot be recorded: the dead letter carries the payload."""
     fast: Settings = make_settings(ack_wait_s=0.5, heartbeat_interval_s=0.25, unhandled_error_deliveries=2)
     names = fast.names
 
-    async def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("a bug in the store layer")
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug in the runtime")
 
-    monkeypatch.setattr(runner, "start", broken)
-    monkeypatch.setattr(records, "finish_run", broken)
+    async def async_bug(*args: Any, **kwargs: Any) -> None:
+        bug()
+
+    for name in broken:
+        owner = records if name == "finish_run" else runner
+        monkeypatch.setattr(owner, name, bug if name == "parse_request" else async_bug)
 
     @job("hopeless", policy=policy())
     async def hopeless(ctx: JobContext) -> None:
@@ -184,8 +200,10 @@ async def test_a_bug_that_also_breaks_recording_still_ends_with_a_dead_letter_of
     letters = await collect(js, names.dlq_subject("hopeless"), names.dlq_stream, 1, timeout_s=30)
     await worker.run_until_idle(timeout_s=20)
     [letter] = [DeadLetter.model_validate_json(raw) for raw in letters]
-    assert (letter.run_id, letter.reason) == (request.run_id, "permanent")
+    known_run = request.run_id if "parse_request" not in broken else None
+    assert (letter.run_id, letter.reason) == (known_run, "permanent")
     assert "in 2 deliveries" in letter.error
+    assert "RuntimeError: a bug in the runtime" in letter.error
     assert letter.raw is not None
     assert JobRequest.model_validate_json(letter.raw).run_id == request.run_id
     alerts = await collect(js, names.alert_subject("hopeless"), names.events_stream, 1)
