@@ -240,6 +240,10 @@ class RunRecord(BaseModel):
     waiting_for: str | None = None
     #: Upstream requests the run's attempts spent, by upstream (rate bucket name).
     provider_calls: dict[str, int] = Field(default_factory=dict)
+    #: The run's metrics and failure-streak/recovery alerts are still to be done (set
+    #: when the runner ends the run, cleared by the one delivery that does them).
+    #: Runtime bookkeeping: left out of dumps (`--json`, the dashboard).
+    effects_pending: bool = Field(False, exclude=True)
 
     @property
     def is_suspended(self) -> bool:

@@ -395,6 +395,13 @@ class Settings(BaseSettings):
     ack_wait_s: float = Field(
         10.0, gt=0, description="JetStream ack wait; a silent worker's request is redelivered after it"
     )
+    # A bug (not an unreachable store or NATS) tends to repeat on every delivery; a few
+    # tries ride out a rare race, and then the run ends instead of looping forever.
+    unhandled_error_deliveries: int = Field(
+        3,
+        ge=1,
+        description="deliveries of one request whose handling raised an unexpected error before its run is failed",
+    )
     # The replaced system's step defaults: first backoff 250 ms, factor 2, given up after
     # the 4th failure, with jitter; all inside one attempt.
     step_retry: RetryPolicy = Field(

@@ -54,30 +54,47 @@ async def failure_streak(db: Database, job: str, limit: int) -> list[dict[str, A
     return streak
 
 
-async def _take_alert(db: Database, job: str, field: str, key: Any) -> bool:
+async def _take_alert(db: Database, job: str, field: str, key: Any, *, by: str | None = None) -> bool:
+    """Claim the alert `key` in `field`: True for one caller, and again for the same `by`.
+
+    `by` (a run id) lets a redelivery of the run that claimed the alert publish it
+    again when the first publish failed; the publish's `Nats-Msg-Id` drops the repeat.
+    """
     # `alert_open` lets the next success send one recovery message (alert_on_recovery).
-    result = await db[Collections.JOB_STATE].update_one(
-        {"_id": state_id(job), field: {"$ne": key}}, {"$set": {field: key, "job": job, "alert_open": True}}
-    )
+    unclaimed: dict[str, Any] = {field: {"$ne": key}}
+    claim: dict[str, Any] = {field: key, "job": job, "alert_open": True}
+    if by is not None:
+        unclaimed = {"$or": [unclaimed, {field: key, f"{field}_by": by}]}
+        claim[f"{field}_by"] = by
+    result = await db[Collections.JOB_STATE].update_one({"_id": state_id(job), **unclaimed}, {"$set": claim})
     if result.matched_count == 0 and await db[Collections.JOB_STATE].count_documents({"_id": state_id(job)}) == 0:
         await register_job(db, job)
-        return await _take_alert(db, job, field, key)
-    return result.modified_count == 1
+        return await _take_alert(db, job, field, key, by=by)
+    return result.matched_count == 1
 
 
 async def alert_on_failure(
-    db: Database, js: JetStreamContext, names: Names, job: str, threshold: int, error: str | None
+    db: Database,
+    js: JetStreamContext,
+    names: Names,
+    job: str,
+    threshold: int,
+    error: str | None,
+    *,
+    run_id: str | None = None,
 ) -> bool:
     """After a failed run: publish one alert when `threshold` runs in a row have failed.
 
     The streak is identified by its first failed run, so each streak alerts once, however
-    long it grows and however many replicas see it.
+    long it grows and however many replicas see it. `run_id` (the failed run) may call
+    again after a failed publish: the run that claimed the alert publishes it again,
+    under the same `Nats-Msg-Id`, so it still arrives once.
     """
     streak = await failure_streak(db, job, 1000)
     if len(streak) < threshold:
         return False
     first = streak[-1]
-    if not await _take_alert(db, job, "alerted_streak", first["_id"]):
+    if not await _take_alert(db, job, "alerted_streak", first["_id"], by=run_id):
         return False
     since = first.get("ended_at") or utcnow()
     alert = Alert(
@@ -132,12 +149,15 @@ async def check_stale(
 async def alert_on_recovery(db: Database, js: JetStreamContext, names: Names, job: str, run_id: str) -> bool:
     """After a completed run: one `recovered` alert if a failure or staleness alert is open.
 
-    One conditional update (by `_id`) closes the open alert, so exactly one replica sends it.
+    One conditional update (by `_id`) closes the open alert, so exactly one replica sends
+    it; the run that closed it (`recovered_by`) may send it again after a failed publish,
+    under the same `Nats-Msg-Id`.
     """
     result = await db[Collections.JOB_STATE].update_one(
-        {"_id": state_id(job), "alert_open": True}, {"$set": {"alert_open": False}}
+        {"_id": state_id(job), "$or": [{"alert_open": True}, {"alert_open": False, "recovered_by": run_id}]},
+        {"$set": {"alert_open": False, "recovered_by": run_id}},
     )
-    if result.modified_count != 1:
+    if result.matched_count != 1:
         return False
     alert = Alert(
         job=job, kind=AlertKind.RECOVERED, since=utcnow(), detail=f"{job} is healthy again: {run_id} completed"

@@ -422,6 +422,9 @@ async def finish_run(
 ) -> RunRecord | None:
     """Set one terminal status, unless the record is terminal already.
 
+    The record also says that the run's once-only effects (metrics, failure-streak and
+    recovery alerts) are still to be done (`effects_pending`); `take_effects` claims them.
+
     Args:
         db: the database.
         run_id: the run.
@@ -450,6 +453,7 @@ async def finish_run(
         fields["summary"] = summary
     if reason is not None:
         fields["reason"] = reason
+    fields["effects_pending"] = True
     update: dict[str, Any] = {"$set": fields}
     if attempt is not None:
         update["$push"] = _push_attempt(attempt)
@@ -465,6 +469,19 @@ async def finish_run(
     if attempt is not None:
         doc["attempts"] = [*doc.get("attempts", []), _attempt_doc(attempt)][-MAX_ATTEMPT_HISTORY:]
     return RunRecord.model_validate(doc)
+
+
+async def take_effects(db: Database, run_id: str) -> bool:
+    """Claim a finished run's once-only effects; True for exactly one caller per run.
+
+    One conditional update by `_id` (single-document atomic): the delivery that recorded
+    the run and a redelivery that repairs its failed announcement cannot both win. A
+    claim whose reply is lost leaves the effects undone (at most once, never twice).
+    """
+    result = await db[Collections.RUNS].update_one(
+        {"_id": run_id, "effects_pending": True}, {"$set": {"effects_pending": False}}
+    )
+    return result.modified_count == 1
 
 
 async def get_run(db: Database, run_id: str) -> RunRecord | None:

@@ -12,6 +12,10 @@ carry a dead letter (`DEAD_LETTER_REASONS`, `was_dead_lettered`).
 A run held back by an upstream's quota (`OutcomeKind.DEFERRED`) is not an attempt either:
 it is recorded `deferred` and nak'ed until the quota resets (see `decide`).
 
+An unexpected error while a delivery is handled (a bug, not the store or NATS) is not
+an attempt either, but it is bounded: after `unhandled_error_deliveries` such deliveries
+`unhandled_outcome` ends the run as a permanent failure.
+
 Infrastructure failures are not attempts: when the store or NATS cannot be reached
 while a delivery is handled (`is_infrastructure_failure`), the message is nak'ed with a
 bounded backoff (`infrastructure_delay_s`) and no attempt is counted, since attempts
@@ -144,6 +148,22 @@ def past_last_attempt(attempt: int, policy: RetryPolicy) -> Outcome | None:
     return Outcome(
         OutcomeKind.FAILED,
         error=f"the worker running attempt {policy.max_attempts} (the last) stopped answering; the run is failed",
+    )
+
+
+def unhandled_outcome(error: str, deliveries: int, limit: int) -> Outcome | None:
+    """The outcome of a request whose handling raised an unexpected error (a bug) `deliveries` times.
+
+    None while it may come back (fewer than `limit`, `Settings.unhandled_error_deliveries`);
+    then a permanent failure: the run ends `failed` with a dead letter and an alert,
+    instead of coming back after every ack wait forever.
+    """
+    if deliveries < limit:
+        return None
+    return Outcome(
+        OutcomeKind.PERMANENT,
+        error=f"the runtime failed to handle this request in {deliveries} deliveries "
+        f"(an unexpected error, not an unreachable server): {error}",
     )
 
 

@@ -47,6 +47,7 @@ from shared.runtime._retry import (
     OutcomeKind,
     Settle,
     decide,
+    is_infrastructure_failure,
     past_last_attempt,
     was_dead_lettered,
 )
@@ -77,7 +78,8 @@ class RecordedNotAnnounced(Exception):
     """The run's terminal record is written, but its dead letter, event or alert was not.
 
     The message is left for redelivery, which finds the run terminal and publishes them
-    again (deduplicated by `Nats-Msg-Id`): see `settle_already_finished`.
+    again (deduplicated by `Nats-Msg-Id`) and does the once-only effects the first
+    delivery did not get to: see `settle_already_finished` and `announce`.
     """
 
     def __init__(self, record: RunRecord, cause: BaseException) -> None:
@@ -531,8 +533,9 @@ async def record_terminal(
     Returns None (and publishes nothing) when the run was terminal already: a duplicate,
     or the watchdog was first, owns the outcome.
     """
-    # A failed run's reason says why it was dead-lettered, so a redelivery after a crash
-    # right here can publish the dead letter again (see settle_already_finished).
+    # A failed run's reason says why it was dead-lettered, and `effects_pending` (set by
+    # finish_run) that its once-only effects are not done, so a redelivery after a
+    # failure or crash right here finishes the announcement (see settle_already_finished).
     record = await records.finish_run(
         rt.db,
         request.run_id,
@@ -546,16 +549,7 @@ async def record_terminal(
     if record is None:
         return None
     try:
-        if decision.dead_letter is not None:
-            # Attempts that ran, as the run record counts them: a request refused as invalid ran none.
-            ran = 0 if outcome.kind is OutcomeKind.INVALID else attempt
-            letter = dead_letter(job.spec.name, request.run_id, request, outcome.error, ran, decision.dead_letter)
-            await publish_dead_letter(rt.js, rt.names, letter, f"{request.run_id}:dlq")
-            await alert_dead_letter(rt, letter, f"{request.run_id}:dlq")
-        await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
-        await publish_run_event(rt.js, rt.names, record)
-        await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
-        await note_terminal(rt, job, record, decision)
+        await announce(rt, job, record, request)
     except Exception as exc:
         raise RecordedNotAnnounced(record, exc) from exc
     level = logging.INFO if decision.status in (RunStatus.COMPLETED, RunStatus.SKIPPED) else logging.ERROR
@@ -598,18 +592,47 @@ def _run_log(rt: Runtime, job: Bound, run_id: str | None, attempt: int) -> loggi
     return bind(log, job=job.spec.name, run_id=run_id, attempt=attempt, worker=rt.worker_id)
 
 
-async def note_terminal(rt: Runtime, job: Bound, record: RunRecord, decision: Decision) -> None:
-    """Metrics, job_state and alerts for a run that just reached a terminal status."""
+async def announce(rt: Runtime, job: Bound, record: RunRecord, request: JobRequest) -> None:
+    """Everything that follows a run's terminal record, safe to repeat until it all succeeded.
+
+    The publishes are deduplicated by `Nats-Msg-Id` and the journal write is idempotent;
+    the once-only effects (`note_terminal`) run while the record says they are pending.
+    """
+    if was_dead_lettered(record):
+        # Attempts that ran, as the run record counts them: a request refused as invalid ran none.
+        reason = cast(DeadLetterReason, record.reason)
+        letter = dead_letter(record.job, record.run_id, request, record.error, record.attempt_count, reason)
+        await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
+        await alert_dead_letter(rt, letter, f"{record.run_id}:dlq")
+    await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
+    await publish_run_event(rt.js, rt.names, record)
+    await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
+    if record.effects_pending:
+        await note_terminal(rt, job, record)
+
+
+async def note_terminal(rt: Runtime, job: Bound, record: RunRecord) -> None:
+    """Alerts and metrics of a run that reached a terminal status, each once per run.
+
+    The alerts first: they are idempotent per run (`_monitor`), so a failure here leaves
+    them and the metrics to the redelivery. Then one conditional write claims the
+    metrics (`take_effects`), so two deliveries that both get here count the run once.
+    """
     name = job.spec.name
+    if record.status is RunStatus.COMPLETED:
+        await monitor.alert_on_recovery(rt.db, rt.js, rt.names, name, record.run_id)
+    elif record.status is RunStatus.FAILED:
+        await monitor.alert_on_failure(
+            rt.db, rt.js, rt.names, name, job.policy.alert_after_failures, record.error, run_id=record.run_id
+        )
+    if not await records.take_effects(rt.db, record.run_id):
+        return
     rt.metrics.runs.labels(job=name, status=record.status.value).inc()
     duration = record.duration_ms
     if duration is not None:
         rt.metrics.run_duration.labels(job=name, status=record.status.value).observe(duration / 1000)
     if record.status is RunStatus.COMPLETED:
         rt.metrics.observe_success_time(name, (record.ended_at or utcnow()).timestamp())
-        await monitor.alert_on_recovery(rt.db, rt.js, rt.names, name, record.run_id)
-    elif record.status is RunStatus.FAILED:
-        await monitor.alert_on_failure(rt.db, rt.js, rt.names, name, job.policy.alert_after_failures, record.error)
 
 
 async def alert_dead_letter(rt: Runtime, letter: DeadLetter, key: str) -> None:
@@ -649,18 +672,15 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
 
 
 async def settle_already_finished(rt: Runtime, job: Bound, msg: Msg, request: JobRequest) -> Decision:
-    """A redelivered request whose run is terminal: re-send its event and follow-ups (deduplicated), ack."""
+    """A redelivered request whose run is terminal: finish its announcement, then ack.
+
+    This repairs a failure or crash between recording and settling: the dead letter,
+    event and follow-ups are sent again (deduplicated), and the alerts and metrics the
+    earlier delivery did not get to are done now, once (`announce`).
+    """
     record = await records.get_run(rt.db, request.run_id)
     if record is not None:
-        # Both publishes are deduplicated: they repair a crash between recording and settling.
-        if was_dead_lettered(record):
-            reason = cast(DeadLetterReason, record.reason)
-            letter = dead_letter(record.job, record.run_id, request, record.error, record.attempt_count, reason)
-            await publish_dead_letter(rt.js, rt.names, letter, f"{record.run_id}:dlq")
-            await alert_dead_letter(rt, letter, f"{record.run_id}:dlq")
-        await journal.record_run_ended(rt.db, record.run_id, record.ended_at or utcnow())
-        await publish_run_event(rt.js, rt.names, record)
-        await publish_follow_ups(rt.js, rt.names, record, job.policy.on_complete)
+        await announce(rt, job, record, request)
         decision = Decision(Settle.ACK, record.status)
     else:
         decision = Decision(Settle.ACK, RunStatus.COMPLETED)
@@ -672,6 +692,64 @@ async def settle_already_finished(rt: Runtime, job: Bound, msg: Msg, request: Jo
     )
     await settle(msg, decision)
     return decision
+
+
+async def fail_unhandled(rt: Runtime, job: Bound, msg: Msg, outcome: Outcome) -> Decision:
+    """End a request whose handling kept raising an unexpected error: failed, dead-lettered, termed.
+
+    The run is recorded `failed` through `record_terminal` (its dead letter and alerts
+    follow). When that is impossible (the request has no run, the run already ended, or
+    recording hits the same bug) the dead letter carries the raw payload instead. Only
+    an unreachable store or NATS stops this (it raises and the delivery is put back):
+    anything else still terms the message, so the request stops coming back.
+    """
+    decision = decide(outcome, 0, job.policy.retry)
+    try:
+        parsed: Parsed | Invalid = parse_request(msg.data, job.spec)
+    except Exception as exc:  # the bug may be in parsing: then only the raw payload is known
+        parsed = Invalid(_described(rt, exc), None, None)
+    request = parsed.request
+    foreign = isinstance(parsed, Invalid) and parsed.foreign
+    run_id = request.run_id if request is not None else parsed.run_id if isinstance(parsed, Invalid) else None
+    log_run = _run_log(rt, job, run_id, 0)
+    recorded = False
+    if request is not None and not foreign:
+        try:
+            ended = await record_terminal(rt, job, request, outcome, decision, attempt=0, attempt_doc=None)
+            recorded = ended is not None
+        except RecordedNotAnnounced as exc:
+            if is_infrastructure_failure(exc.cause):
+                raise  # put back: the redelivery announces the failed run
+            recorded = True  # failed and recorded; its announcement hit the bug again
+        except Exception as exc:
+            _raise_if_unreachable(exc)
+            log_run.error("run %s could not be recorded failed either: %s", run_id, _described(rt, exc))
+    if not recorded:
+        letter = dead_letter(job.spec.name, run_id, request, outcome.error, 0, "permanent", raw=msg.data)
+        msg_id = f"{run_id}:dlq" if run_id and not foreign else f"dlq:seq:{msg.metadata.sequence.stream}"
+        try:
+            await publish_dead_letter(rt.js, rt.names, letter, msg_id)
+            await alert_dead_letter(rt, letter, msg_id)
+        except Exception as exc:
+            _raise_if_unreachable(exc)
+            log_run.error(
+                "a request of %s is termed without a dead letter (%s): %s",
+                job.spec.name,
+                _described(rt, exc),
+                outcome.error,
+                extra={"event": "run.unhandled_dropped"},
+            )
+    await settle(msg, decision)
+    return decision
+
+
+def _raise_if_unreachable(exc: Exception) -> None:
+    if is_infrastructure_failure(exc):
+        raise exc
+
+
+def _described(rt: Runtime, exc: BaseException) -> str:
+    return rt.scrub(bounded(f"{type(exc).__name__}: {exc}"))
 
 
 # -- settle -----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from nats.aio.msg import Msg
 from pymongo import AsyncMongoClient
 
 from shared.bus import connect_broker, ensure_topology, inbox_prefix
-from shared.errors import ConfigError, SignalRejected
+from shared.errors import ConfigError, SignalRejected, bounded
 from shared.logs import SecretFilter, secret_values
 from shared.names import JOBS
 from shared.runlogs import RunLogShipper
@@ -54,8 +54,8 @@ from shared.runtime._job import JobSpec
 from shared.runtime._metrics import RuntimeMetrics
 from shared.runtime._ratelimit import RateLimiter
 from shared.runtime._records import SupersededDelivery
-from shared.runtime._retry import infrastructure_delay_s, is_infrastructure_failure
-from shared.runtime._runner import Bound, RecordedNotAnnounced, Runtime, run_message
+from shared.runtime._retry import infrastructure_delay_s, is_infrastructure_failure, unhandled_outcome
+from shared.runtime._runner import Bound, RecordedNotAnnounced, Runtime, fail_unhandled, run_message
 from shared.settings import JobPolicy, Settings
 from shared.store import Database, Document, connect_store, ensure_indexes
 
@@ -63,6 +63,9 @@ log = logging.getLogger("shared.runtime")
 
 #: How long one pull waits for a message before asking again (also bounds stop latency).
 _FETCH_TIMEOUT_S = 1.0
+#: Requests whose unexpected errors a worker remembers (the oldest is forgotten first):
+#: only requests failing right now are kept, so this is never reached in practice.
+_UNHANDLED_TRACKED = 1024
 
 
 async def _keep_raw(message: StreamMessage[Any]) -> None:
@@ -123,6 +126,8 @@ class Worker:
         )
         self._subscribers: list[LogicSubscriber[Any]] = []
         self._in_flight = 0
+        #: Deliveries whose handling raised an unexpected error, by the request's stream sequence.
+        self._unhandled: dict[int, int] = {}
         self._nats: NatsClient | None = None
         self._mongo: AsyncMongoClient[Document] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -232,6 +237,7 @@ class Worker:
                 async with hold_message(msg.raw_message, self.settings.heartbeat_interval_s):
                     await run_message(self.runtime, bound, msg.raw_message)
                 self.settled += 1
+                self._unhandled.pop(msg.raw_message.metadata.sequence.stream, None)
             except Exception as exc:
                 await self._put_back(bound, msg.raw_message, exc)
             finally:
@@ -246,8 +252,7 @@ class Worker:
         Store or NATS unreachable (before or after the run): nak'ed, and no attempt is
         counted (attempts are counted when an attempt starts). A delivery superseded by
         a later one (it outlived the ack wait) is left alone. Anything else is a bug:
-        logged with its traceback and left unsettled, so it comes back after the ack wait.
-        Either way the runner's conditional writes make the repeat safe.
+        see `_on_unhandled`. Either way the runner's conditional writes make the repeat safe.
         """
         job = bound.spec.name
         delivery = msg.metadata.num_delivered
@@ -277,14 +282,57 @@ class Worker:
                 extra={**extra, "event": "run.deferred"},
             )
         else:
-            log.exception(
-                "a request of %s could not be handled; it comes back after the ack wait",
-                job,
-                extra={**extra, "event": "run.error"},
-            )
+            await self._on_unhandled(bound, msg, exc, extra)
             return
         with contextlib.suppress(Exception):  # NATS itself may be away: then the ack wait brings it back
             await msg.nak(delay=delay)
+
+    async def _on_unhandled(self, bound: Bound, msg: Msg, exc: Exception, extra: dict[str, Any]) -> None:
+        """An unexpected error (a bug): the request comes back after the ack wait, a bounded number of times.
+
+        The traceback is logged at the first such delivery, a line at the next ones. At
+        `unhandled_error_deliveries` the run is failed with the error and a dead letter
+        (`unhandled_outcome`, `fail_unhandled`). Deliveries are counted by this process,
+        so with R replicas a request comes back at most R times that many.
+        """
+        seq = msg.metadata.sequence.stream
+        count = self._unhandled.pop(seq, 0) + 1
+        limit = self.settings.unhandled_error_deliveries
+        error = self.runtime.scrub(bounded(f"{type(exc).__name__}: {exc}"))
+        extra = {**extra, "event": "run.error", "unhandled": count}
+        job = bound.spec.name
+        if count == 1:
+            log.error(
+                "a request of %s could not be handled (%d of %d deliveries before its run is failed)",
+                job,
+                count,
+                limit,
+                exc_info=exc,
+                extra=extra,
+            )
+        else:
+            log.error(
+                "a request of %s could not be handled again (%d of %d): %s", job, count, limit, error, extra=extra
+            )
+        outcome = unhandled_outcome(error, count, limit)
+        if outcome is not None:
+            try:
+                await fail_unhandled(self.runtime, bound, msg, outcome)
+                self.settled += 1
+                return
+            except Exception as unreachable:  # the store or NATS is away: put back, try again
+                self._remember_unhandled(seq, count)
+                if isinstance(unreachable, RecordedNotAnnounced) or is_infrastructure_failure(unreachable):
+                    await self._put_back(bound, msg, unreachable)
+                else:  # fail_unhandled lets nothing else out; never loop back into this method
+                    log.error("ending a request of %s failed: %r", job, unreachable, extra=extra)
+                return
+        self._remember_unhandled(seq, count)  # left unsettled: it comes back after the ack wait
+
+    def _remember_unhandled(self, seq: int, count: int) -> None:
+        self._unhandled[seq] = count
+        if len(self._unhandled) > _UNHANDLED_TRACKED:
+            del self._unhandled[next(iter(self._unhandled))]
 
     async def after_start(self) -> None:
         """Start the stale-run monitor and the run-log shipper, and log that the worker is consuming."""

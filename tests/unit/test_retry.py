@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shared.runtime._retry import Outcome, OutcomeKind, Settle, decide
+from shared.runtime._retry import Outcome, OutcomeKind, Settle, decide, unhandled_outcome
 from shared.schemas import RunStatus
 from shared.settings import RetryPolicy
 
@@ -79,3 +79,14 @@ def test_out_of_attempts_is_one_rule() -> None:
     assert lost.kind is OutcomeKind.FAILED
     assert "attempt 4 (the last)" in (lost.error or "")
     assert decide(lost, 5, POLICY).dead_letter == "exhausted"
+
+
+def test_an_unexpected_error_ends_the_run_at_the_set_delivery_with_a_dead_letter() -> None:
+    assert unhandled_outcome("RuntimeError: bug", 2, 3) is None  # it may come back
+    outcome = unhandled_outcome("RuntimeError: bug", 3, 3)
+    assert outcome is not None
+    assert outcome.error is not None
+    assert "in 3 deliveries" in outcome.error
+    assert outcome.error.endswith("RuntimeError: bug")
+    decision = decide(outcome, 0, POLICY)
+    assert (decision.settle, decision.status, decision.dead_letter) == (Settle.TERM, RunStatus.FAILED, "permanent")
