@@ -22,6 +22,7 @@ from rich.text import Text
 
 from shared.names import JOBS
 from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, trigger_run
+from shared.readmodel.alerts import alert_backlog, backlog_line
 from shared.readmodel.budgets import read_budgets
 from shared.readmodel.runs import RunFilter, find_run, list_runs
 from shared.readmodel.status import collect_status, queue_info, status_json
@@ -331,7 +332,8 @@ JobsOpt = Annotated[list[str] | None, typer.Option("--job", "-j", help="Only thi
 
 def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
     """Per job: schedule and next fire, paused, last run, freshness and its target, failures, queue;
-    then each upstream quota's spend (as `pulse budgets`), when PULSE_QUOTAS sets any, and the chains.
+    then each upstream quota's spend (as `pulse budgets`), when PULSE_QUOTAS sets any, the chains, and
+    the alerts a webhook / Slack sink has not accepted yet.
 
     Example: pulse status ;  pulse status --job whale_sync --json
     """
@@ -342,6 +344,7 @@ def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
         async with connect(settings) as conns:
             rows = await collect_status(conns.js, conns.db, settings, jobs)
             budgets = await read_budgets(conns.db, settings)
+            backlog = await alert_backlog(conns.js, settings.names)
         if as_json:
             print_json(status_json(rows))
             return
@@ -351,6 +354,9 @@ def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
         chains = chains_table(rows)
         if chains is not None:
             console.print(chains)
+        undelivered = backlog_line(backlog)
+        if undelivered:
+            console.print(undelivered, style="bold yellow", highlight=False, markup=False, soft_wrap=True)
 
     run_async(_run)
 
