@@ -1,10 +1,16 @@
-"""Alert delivery: every alert on `events.alerts.>` reaches the sinks set in settings, once.
+"""Alert delivery: every alert on `events.alerts.>` reaches each sink set in settings, once.
 
-One place delivers: `AlertDelivery`, run by the janitor service. It reads alerts with a
-durable pull consumer on EVENTS (`alert_delivery`), shared by every janitor replica, and
-acknowledges an alert after all sinks were tried, so each alert is delivered once however
-many replicas run. The consumer is created at the first start with `DeliverPolicy.NEW`:
-turning delivery on does not send the last week of alerts.
+One place delivers: `AlertDelivery`, run by the janitor service. Each sink has its own
+durable pull consumer on EVENTS (`alert_delivery_<sink>`), shared by every janitor
+replica, with one alert in flight at a time (`max_ack_pending` 1). An alert is
+acknowledged only once its sink accepted it (or refused it for good with a 4xx); while
+the sink keeps failing, the alert is handed back (`nak` with a growing delay, up to
+`_REDELIVER_MAX_S`) and nothing after it goes out, so when the receiver comes back it
+gets every alert it missed, in order, once each. JetStream keeps the consumer's place,
+so a restart of every janitor loses nothing; the wait is bounded only by EVENTS' age
+limit (`PULSE_EVENTS_MAX_AGE_DAYS`). A consumer is created at its sink's first start
+with `DeliverPolicy.NEW`: turning a sink on does not send the last week of alerts.
+`shared/readmodel/alerts.py` reads each consumer's backlog for `pulse alerts`/`status`.
 
 Sinks (docs/alerts.md has the receiver's side):
 - a generic webhook (`PULSE_ALERT_WEBHOOK_URL`): the alert as JSON, signed with
@@ -13,10 +19,10 @@ Sinks (docs/alerts.md has the receiver's side):
   and `X-Pulse-Alert-Id` for receivers that de-duplicate;
 - a Slack-compatible incoming webhook (`PULSE_ALERT_SLACK_WEBHOOK_URL`): `{"text": ...}`.
 
-Each POST is retried with backoff (stamina) on transport errors, 429 and 5xx, up to
-`PULSE_ALERT_DELIVERY_ATTEMPTS`; a 4xx other than 429 is not retried. A sink that still
-fails is logged and skipped: one bad receiver never holds back the other sink or later
-alerts, and nothing here is on a run's path (runs only publish the alert to NATS).
+Each delivery POSTs with quick retries (stamina) on transport errors, 429 and 5xx, up to
+`PULSE_ALERT_DELIVERY_ATTEMPTS`, before the alert is handed back; a 4xx other than 429 is
+a refusal, logged and not retried. The sinks never wait for each other, and nothing here
+is on a run's path (runs only publish the alert to NATS).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 import httpx
@@ -37,6 +44,7 @@ import nats.js.errors
 import stamina
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from shared.bus import connect_nats
@@ -52,8 +60,12 @@ ALERT_ID_HEADER = "X-Pulse-Alert-Id"
 #: A receiver should refuse signatures older than this (replays); see `verify`.
 SIGNATURE_TOLERANCE_S = 300
 _FETCH_TIMEOUT_S = 1.0
-#: The consumer's ack wait: longer than every try of every sink together.
+#: The consumer's ack wait: longer than all quick retries of one delivery together.
 _ACK_WAIT_S = 600.0
+#: A failing sink's alert is tried again after this long, then twice as long each time ...
+_REDELIVER_AFTER_S = 10.0
+#: ... but at most this long: a receiver that comes back gets its alerts within minutes.
+_REDELIVER_MAX_S = 300.0
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -125,14 +137,25 @@ def sinks_from_settings(settings: Settings) -> list[Sink]:
     return sinks
 
 
+class Outcome(StrEnum):
+    """What became of one delivery of an alert to a sink."""
+
+    #: The receiver answered 2xx/3xx.
+    ACCEPTED = "accepted"
+    #: The receiver answered a 4xx other than 429: it will not take this alert, ever.
+    REFUSED = "refused"
+    #: Transport errors, 429 or 5xx on every try: the receiver may take it later.
+    FAILING = "failing"
+
+
 class _Retry(Exception):
     """A try that may succeed later (transport error, 429, 5xx)."""
 
 
 async def post_alert(
     http: httpx.AsyncClient, sink: Sink, alert: Alert, alert_id: str, *, attempts: int, wait_initial_s: float = 0.5
-) -> bool:
-    """POST `alert` to `sink`, retrying transient failures with backoff; True when it was accepted."""
+) -> Outcome:
+    """POST `alert` to `sink`, retrying transient failures with backoff."""
     try:
         async for attempt in stamina.retry_context(
             on=_Retry, attempts=attempts, timeout=None, wait_initial=wait_initial_s, wait_max=30.0
@@ -146,12 +169,12 @@ async def post_alert(
                 if response.status_code == 429 or response.status_code >= 500:
                     raise _Retry(f"HTTP {response.status_code}")
                 if response.status_code >= 400:
-                    _log_failure(sink, alert_id, f"refused with HTTP {response.status_code}")
-                    return False
-        return True
+                    _log_failure(sink, alert_id, f"refused with HTTP {response.status_code}; not sent again")
+                    return Outcome.REFUSED
+        return Outcome.ACCEPTED
     except _Retry as exc:
-        _log_failure(sink, alert_id, f"still failing after {attempts} tries ({exc})")
-        return False
+        _log_failure(sink, alert_id, f"still failing after {attempts} tries ({exc}); kept to send again")
+        return Outcome.FAILING
 
 
 def _log_failure(sink: Sink, alert_id: str, why: str) -> None:
@@ -162,31 +185,48 @@ def _log_failure(sink: Sink, alert_id: str, why: str) -> None:
     )
 
 
-class AlertDelivery:
-    """Delivers each alert of `events.alerts.>` to every sink, once across all replicas.
+def redeliver_delay(deliveries: int, first_s: float) -> float:
+    """How long a failing sink's alert waits before its next delivery: doubling, at most `_REDELIVER_MAX_S`."""
+    return min(_REDELIVER_MAX_S, first_s * 2.0 ** max(0, min(deliveries - 1, 20)))
 
-    `await start()` connects (its own NATS connection), creates the durable consumer if
-    it is missing and starts the delivery loop; `await stop()` lets the alert in hand
-    finish (bounded) and disconnects.
+
+class AlertDelivery:
+    """Delivers each alert of `events.alerts.>` to every sink, in order, once across all replicas.
+
+    `await start()` connects (its own NATS connection), creates each sink's durable
+    consumer if it is missing and starts one delivery loop per sink; `await stop()` lets
+    the alerts in hand finish (bounded), hands back any still unsent, and disconnects.
+    `redeliver_after_s` is the first wait before a failing sink's alert is tried again.
     """
 
     def __init__(
-        self, settings: Settings, sinks: list[Sink], *, name: str = "alert-delivery", wait_initial_s: float = 0.5
+        self,
+        settings: Settings,
+        sinks: list[Sink],
+        *,
+        name: str = "alert-delivery",
+        wait_initial_s: float = 0.5,
+        redeliver_after_s: float = _REDELIVER_AFTER_S,
     ) -> None:
         self._settings = settings
         self._sinks = sinks
         self._name = name
         self._wait_initial_s = wait_initial_s
+        self._redeliver_after_s = redeliver_after_s
         self._nats: NatsClient | None = None
         self._http: httpx.AsyncClient | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self.delivered = 0
-        self.failed = 0
+        self.delivered = 0  # accepted by a sink
+        self.failed = 0  # refused by a sink (4xx): not sent again
+        self.handed_back = 0  # a sink kept failing: the alert waits for its next delivery
 
     def __repr__(self) -> str:
         sinks = ",".join(sink.name for sink in self._sinks)
-        return f"<AlertDelivery sinks={sinks} delivered={self.delivered} failed={self.failed}>"
+        return (
+            f"<AlertDelivery sinks={sinks} delivered={self.delivered} failed={self.failed} "
+            f"handed_back={self.handed_back}>"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlertDelivery | None:
@@ -195,10 +235,23 @@ class AlertDelivery:
         return cls(settings, sinks) if sinks else None
 
     async def start(self) -> None:
-        settings, names = self._settings, self._settings.names
+        settings = self._settings
         self._nats = await connect_nats(settings, name=self._name)
         js = self._nats.jetstream(timeout=settings.nats_connect_timeout_s)
-        durable = names.alert_delivery_consumer
+        self._http = httpx.AsyncClient(timeout=settings.alert_delivery_timeout_s)
+        for sink in self._sinks:
+            subscription = await self._bind(js, sink)
+            self._tasks.append(asyncio.create_task(self._loop(sink, subscription), name=f"alert-delivery-{sink.name}"))
+        log.info(
+            "delivering alerts to %s",
+            ", ".join(f"{sink.name} ({redact_url(sink.url.split('?', 1)[0])})" for sink in self._sinks),
+            extra={"event": "alert.delivery_started"},
+        )
+
+    async def _bind(self, js: JetStreamContext, sink: Sink) -> JetStreamContext.PullSubscription:
+        """The sink's durable consumer, created (from new alerts on) the first time."""
+        names = self._settings.names
+        durable = names.alert_delivery_consumer(sink.name)
         try:
             await js.consumer_info(names.events_stream, durable)
         except nats.js.errors.NotFoundError:
@@ -210,28 +263,21 @@ class AlertDelivery:
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=_ACK_WAIT_S,
                     deliver_policy=DeliverPolicy.NEW,
-                    max_ack_pending=1,  # in order, one at a time across replicas
-                    num_replicas=settings.stream_replicas,
-                    description="delivers alerts to the configured sinks",
+                    max_ack_pending=1,  # in order, one at a time across replicas; a failing alert holds the rest
+                    num_replicas=self._settings.stream_replicas,
+                    description=f"delivers alerts to the {sink.name} sink",
                 ),
             )
-        subscription = await js.pull_subscribe_bind(durable=durable, stream=names.events_stream)
-        self._http = httpx.AsyncClient(timeout=settings.alert_delivery_timeout_s)
-        self._task = asyncio.create_task(self._loop(subscription), name="alert-delivery")
-        log.info(
-            "delivering alerts to %s",
-            ", ".join(f"{sink.name} ({redact_url(sink.url.split('?', 1)[0])})" for sink in self._sinks),
-            extra={"event": "alert.delivery_started"},
-        )
+        return await js.pull_subscribe_bind(durable=durable, stream=names.events_stream)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=timeout_s)
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in self._tasks:
+                task.cancel()  # an alert still in hand is handed back (see `_deliver`)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -240,7 +286,7 @@ class AlertDelivery:
                 await self._nats.close()
             self._nats = None
 
-    async def _loop(self, subscription: nats.js.JetStreamContext.PullSubscription) -> None:
+    async def _loop(self, sink: Sink, subscription: JetStreamContext.PullSubscription) -> None:
         while not self._stopping.is_set():
             try:
                 messages = await subscription.fetch(1, timeout=_FETCH_TIMEOUT_S)
@@ -251,9 +297,9 @@ class AlertDelivery:
                 await asyncio.sleep(1.0)
                 continue
             for msg in messages:
-                await self._deliver(msg)
+                await self._deliver(sink, msg)
 
-    async def _deliver(self, msg: Msg) -> None:
+    async def _deliver(self, sink: Sink, msg: Msg) -> None:
         try:
             alert = Alert.model_validate_json(msg.data)
         except ValueError:
@@ -262,19 +308,33 @@ class AlertDelivery:
             return
         alert_id = (msg.headers or {}).get("Nats-Msg-Id") or f"events:{msg.metadata.sequence.stream}"
         assert self._http is not None
-        results = await asyncio.gather(
-            *(
-                post_alert(
-                    self._http,
-                    sink,
-                    alert,
-                    alert_id,
-                    attempts=self._settings.alert_delivery_attempts,
-                    wait_initial_s=self._wait_initial_s,
-                )
-                for sink in self._sinks
+        try:
+            outcome = await post_alert(
+                self._http,
+                sink,
+                alert,
+                alert_id,
+                attempts=self._settings.alert_delivery_attempts,
+                wait_initial_s=self._wait_initial_s,
             )
-        )
-        self.delivered += sum(results)
-        self.failed += len(results) - sum(results)
+        except asyncio.CancelledError:
+            # Stopping mid-delivery: hand the alert back now, not after the ack wait.
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        if outcome is Outcome.FAILING:
+            delay_s = redeliver_delay(msg.metadata.num_delivered or 1, self._redeliver_after_s)
+            self.handed_back += 1
+            log.warning(
+                "alert kept for the %s sink; trying again in %.0fs",
+                sink.name,
+                delay_s,
+                extra={"event": "alert.delivery_deferred", "sink": sink.name, "alert_id": alert_id},
+            )
+            await msg.nak(delay=delay_s)
+            return
+        if outcome is Outcome.ACCEPTED:
+            self.delivered += 1
+        else:
+            self.failed += 1
         await msg.ack()

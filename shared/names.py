@@ -38,6 +38,8 @@ JOB_REQUESTS: dict[str, tuple[str, ...]] = {
     "whale_sync": ("market_refresh",),
 }
 SERVICES: tuple[str, ...] = ("ticker", "market_sync", "whale_sync", "stats", "janitor")
+#: The kinds of alert sink (shared/alerting.py); each has its own delivery consumer on EVENTS.
+ALERT_SINKS: tuple[str, ...] = ("webhook", "slack")
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]{0,32}$")
 _JOB_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -155,10 +157,11 @@ class Names:
         """The one durable pull consumer of `job`, shared by every replica."""
         return check_job_name(job)
 
-    @property
-    def alert_delivery_consumer(self) -> str:
-        """The durable consumer (on EVENTS) that delivers alerts to the configured sinks, once each."""
-        return "alert_delivery"
+    def alert_delivery_consumer(self, sink: str) -> str:
+        """The durable consumer (on EVENTS) that delivers alerts to one sink: in order, each acked once accepted."""
+        if sink not in ALERT_SINKS:
+            raise ValueError(f"unknown alert sink {sink!r}: expected one of {', '.join(ALERT_SINKS)}")
+        return f"alert_delivery_{sink}"
 
     @property
     def schedules_bucket(self) -> str:

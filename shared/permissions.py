@@ -28,7 +28,7 @@ What each role may do (subjects shown without a namespace):
                  `timed_out`, which publishes that job's run event and alert; and it
                  moves requests on subjects no job serves to `dlq.>` (list JOBS'
                  consumers, get and delete single JOBS messages, never purge); and it
-                 delivers alerts: the durable consumer `alert_delivery` on EVENTS
+                 delivers alerts: the durable consumers `alert_delivery_<sink>` on EVENTS
     dashboard    the operators' dashboard: read streams, consumers and buckets; publish
                  requests (trigger, re-run, replay, signal) and cancel hints; write KV
                  `schedules`; delete dead letters and held delayed requests, purge DLQ;
@@ -49,7 +49,7 @@ from typing import TypedDict
 
 from shared.bus import inbox_prefix_of
 from shared.chains import parse_follow_up
-from shared.names import JOB_REQUESTS, JOB_SERVICE, JOBS, SERVICES, Names
+from shared.names import ALERT_SINKS, JOB_REQUESTS, JOB_SERVICE, JOBS, SERVICES, Names
 from shared.settings import JobPolicies
 
 #: The `pulse` CLI's user: it triggers, cancels, replays and edits schedules.
@@ -229,7 +229,9 @@ def service_permissions(names: Names, service: str) -> Permissions:
         if service in _REPORTS_ON_EVERY_JOB:
             publish += _unserved_sweep(names)
         if service in _DELIVERS_ALERTS:
-            publish += _consume_from(names.events_stream, names.alert_delivery_consumer, names.alerts_wildcard())
+            for sink in ALERT_SINKS:
+                consumer = names.alert_delivery_consumer(sink)
+                publish += _consume_from(names.events_stream, consumer, names.alerts_wildcard())
         publish += _kv_write(names.ratelimit_bucket) + _kv_read(names.schedules_bucket)
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))
 

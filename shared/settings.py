@@ -381,7 +381,9 @@ class Settings(BaseSettings):
     alert_webhook_url_file: Path | None = Field(None, description="file holding the alert webhook URL")
     alert_webhook_secret_file: Path | None = Field(None, description="file holding the alert webhook secret")
     alert_slack_webhook_url_file: Path | None = Field(None, description="file holding the Slack webhook URL")
-    alert_delivery_attempts: int = Field(6, ge=1, le=20, description="tries per alert and sink, with backoff")
+    alert_delivery_attempts: int = Field(
+        6, ge=1, le=20, description="quick tries per alert and sink before it is kept for a later try"
+    )
     alert_delivery_timeout_s: float = Field(10.0, gt=0, description="per-request timeout to an alert sink")
     stack_file: Path = Field(
         Path(".data/stack.json"),

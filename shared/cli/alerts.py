@@ -3,7 +3,8 @@
 Alerts live on `events.alerts.<job>` in EVENTS (kept `PULSE_EVENTS_MAX_AGE_DAYS`). The
 janitor also delivers them to the webhook / Slack sinks set in settings
 (`shared/alerting.py`); this command reads the stream itself, so it shows every alert
-whether or not a sink is configured.
+whether or not a sink is configured, and then, on stderr, the alerts a sink has not
+accepted yet (`shared/readmodel/alerts.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from shared.names import JOBS
+from shared.readmodel.alerts import alert_backlog, backlog_line
 from shared.readmodel.timetext import iso
 from shared.schemas import Alert
 
@@ -48,7 +50,8 @@ def alerts(
     timeout: Annotated[float | None, typer.Option("--timeout", help="With --follow: stop after SECONDS.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per alert.")] = False,
 ) -> None:
-    """Alerts raised lately: failure streaks, stale and never-succeeded jobs, dead letters, recoveries.
+    """Alerts raised lately: failure streaks, stale and never-succeeded jobs, dead letters, recoveries;
+    then how many alerts a webhook / Slack sink has not accepted yet (they are sent again, in order).
 
     Example: pulse alerts --since 2h ;  pulse alerts --follow --job market_sync
     """
@@ -67,6 +70,9 @@ def alerts(
         deadline = None if timeout is None else time.monotonic() + timeout
         shown = 0
         async with connect(settings, need_store=False) as conns:
+            backlog = None if as_json else backlog_line(await alert_backlog(conns.js, names))
+            if backlog and follow:
+                err_console.print(backlog, highlight=False, markup=False, soft_wrap=True)
             try:
                 async for msg in tail(
                     conns.js, subject, names.events_stream, since=start, follow=follow, deadline=deadline
@@ -82,6 +88,8 @@ def alerts(
                 return EXIT_OK  # following for --timeout seconds is what was asked
         if shown == 0 and not as_json:
             err_console.print(f"no alerts since {iso(start)}")
+        if backlog:
+            err_console.print(backlog, highlight=False, markup=False, soft_wrap=True)
         return EXIT_OK
 
     try:

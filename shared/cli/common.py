@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +30,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from shared.bus import connect_nats, ensure_kv, kv_configs, stream_configs
 from shared.errors import ConfigError, InvalidRequest, PulseError, Unreachable
@@ -47,14 +48,26 @@ T = TypeVar("T")
 PIPE_WIDTH = 10_000
 
 
-def _console(*, stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    piped = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=PIPE_WIDTH if piped else None)
+class _CliConsole(Console):
+    """A console that fits a terminal and, writing to a pipe or file, never wraps or cuts.
+
+    Whether the output is a terminal is decided at each print, not at import: the stream
+    (and COLUMNS) in effect then is the one written to. A COLUMNS set by the caller wins.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        if not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(PIPE_WIDTH, super().size.height)
+        return super().size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
 
-console = _console()
-err_console = _console(stderr=True)
+console = _CliConsole()
+err_console = _CliConsole(stderr=True)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -197,33 +210,54 @@ async def ensure_streams_exist(js: JetStreamContext, settings: Settings) -> None
         await ensure_kv(js, bucket)
 
 
+def time_left(limit_s: float, deadline: float | None) -> float:
+    """`limit_s`, or what is left until `deadline` (event-loop time) when that is sooner.
+
+    Cut down to a tenth of a second (at least 0.1 s) so an error's "within 1.9s" reads well.
+    """
+    if deadline is None:
+        return limit_s
+    left = deadline - asyncio.get_running_loop().time()
+    return limit_s if limit_s <= left else max(0.1, math.floor(left * 10) / 10)  # never past the deadline
+
+
 @asynccontextmanager
-async def connect(settings: Settings, *, need_store: bool = True, setup: bool = True) -> AsyncIterator[Connections]:
+async def connect(
+    settings: Settings, *, need_store: bool = True, setup: bool = True, deadline: float | None = None
+) -> AsyncIterator[Connections]:
     """Connect to NATS (and MongoDB) with bounded timeouts.
 
     Args:
         settings: where to connect.
         need_store: also connect to MongoDB (and fail fast if it does not answer).
         setup: create missing streams and KV buckets (existing ones are left as they are).
+        deadline: event-loop time by which connecting must be done (a command's `--timeout`):
+            each server's own timeout is cut to what is left, so the error still names the
+            server that did not answer.
 
     Raises:
-        BusUnavailable: NATS did not answer within `nats_connect_timeout_s`.
-        StoreUnavailable: MongoDB did not answer within `mongo_timeout_s`.
+        BusUnavailable: NATS did not answer within `nats_connect_timeout_s` (or the deadline).
+        StoreUnavailable: MongoDB did not answer within `mongo_timeout_s` (or the deadline).
     """
-    nats_client = await connect_nats(settings, name="pulse-cli")
+    nats_client = await connect_nats(
+        settings, name="pulse-cli", timeout_s=time_left(settings.nats_connect_timeout_s, deadline)
+    )
     mongo: AsyncMongoClient[Document] | None = None
     try:
         js = nats_client.jetstream(timeout=settings.nats_connect_timeout_s)
         if setup:
             try:
-                await asyncio.wait_for(ensure_streams_exist(js, settings), timeout=settings.nats_connect_timeout_s * 2)
+                await asyncio.wait_for(
+                    ensure_streams_exist(js, settings), timeout=time_left(settings.nats_connect_timeout_s * 2, deadline)
+                )
             except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 raise Unreachable(
                     f"JetStream at {settings.nats_url_redacted} did not answer; is JetStream enabled (nats-server -js)?"
                 ) from None
         db: Any = None
         if need_store:
-            mongo, db = await connect_store(settings)
+            left = time_left(settings.mongo_timeout_s, deadline)
+            mongo, db = await connect_store(settings.model_copy(update={"mongo_timeout_s": left}))
         yield Connections(settings, nats_client, js, mongo, db)
     finally:
         if mongo is not None:

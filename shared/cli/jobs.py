@@ -12,13 +12,17 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.text import Text
 
 from shared.names import JOBS
 from shared.operations import RunAlreadyEnded, RunNotFound, build_request, cancel_run, trigger_run
+from shared.readmodel.alerts import alert_backlog, backlog_line
 from shared.readmodel.budgets import read_budgets
 from shared.readmodel.runs import RunFilter, find_run, list_runs
 from shared.readmodel.status import collect_status, queue_info, status_json
@@ -52,6 +56,8 @@ from .workflows import steps_json, steps_table
 _ARG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 #: How often `--wait` re-reads the run record: quick enough to feel live, cheap for the store.
 _POLL_S = 0.25
+#: On a non-terminal, an unchanged `--wait` progress line is printed again after this long.
+_PROGRESS_REPEAT_S = 10.0
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
@@ -86,18 +92,50 @@ async def wait_for_run(conns: Connections, run_id: str, job: str, timeout_s: flo
     between polls: a server that stops answering cannot hold the command past `timeout_s`.
     """
     started = time.monotonic()
-    with err_console.status(f"{run_id}: queued") as spinner:
-        try:
-            async with asyncio.timeout(timeout_s):
+    try:
+        async with asyncio.timeout(timeout_s):
+            with progress_display(run_id) as show:
                 while True:
                     record = await find_run(conns.db, run_id)
                     if record is not None and record.status.is_terminal:
                         return record
-                    text = await _progress_text(conns, run_id, job, record)
-                    spinner.update(f"{human_seconds(time.monotonic() - started)}  {text}")
+                    show(time.monotonic() - started, await _progress_text(conns, run_id, job, record))
                     await asyncio.sleep(_POLL_S)
-        except TimeoutError:
-            return None
+    except TimeoutError:
+        return None
+
+
+@contextmanager
+def progress_display(run_id: str) -> Iterator[Callable[[float, str], None]]:
+    """Where `--wait` shows progress: a spinner on a terminal, plain lines in a log or pipe.
+
+    The yielded function takes the seconds waited so far and what the run is doing.
+    """
+    if err_console.is_terminal:
+        with err_console.status(Text(f"{run_id}: queued")) as spinner:
+            yield lambda elapsed_s, text: spinner.update(Text(f"{human_seconds(elapsed_s)}  {text}"))
+        return
+    yield _ProgressLines().show
+
+
+class _ProgressLines:
+    """Progress as lines for a non-terminal: one per change, and the same again now and then.
+
+    A spinner redraws one line in place, which a log file or a CI job would keep as
+    hundreds of lines; a line per change keeps the story, and an unchanged state is
+    repeated every `_PROGRESS_REPEAT_S` so a long quiet stretch still shows the wait is alive.
+    """
+
+    def __init__(self) -> None:
+        self._last_text: str | None = None
+        self._last_at = 0.0
+
+    def show(self, elapsed_s: float, text: str) -> None:
+        now = time.monotonic()
+        if text == self._last_text and now - self._last_at < _PROGRESS_REPEAT_S:
+            return
+        self._last_text, self._last_at = text, now
+        err_console.print(f"{human_seconds(elapsed_s)}  {text}", highlight=False, markup=False, soft_wrap=True)
 
 
 async def _progress_text(conns: Connections, run_id: str, job: str, record: RunRecord | None) -> str:
@@ -150,21 +188,32 @@ async def _trigger(
     request = build_request(job, args, at, key, who)
     run_id = request.run_id
     params = {"args": args, "at": iso(at), "key": key}
-    async with connect(settings) as conns:
-        async with audited(settings, conns.db, who, "trigger", job, params) as note:
-            done = await trigger_run(conns.js, conns.db, settings.names, request, at=at, keyed=key is not None)
-            note.detail = _trigger_note(run_id, at, done.duplicate, done.existing)
-        duplicate, existing = done.duplicate, done.existing
-        _report_trigger(run_id, job, at, duplicate, existing, json_out=as_json and not wait, quiet=as_json and wait)
-        if not wait:
-            return EXIT_OK
-        record = existing if existing is not None and existing.status.is_terminal else None
-        record = record or await wait_for_run(conns, run_id, job, timeout_s)
-    if record is None:
-        fail(
-            f"{run_id} did not end within {timeout_s:g}s (it goes on); follow it with: pulse logs {run_id} --follow",
-            EXIT_FAILED,
-        )
+    # With --wait, --timeout bounds the whole command: connecting (each server's connect
+    # timeout is cut to what is left, so the error names the one that did not answer),
+    # starting the run, and every poll.
+    limit_s = timeout_s if wait else None
+    deadline = None if limit_s is None else asyncio.get_running_loop().time() + limit_s
+    async with connect(settings, deadline=deadline) as conns:
+        waiting = False
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with audited(settings, conns.db, who, "trigger", job, params) as note:
+                    done = await trigger_run(conns.js, conns.db, settings.names, request, at=at, keyed=key is not None)
+                    note.detail = _trigger_note(run_id, at, done.duplicate, done.existing)
+                duplicate, existing = done.duplicate, done.existing
+                _report_trigger(
+                    run_id, job, at, duplicate, existing, json_out=as_json and not wait, quiet=as_json and wait
+                )
+                if not wait:
+                    return EXIT_OK
+                waiting = True
+                record = existing if existing is not None and existing.status.is_terminal else None
+                record = record or await wait_for_run(conns, run_id, job, None)
+        except TimeoutError:
+            if deadline is None or asyncio.get_running_loop().time() < deadline:
+                raise  # a server's own timeout, not --timeout
+            _timed_out(run_id, waiting, limit_s or 0.0)
+    assert record is not None  # waited without a limit of its own: only a terminal record ends the wait
     if as_json:
         print_json(run_json(record))
     else:
@@ -172,6 +221,19 @@ async def _trigger(
         if record.error:
             console.print(f"error: {record.error}", highlight=False, markup=False)
     return EXIT_OK if record.status is RunStatus.COMPLETED else EXIT_FAILED
+
+
+def _timed_out(run_id: str, waiting: bool, limit_s: float) -> NoReturn:
+    """The one line for a `--timeout` that passed: while waiting for the run, or still starting it."""
+    if waiting:
+        fail(
+            f"{run_id} did not end within {limit_s:g}s (it goes on); follow it with: pulse logs {run_id} --follow",
+            EXIT_FAILED,
+        )
+    fail(
+        f"NATS or MongoDB did not answer within --timeout {limit_s:g}s while starting {run_id}; "
+        f"see whether it started with: pulse run {run_id}"
+    )
 
 
 def _report_trigger(
@@ -213,9 +275,17 @@ def trigger(
     at: Annotated[str | None, typer.Option("--at", help="Run once at this time (ISO 8601 with timezone).")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key: the same key twice gives one run.")] = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Show progress until the run ends; exit 0 if completed.")
+        bool,
+        typer.Option(
+            "--wait",
+            help="Show elapsed time and the job's progress until the run ends (a spinner on a terminal, "
+            "a line per change otherwise), then its duration and summary; exit 0 if completed.",
+        ),
     ] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="With --wait: give up after SECONDS.")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="With --wait: give up after SECONDS, connecting and starting the run included."),
+    ] = None,
     as_json: JsonOpt = False,
     actor: ActorOpt = None,
 ) -> None:
@@ -262,7 +332,8 @@ JobsOpt = Annotated[list[str] | None, typer.Option("--job", "-j", help="Only thi
 
 def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
     """Per job: schedule and next fire, paused, last run, freshness and its target, failures, queue;
-    then each upstream quota's spend (as `pulse budgets`), when PULSE_QUOTAS sets any, and the chains.
+    then each upstream quota's spend (as `pulse budgets`), when PULSE_QUOTAS sets any, the chains, and
+    the alerts a webhook / Slack sink has not accepted yet.
 
     Example: pulse status ;  pulse status --job whale_sync --json
     """
@@ -273,6 +344,7 @@ def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
         async with connect(settings) as conns:
             rows = await collect_status(conns.js, conns.db, settings, jobs)
             budgets = await read_budgets(conns.db, settings)
+            backlog = await alert_backlog(conns.js, settings.names)
         if as_json:
             print_json(status_json(rows))
             return
@@ -282,6 +354,9 @@ def status(job: JobsOpt = None, as_json: JsonOpt = False) -> None:
         chains = chains_table(rows)
         if chains is not None:
             console.print(chains)
+        undelivered = backlog_line(backlog)
+        if undelivered:
+            console.print(undelivered, style="bold yellow", highlight=False, markup=False, soft_wrap=True)
 
     run_async(_run)
 
@@ -353,7 +428,7 @@ def runs(
         elif not records:
             err_console.print("no runs match")
         else:
-            console.print(runs_table(records))
+            console.print(runs_table(records, cut=80 if console.is_terminal else None))
 
     run_async(_run)
 

@@ -166,8 +166,12 @@ def chains_table(rows: list[JobStatus]) -> Table | None:
     return table
 
 
-def runs_table(records: list[RunRecord]) -> Table:
-    """A table of run records (newest first, as given)."""
+def runs_table(records: list[RunRecord], *, cut: int | None = 80) -> Table:
+    """A table of run records (newest first, as given).
+
+    `cut`: the error / summary cell keeps its first line, shortened to this many characters
+    (None: the whole first line, for output that is piped and never wrapped).
+    """
     table = Table(header_style="bold")
     for column in ("run_id", "status", "trigger", "attempts", "started", "duration", "error / summary"):
         table.add_column(column, overflow="fold")
@@ -180,7 +184,7 @@ def runs_table(records: list[RunRecord]) -> Table:
             str(record.attempt_count or len(record.attempts)),
             ago(record.started_at, now),
             _duration(record),
-            _short(record.error or record.reason or key_values(record.summary)),
+            _short(record.error or record.reason or key_values(record.summary), cut),
         )
     return table
 
@@ -192,9 +196,9 @@ def _duration(record: RunRecord) -> str:
     return human_seconds(((end or datetime.now(UTC)) - start).total_seconds()) + ("" if end else "…")
 
 
-def _short(text: str, limit: int = 80) -> str:
+def _short(text: str, limit: int | None) -> str:
     line = text.splitlines()[0] if text else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return line if limit is None or len(line) <= limit else line[: limit - 1] + "…"
 
 
 def run_detail(record: RunRecord) -> Group:

@@ -7,6 +7,7 @@
     schedules.py    schedules and their runtime overrides, upcoming and recent slots,
                     delayed one-off runs
     stats.py        market stats snapshots (latest and trend)
+    alerts.py       alerts not delivered yet, per sink (the delivery consumers' backlog)
     why.py          what keeps a job from running now (blockers with what to do)
     timetext.py     durations and times as operators type them
 

@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from shared.bus import ensure_topology, nats_connect_options
 from shared.localstack import free_port
-from shared.names import JOBS, Collections, Names
+from shared.names import ALERT_SINKS, JOBS, Collections, Names
 from shared.permissions import OPERATOR, jobs_of
 from shared.providers.simprocess import RunningSimulator, simulator_process
 from shared.providers.simulator import hex_id
@@ -191,7 +191,8 @@ async def test_consumer_service_completes_its_jobs_as_its_own_user(
 async def test_janitor_may_time_out_another_jobs_run(
     server: AuthServer, deployed: Settings, start_service: Any
 ) -> None:
-    """The watchdog publishes market_sync's run event: the one cross-job grant."""
+    """The watchdog publishes market_sync's run event: the one cross-job grant. With both alert
+    sinks set, the janitor also creates and binds each sink's delivery consumer as its own user."""
     client = make_client(deployed)
     long_ago = utcnow() - timedelta(hours=1)
     await client[deployed.mongo_db][Collections.RUNS].insert_one({
@@ -200,10 +201,23 @@ async def test_janitor_may_time_out_another_jobs_run(
     })  # fmt: skip
     await client.close()
     port = free_port()
-    process, log = start_service("janitor", service_env(deployed, server, "janitor", port))
+    sink = f"http://127.0.0.1:{free_port()}"  # nothing is sent here: no alert is raised
+    env = service_env(deployed, server, "janitor", port) | {
+        "PULSE_ALERT_WEBHOOK_URL": f"{sink}/hook",
+        "PULSE_ALERT_WEBHOOK_SECRET": "a-shared-secret",
+        "PULSE_ALERT_SLACK_WEBHOOK_URL": f"{sink}/slack",
+    }
+    process, log = start_service("janitor", env)
     await wait_ready(process, log, port)
     try:
         outcomes = await run_by_hand(deployed, server, ("watchdog",), {"watchdog", "market_sync"})
+        operator = await connect_operator(deployed, server)
+        try:
+            js = operator.jetstream(timeout=5)
+            for name in ALERT_SINKS:  # raises NotFoundError if the janitor could not create it
+                await js.consumer_info(NAMES.events_stream, NAMES.alert_delivery_consumer(name))
+        finally:
+            await operator.close()
     finally:
         await drop_database(deployed)
     assert outcomes == {"watchdog": "completed", "market_sync": "timed_out"}, tail(log)

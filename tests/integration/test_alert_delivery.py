@@ -1,4 +1,5 @@
-"""Alert delivery against a local HTTP receiver: once per alert, retried on 5xx, signed, never in a run's way."""
+"""Alert delivery against a local HTTP receiver: once per alert, retried on 5xx, signed, never in a run's way;
+kept while a receiver keeps failing (or is down, across a restart) and then delivered in order, once each."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from shared.alerting import (
     verify,
 )
 from shared.errors import PermanentError
+from shared.localstack import free_port
+from shared.names import ALERT_SINKS
+from shared.readmodel.alerts import alert_backlog
 from shared.requests import publish_request
 from shared.runtime import HttpServer, JobContext, job
 from shared.runtime._events import publish_alert
@@ -29,6 +33,7 @@ from shared.schemas import Alert, AlertKind, utcnow
 from shared.settings import Settings
 from shared.store import Database
 from tests.helpers import wait_for
+from tests.integration.test_cli_common import invoke
 from tests.integration.test_runtime_support import WorkerFactory, policy, request_for, terminal_run
 from tests.integration.test_runtime_support import start_worker as start_worker
 
@@ -37,11 +42,14 @@ SECRET = b"shared-webhook-secret"
 
 @dataclass
 class Receiver:
-    """A local HTTP receiver: records every POST; can fail the first N or hold answers until released."""
+    """A local HTTP receiver: records every POST; can fail the first N, fail some paths while they are
+    in `failing`, or hold answers until released."""
 
     fail_first: int = 0
+    failing: set[str] = field(default_factory=set)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    accepted: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     answered: int = 0
 
     def __post_init__(self) -> None:
@@ -57,13 +65,24 @@ class Receiver:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.requests.append((scope["path"], headers, body))
         await self.release.wait()
-        status = 503 if len(self.requests) <= self.fail_first else 200
+        status = 503 if len(self.requests) <= self.fail_first or scope["path"] in self.failing else 200
+        if status == 200:
+            self.accepted.append((scope["path"], headers, body))
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"ok"})
         self.answered += 1
 
     def bodies(self, path: str) -> list[bytes]:
         return [body for p, _, body in self.requests if p == path]
+
+    def accepted_ids(self) -> list[str]:
+        """The webhook's accepted alerts, by `X-Pulse-Alert-Id`, in the order they arrived."""
+        return [headers[ALERT_ID_HEADER.lower()] for path, headers, _ in self.accepted if path == "/hook"]
+
+    def accepted_details(self, path: str) -> list[str]:
+        """What each accepted alert said (`detail`, or the Slack text's end), in order."""
+        texts = [json.loads(body) for p, _, body in self.accepted if p == path]
+        return [text["detail"] if "detail" in text else text["text"].rsplit(": ", 1)[-1] for text in texts]
 
 
 @pytest.fixture
@@ -80,9 +99,13 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 async def deliveries(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[AlertDelivery]]]:
     started: list[AlertDelivery] = []
 
-    async def _start(base_url: str) -> AlertDelivery:
+    async def _start(base_url: str, *, attempts: int | None = None) -> AlertDelivery:
+        """A delivery to `<base_url>/hook` and `/slack`; `attempts`: quick tries before an alert is handed back."""
         sinks: list[Sink] = [WebhookSink(f"{base_url}/hook", SECRET), SlackSink(f"{base_url}/slack")]
-        delivery = AlertDelivery(settings, sinks, name=f"delivery-{len(started)}", wait_initial_s=0.05)
+        tuned = settings if attempts is None else settings.model_copy(update={"alert_delivery_attempts": attempts})
+        delivery = AlertDelivery(
+            tuned, sinks, name=f"delivery-{len(started)}", wait_initial_s=0.05, redeliver_after_s=0.1
+        )
         await delivery.start()
         started.append(delivery)
         return delivery
@@ -97,10 +120,13 @@ def alert(job: str, detail: str) -> Alert:
 
 
 async def settled(js: JetStreamContext, settings: Settings) -> bool:
-    """Every alert published so far was taken and acknowledged by the delivery consumer."""
+    """Every alert published so far was taken and acknowledged by both sinks' delivery consumers."""
     names = settings.names
-    info = await js.consumer_info(names.events_stream, names.alert_delivery_consumer)
-    return info.num_pending == 0 and info.num_ack_pending == 0
+    for sink in ALERT_SINKS:
+        info = await js.consumer_info(names.events_stream, names.alert_delivery_consumer(sink))
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True
 
 
 async def test_each_alert_is_delivered_once_to_each_sink_and_signed(
@@ -176,3 +202,74 @@ async def test_a_slow_receiver_never_holds_up_a_run(
 
 async def _count(app: Receiver, count: int) -> bool:
     return len(app.requests) >= count
+
+
+async def test_alerts_wait_for_a_failing_receiver_and_then_arrive_in_order_once_each(
+    settings: Settings, js: JetStreamContext, receiver: tuple[Receiver, str], deliveries: Any
+) -> None:
+    app, url = receiver
+    app.failing.add("/hook")  # the webhook answers 503 until it recovers; Slack works
+    delivery = await deliveries(url, attempts=2)
+    ids = [f"alert:order:{number}" for number in range(3)]
+    for number, alert_id in enumerate(ids):
+        await publish_alert(js, settings.names, alert("stats", f"letter {number}"), msg_id=alert_id)
+
+    # Slack is not held back by the failing webhook; the webhook's first alert is handed back, again and again.
+    await wait_for(lambda: _accepted(app, "/slack", 3), timeout_s=20, what="Slack to take all three alerts")
+    await wait_for(lambda: _handed_back(delivery, 2), timeout_s=20, what="the webhook's alert to be handed back")
+    assert app.accepted_ids() == []
+    assert app.accepted_details("/slack") == ["letter 0", "letter 1", "letter 2"]
+
+    # Operators see what waits, where: the read model, `pulse alerts` and `pulse status`.
+    backlog = await alert_backlog(js, settings.names)
+    assert [(sink.sink, sink.undelivered) for sink in backlog] == [("webhook", 3), ("slack", 0)]
+    assert backlog[0].oldest_raised_at is not None
+    listed = await asyncio.to_thread(invoke, settings, "alerts", "--since", "1h")
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.count("dead_letter") == 3
+    assert "alerts not delivered yet: webhook 3 (oldest raised 20" in listed.stderr
+    status = await asyncio.to_thread(invoke, settings, "status", "--job", "stats")
+    assert "alerts not delivered yet: webhook 3" in " ".join(status.stdout.split())
+
+    tries_while_failing = len(app.bodies("/hook"))
+    app.failing.clear()  # the receiver comes back
+    await wait_for(lambda: settled(js, settings), timeout_s=30, what="the kept alerts to be delivered")
+    assert app.accepted_ids() == ids  # in order, once each
+    assert app.accepted_details("/hook") == ["letter 0", "letter 1", "letter 2"]
+    assert len(app.accepted_details("/slack")) == 3  # nothing sent twice to the sink that worked
+    assert tries_while_failing >= 4  # 2 quick tries per delivery, at least 2 deliveries
+    assert delivery.failed == 0
+    assert [sink.undelivered for sink in await alert_backlog(js, settings.names)] == [0, 0]
+
+
+async def test_alerts_kept_for_a_receiver_that_is_down_survive_a_restart_of_the_delivery(
+    settings: Settings, js: JetStreamContext, deliveries: Any
+) -> None:
+    port = free_port()  # nobody listens: connection refused
+    url = f"http://127.0.0.1:{port}"
+    first = await deliveries(url, attempts=1)
+    ids = [f"alert:down:{number}" for number in range(3)]
+    for number, alert_id in enumerate(ids):
+        await publish_alert(js, settings.names, alert("whale_sync", f"letter {number}"), msg_id=alert_id)
+    await wait_for(lambda: _handed_back(first, 2), timeout_s=20, what="both sinks to hand their alert back")
+    await first.stop(timeout_s=5)  # every janitor goes away while the alerts wait
+
+    app = Receiver()
+    server = HttpServer(app, "127.0.0.1", port)  # type: ignore[arg-type]
+    await server.start()  # the receiver comes back ...
+    try:
+        await deliveries(url, attempts=1)  # ... and so does a janitor
+        await wait_for(lambda: settled(js, settings), timeout_s=30, what="the kept alerts to be delivered")
+        assert app.accepted_ids() == ids
+        assert app.accepted_details("/slack") == ["letter 0", "letter 1", "letter 2"]
+        assert len(app.requests) == 6  # each alert once to each sink, no repeats
+    finally:
+        await server.stop()
+
+
+async def _accepted(app: Receiver, path: str, count: int) -> bool:
+    return len([p for p, _, _ in app.accepted if p == path]) >= count
+
+
+async def _handed_back(delivery: AlertDelivery, count: int) -> bool:
+    return delivery.handed_back >= count
