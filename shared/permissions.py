@@ -284,11 +284,16 @@ def dashboard_permissions(names: Names) -> Permissions:
         *(f"{_JS_API}.STREAM.MSG.DELETE.{stream}" for stream in (jobs, dlq)),
         f"{_JS_API}.STREAM.PURGE.{dlq}",
         f"{_JS_API}.CONSUMER.INFO.{jobs}.*",
-        *(f"{_JS_API}.STREAM.INFO.{_kv_stream(b)}" for b in (names.schedules_bucket, names.ticker_bucket)),
+        *(
+            f"{_JS_API}.STREAM.INFO.{_kv_stream(b)}"
+            for b in (names.schedules_bucket, names.ticker_bucket, names.ratelimit_bucket)
+        ),
         *names.jobs_stream_subjects,
         names.cancel_subject("*"),
         *_kv_write(names.schedules_bucket),
         *_kv_read(names.ticker_bucket),
+        # A job page's "why isn't it running" peeks at the job's rate limit bucket (never takes a token).
+        *_kv_read(names.ratelimit_bucket),
     ]
     subscribe = [_inbox(DASHBOARD)]  # the ordered consumer delivers to the dashboard's inbox
     return Permissions(publish=_unique(publish), subscribe=_unique(subscribe))

@@ -46,6 +46,7 @@ NAV = (
     ("/runs", "Runs", "runs"),
     ("/schedules", "Schedules", "schedules"),
     ("/dlq", "Dead letters", "dlq"),
+    ("/budgets", "Budgets", "budgets"),
     ("/stats", "Market stats", "stats"),
 )
 FLASH_COOKIE = "pulse_flash"
@@ -208,9 +209,10 @@ class Dashboard:
         self.metrics.up.labels(server="nats").set_function(lambda: 1 if self.sources.nats_up else 0)
         self.metrics.up.labels(server="mongo").set_function(lambda: 1 if self.sources.mongo_up else 0)
         self._gauges: asyncio.Task[None] | None = None
-        from services.dashboard import actions, pages
+        from services.dashboard import actions, facts, pages
 
         pages.register(self)
+        facts.register(self)
         actions.register(self)
 
     def route(self, method: str, pattern: str, handler: PageHandler) -> None:

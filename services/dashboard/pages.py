@@ -6,8 +6,11 @@
 /runs/<run_id>    Run: facts, timeline, a workflow's steps, attempts, summary, args; cancel,
                   re-run, and the signal a waiting workflow waits for
 /schedules        Schedules: change, pause/resume (bulk), trigger now or at a time,
-                  upcoming and recent slots (with skipped and missed ones), delayed runs
+                  upcoming and recent slots (the slot ledger: skipped and missed ones
+                  with their reasons), delayed runs
 /dlq, /dlq/<seq>  Dead letters: list, show, replay, purge, replay/purge all matching
+/jobs/<job>       Job: status, freshness, chains, why it is not running, slot strip (facts.py)
+/budgets          Upstream budgets (facts.py)
 /stats            Market stats: charts of the hourly snapshots, top markets
 /audit            The audit trail of operator actions
 /events           Server-Sent Events for the pages above (fed by the EVENTS stream)
@@ -31,7 +34,7 @@ from services.dashboard.sources import OVERFLOWED, LiveEvent
 from services.dashboard.web import EventStream, HttpError, Response, sse
 from shared.audit import recent_actions
 from shared.names import JOBS
-from shared.readmodel import deadletters, runs, schedules, stats
+from shared.readmodel import deadletters, runs, schedules, slots, stats
 from shared.readmodel import status as job_status
 from shared.readmodel.timetext import as_utc, human_seconds, iso, parse_since, parse_time
 from shared.runtime import read_steps
@@ -281,7 +284,7 @@ async def run_page(page: Page) -> Response:
 class JobSlots:
     job: str
     upcoming: list[datetime]
-    recent: list[schedules.RecentSlot]
+    recent: list[slots.SlotView]
 
 
 async def _job_slots(page: Page, job: str, now: datetime) -> JobSlots:
@@ -293,8 +296,8 @@ async def _job_slots(page: Page, job: str, now: datetime) -> JobSlots:
     entry = await page.read("overrides", override)
     eff = schedules.effective_for(settings, job, entry.override if entry else None)
 
-    async def recent() -> list[schedules.RecentSlot]:
-        return await schedules.recent_slots(src.store(), eff, now, SLOTS_SHOWN)
+    async def recent() -> list[slots.SlotView]:
+        return await slots.recent_job_slots(src.store(), eff, now, SLOTS_SHOWN)
 
     upcoming = schedules.upcoming_slots(eff, now, SLOTS_SHOWN) if entry else []
     return JobSlots(job, upcoming, await page.read("recent slots", recent) or [])
@@ -304,10 +307,10 @@ async def schedules_page(page: Page) -> Response:
     src, settings = page.sources, page.settings
     rows = await page.read("schedules", lambda: schedules.list_schedules(src.js, settings))
     now = datetime.now(UTC)
-    slots = [await _job_slots(page, job, now) for job in JOBS]
+    per_job = [await _job_slots(page, job, now) for job in JOBS]
     pending = await page.read("delayed runs", lambda: schedules.pending_runs(src.js, settings, None))
     return page.render(
-        "schedules.html", title="Schedules", page="schedules", rows=rows, slots=slots, pending=pending,
+        "schedules.html", title="Schedules", page="schedules", rows=rows, slots=per_job, pending=pending,
         live_url="/events?page=schedules",
     )  # fmt: skip
 

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from shared.readmodel.status import freshness_left
 from shared.readmodel.timetext import ago, as_utc, human_seconds, iso
 from shared.schemas import AttemptRecord, RunRecord
 
@@ -87,5 +88,6 @@ def environment() -> Environment:
         number=format_number,
         first_line=_first_line,
         bytes_text=_bytes_text,
+        freshness_left=freshness_left,
     )
     return env

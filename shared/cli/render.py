@@ -23,7 +23,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from shared.readmodel.status import JobStatus, collect_status
+from shared.readmodel.status import JobStatus, collect_status, freshness_left
 from shared.readmodel.timetext import ago, as_utc, human_seconds, key_values, plain_times
 from shared.readmodel.timetext import iso as _iso
 from shared.schemas import RunRecord
@@ -74,14 +74,13 @@ def _freshness(row: JobStatus, now: datetime) -> Text:
     return Text(text, style="green" if row.fresh else "bold red")
 
 
+_FRESHNESS_STYLE = {"none": "dim", "missed": "bold red", "low": "yellow", "ok": "green"}
+
+
 def _freshness_left(row: JobStatus) -> Text:
     """What is left of the freshness target (`-` without one), red once it is missed."""
-    left, target = row.freshness_budget_s, row.freshness_target_s
-    if target is None or left is None:
-        return Text("-", style="dim")
-    if left < 0:
-        return Text(f"missed by {human_seconds(-left)}", style="bold red")
-    return Text(f"{human_seconds(left)} of {human_seconds(target)}", style="yellow" if left < target / 4 else "green")
+    words, level = freshness_left(row)
+    return Text(words, style=_FRESHNESS_STYLE[level])
 
 
 def _count(value: int | None) -> Text:

@@ -3,16 +3,15 @@
 Overrides live in the `schedules` KV bucket (JSON `ScheduleOverride` per job), read and
 written through `shared/overrides.py`. Every write here is a compare-and-set, so two
 operators (CLI or dashboard) editing at once never lose a change. Upcoming slots are
-computed from the effective schedule; recent slots are matched with their run records by
-the deterministic scheduled run id, so a slot with no record shows as missed.
+computed from the effective schedule; what became of past slots is the slot ledger's
+(`shared/readmodel/slots.py`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import nats.js.errors
@@ -21,15 +20,13 @@ from nats.js.kv import KeyValue
 
 from shared.delayed import list_delayed
 from shared.errors import PulseError
-from shared.names import JOBS, Collections
+from shared.names import JOBS
 from shared.overrides import StoredOverride, resolve, write_override
 from shared.overrides import read_override as read_stored_override
 from shared.schedules import EffectiveSchedule, ScheduleOverride
-from shared.schemas import CatchUp, scheduled_run_id, utcnow
+from shared.schemas import CatchUp, utcnow
 from shared.settings import Settings
-from shared.store import Database
 
-_EPSILON = timedelta(microseconds=1)
 #: Compare-and-set attempts before giving up on a bucket that keeps changing under us.
 CAS_TRIES = 5
 
@@ -238,37 +235,3 @@ def upcoming_slots(eff: EffectiveSchedule, now: datetime, count: int) -> list[da
         slots.append(moment)
         moment = eff.schedule.next_slot(moment)
     return slots
-
-
-@dataclass(frozen=True)
-class RecentSlot:
-    """A past slot and what became of it: a run's status, or `missed` when no run exists."""
-
-    slot: datetime
-    run_id: str
-    outcome: str
-    reason: str | None
-
-
-async def recent_slots(db: Database, eff: EffectiveSchedule, now: datetime, count: int) -> list[RecentSlot]:
-    """The last `count` slots of the schedule, newest first, with their runs' outcomes.
-
-    A slot without a run record is `missed` (the ticker was down, the job paused, or the
-    request never reached a worker); a skipped run carries its reason (e.g. overlap).
-    One `_id $in` read for all slots.
-    """
-    slots: list[datetime] = []
-    moment = eff.schedule.previous_slot(now)
-    while len(slots) < count:
-        slots.append(moment)
-        moment = eff.schedule.previous_slot(moment - _EPSILON)
-    ids = [scheduled_run_id(eff.job, slot) for slot in slots]
-    found = {
-        doc["_id"]: doc async for doc in db[Collections.RUNS].find({"_id": {"$in": ids}}, {"status": 1, "reason": 1})
-    }
-    out = []
-    for slot, run_id in zip(slots, ids, strict=True):
-        doc = found.get(run_id)
-        outcome = str(doc.get("status")) if doc else ("paused" if eff.paused else "missed")
-        out.append(RecentSlot(slot, run_id, outcome, doc.get("reason") if doc else None))
-    return out

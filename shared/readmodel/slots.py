@@ -13,8 +13,8 @@ Each slot's state comes from three facts, read once per job (two queries):
   predates the ledger or its retention).
 
 The slots are those of the job's schedule now (none while the job is disabled), plus any
-ledger entry in the window (slots of an earlier schedule). `pulse slots` and, later, the
-dashboard read this module, so both show the same facts.
+ledger entry in the window (slots of an earlier schedule). `pulse slots` and the dashboard
+(a job's page, the Schedules page's recent slots) read this module, so both show the same facts.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from shared.store import Database
 MAX_SLOTS = 2880
 #: A slot this young without a ledger entry is still being fired and recorded.
 SETTLE_S = 5.0
+_EPSILON = timedelta(microseconds=1)
 
 #: The states a slot can be in, and the mark `pulse slots` draws for each.
 MARKS: dict[str, str] = {
@@ -177,6 +178,19 @@ async def read_job_slots(
         slots=views,
         truncated=truncated,
     )
+
+
+async def recent_job_slots(db: Database, eff: EffectiveSchedule, now: datetime, count: int) -> list[SlotView]:
+    """The schedule's last `count` slots up to `now`, newest first, each with its state (as `read_job_slots`).
+
+    The window reaches back to the slot before the `count`th, so no more slots are read
+    than are shown (plus any ledger entry of an earlier schedule inside that window).
+    """
+    since = eff.schedule.previous_slot(now)
+    for _ in range(count):
+        since = eff.schedule.previous_slot(since - _EPSILON)
+    view = await read_job_slots(db, eff, since=since, until=now, now=now)
+    return view.slots[::-1][:count]
 
 
 def _view(

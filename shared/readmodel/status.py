@@ -19,7 +19,7 @@ from shared.chains import configured_chains
 from shared.names import JOB_REQUESTS, JOBS, Collections
 from shared.overrides import resolve
 from shared.readmodel.schedules import read_override
-from shared.readmodel.timetext import as_utc, iso
+from shared.readmodel.timetext import as_utc, human_seconds, iso
 from shared.runtime import failure_streak, read_freshness
 from shared.runtime._monitor import state_id
 from shared.schemas import RunStatus
@@ -156,6 +156,21 @@ async def collect_job_status(
         status.alerts.append(f"{status.consecutive_failures} failures in a row")
     await _add_chains(db, settings, status)
     return status
+
+
+def freshness_left(row: JobStatus) -> tuple[str, str]:
+    """What is left of the job's freshness target, in words, and its level.
+
+    Levels: `none` (no target, or not served yet), `ok`, `low` (under a quarter of the
+    target left), `missed` (the target is missed by the amount in words). `pulse status`
+    and the dashboard's overview colour the same words by the same level.
+    """
+    left, target = row.freshness_budget_s, row.freshness_target_s
+    if target is None or left is None:
+        return "-", "none"
+    if left < 0:
+        return f"missed by {human_seconds(-left)}", "missed"
+    return f"{human_seconds(left)} of {human_seconds(target)}", "low" if left < target / 4 else "ok"
 
 
 def _chain_links(settings: Settings) -> list[tuple[str, str, str]]:

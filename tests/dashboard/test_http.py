@@ -21,7 +21,18 @@ from shared.settings import Settings
 from shared.store import Database
 from tests.dashboard.support import csrf_of, sign_in
 
-PAGES = ["/", "/runs", "/schedules", "/dlq", "/stats", "/audit", "/login"]
+PAGES = [
+    "/",
+    "/runs",
+    "/schedules",
+    "/jobs/whale_sync",
+    "/jobs/stats",
+    "/budgets",
+    "/dlq",
+    "/stats",
+    "/audit",
+    "/login",
+]
 
 
 def error_line(html: str) -> str:

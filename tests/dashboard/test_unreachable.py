@@ -11,7 +11,10 @@ from pydantic import SecretStr
 
 from tests.dashboard.support import TOKEN, running_dashboard, sign_in
 
-PAGES = ["/", "/runs", "/runs/stats:manual:x", "/schedules", "/dlq", "/dlq/1", "/stats", "/audit", "/readyz"]
+PAGES = [
+    "/", "/runs", "/runs/stats:manual:x", "/schedules", "/jobs/whale_sync", "/budgets", "/dlq", "/dlq/1", "/stats",
+    "/audit", "/readyz",
+]  # fmt: skip
 
 
 def dead_port() -> int:

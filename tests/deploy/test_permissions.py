@@ -205,6 +205,7 @@ async def test_the_dashboard_takes_the_operators_actions_but_administers_nothing
     from shared.permissions import DASHBOARD
     from shared.readmodel import deadletters, schedules
     from shared.readmodel.status import queue_info
+    from shared.runtime._ratelimit import RateLimiter
 
     async with login(server, OPERATOR) as (admin, _):
         js = admin.jetstream(timeout=3)
@@ -233,10 +234,16 @@ async def test_the_dashboard_takes_the_operators_actions_but_administers_nothing
         assert await deadletters.delete_letter(js, NAMES, letter.seq)
         assert await deadletters.purge_letters(js, NAMES, "stats") == 0
         await client.publish(NAMES.cancel_subject("stats"), b"stats:manual:x")
+        # A job page's "why isn't it running" peeks at the job's rate limit bucket.
+        ratelimit = await js.key_value(NAMES.ratelimit_bucket)
+        limits = dict(settings.rate_limits)
+        assert await RateLimiter(ratelimit, limits).peek(next(iter(limits))) > 0
         await client.flush()
         assert errors == []
         with pytest.raises(nats.errors.Error):
             await js.delete_stream(NAMES.jobs_stream)
+        with pytest.raises(nats.errors.Error):  # it reads the rate limit buckets, never takes a token
+            await ratelimit.put(next(iter(limits)), b"{}")
         with pytest.raises(nats.errors.Error):
             await js.publish(NAMES.run_event_subject("stats", "completed"), b"{}", timeout=1)
         await live.unsubscribe()

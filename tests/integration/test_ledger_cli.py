@@ -32,9 +32,9 @@ def minute_slots(start: datetime, count: int) -> list[datetime]:
     return [start + timedelta(minutes=n) for n in range(count)]
 
 
-async def outage(make_tickers: MakeTickers, settings: Settings) -> list[datetime]:
-    """Fire the slot ten minutes ago, stop for five minutes, restart once; the six slots involved."""
-    first_slot = (utcnow() - timedelta(minutes=10)).replace(second=0, microsecond=0)
+async def outage(make_tickers: MakeTickers, settings: Settings, *, minutes_ago: int = 10) -> list[datetime]:
+    """Fire the slot `minutes_ago` minutes ago, stop for five minutes, restart once; the six slots involved."""
+    first_slot = (utcnow() - timedelta(minutes=minutes_ago)).replace(second=0, microsecond=0)
     clock = FakeClock(first_slot + timedelta(seconds=0.5))
     tickers = await make_tickers(settings, clock, "one")
     await tick_all(tickers)

@@ -101,3 +101,25 @@ def test_default_freshness_targets_are_the_documented_ones() -> None:
         "watchdog": None,
     }
     assert timedelta(seconds=jobs.market_sync.freshness_target_s or 0) == timedelta(minutes=10)
+
+
+@pytest.mark.parametrize(
+    ("left_s", "target_s", "words", "level"),
+    [
+        (None, None, "-", "none"),
+        (None, 600.0, "-", "none"),  # a target, but the job was never served yet
+        (300.0, 600.0, "5m00s of 10m00s", "ok"),
+        (120.0, 600.0, "2m00s of 10m00s", "low"),  # under a quarter left
+        (-65.0, 600.0, "missed by 1m05s", "missed"),
+    ],
+)
+def test_freshness_left_is_told_in_words_with_a_level(
+    left_s: float | None, target_s: float | None, words: str, level: str
+) -> None:
+    from shared.readmodel.status import JobStatus, freshness_left
+
+    row = JobStatus(
+        job="market_sync", schedule="every 5m", schedule_source="default", enabled=True, paused=False,
+        next_fire=None, freshness_target_s=target_s, freshness_budget_s=left_s,
+    )  # fmt: skip
+    assert freshness_left(row) == (words, level)
