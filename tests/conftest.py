@@ -95,6 +95,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PULSE_NAMESPACE": settings.namespace,
         "PULSE_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
         "PULSE_ACK_WAIT_S": str(settings.ack_wait_s),
+        "PULSE_LOGS_MAX_BYTES": str(settings.logs_max_bytes),
         "PULSE_HTTP_PORT": str(settings.http_port),
         "PULSE_NATS_CONNECT_TIMEOUT_S": str(settings.nats_connect_timeout_s),
         "PULSE_MONGO_TIMEOUT_S": str(settings.mongo_timeout_s),
@@ -120,6 +121,11 @@ def make_settings(servers: Servers) -> Any:
             "ack_wait_s": 3.0,
             "nats_connect_timeout_s": 3.0,
             "mongo_timeout_s": 3.0,
+            # JetStream reserves a stream's max_bytes from the server's storage limit (75% of
+            # the free disk) when the stream is created, and every test's namespace has its own
+            # LOGS stream on the one session server: at the default 256 MiB, some 200 namespaces
+            # exhaust it ("insufficient storage resources", seen at ~850 tests on 73 GB free).
+            "logs_max_bytes": 4 * 1024 * 1024,
         }
         values.update(overrides)
         return load_settings(**values)
