@@ -66,20 +66,25 @@ async def _status(db: Database, run_id: str) -> str:
     return str(doc["status"])
 
 
+async def _racing_starts(writers: list[Database], request: JobRequest) -> tuple[list[Any], list[Any]]:
+    """Every writer starts the run as another delivery of one message; (outcomes, the starts that stood)."""
+    outcomes = await asyncio.gather(
+        *(
+            records.start_attempt(db, request, f"worker-{n}", seq=1, delivery=n + 1, max_attempts=10)
+            for n, db in enumerate(writers)
+        ),
+        return_exceptions=True,
+    )
+    return outcomes, [o for o in outcomes if not isinstance(o, records.SupersededDelivery)]
+
+
 async def test_racing_first_starts_create_the_record_once(writers: list[Database]) -> None:
     """Exactly one starter created the record (this rests on the unique `_id`, which FerretDB
     keeps too); every other one marked it running, or stood down because a later delivery
     had started it already (the delivery fence)."""
     for _ in range(TRIALS):
         request = request_for("racing")
-        outcomes = await asyncio.gather(
-            *(
-                records.start_attempt(db, request, f"worker-{n}", seq=1, delivery=n + 1, max_attempts=10)
-                for n, db in enumerate(writers)
-            ),
-            return_exceptions=True,
-        )
-        starts = [o for o in outcomes if not isinstance(o, records.SupersededDelivery)]
+        outcomes, starts = await _racing_starts(writers, request)
         assert all(isinstance(o, tuple) for o in starts), outcomes
         creators = [n for n, (before, _after) in enumerate(starts) if before is None]  # type: ignore[misc]
         assert len(creators) == 1, f"{request.run_id}: starters {creators} all created the record"
@@ -87,7 +92,16 @@ async def test_racing_first_starts_create_the_record_once(writers: list[Database
         doc = await writers[0][Collections.RUNS].find_one({"_id": request.run_id})
         assert doc is not None
         assert doc["status"] == RunStatus.RUNNING.value
-        # The last start standing is the newest delivery that got through; counts match.
+
+
+@pytest.mark.atomic_store
+async def test_racing_starts_count_one_attempt_each(writers: list[Database]) -> None:
+    """Each start that stood counted exactly one attempt (concurrent `$inc`s, which FerretDB 1.24 loses)."""
+    for _ in range(TRIALS):
+        request = request_for("racing")
+        outcomes, starts = await _racing_starts(writers, request)
+        doc = await writers[0][Collections.RUNS].find_one({"_id": request.run_id})
+        assert doc is not None
         assert doc["attempt_count"] == len(starts), (doc, outcomes)
 
 
