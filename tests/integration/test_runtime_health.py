@@ -60,8 +60,15 @@ async def test_readyz_turns_unready_when_nats_stops_and_ready_after_it_restarts(
             await publish_request(worker.runtime.js, settings.names, request)
             doc = await wait_value(lambda: terminal_run(worker.db, request.run_id), timeout_s=20, what="run")
             assert doc["status"] == "completed"
-            metrics = (await client.get("/metrics")).text
-            assert 'pulse_runs_total{job="healthy",status="completed"} 1.0' in metrics
+            # The counter follows the terminal record (after its effects are claimed): wait for it.
+            counted = 'pulse_runs_total{job="healthy",status="completed"} 1.0'
+
+            async def scraped() -> str:
+                text = (await client.get("/metrics")).text
+                return text if counted in text else ""
+
+            metrics = await wait_value(scraped, timeout_s=10, what="the run counted in /metrics")
+            assert counted in metrics
             assert "pulse_run_duration_seconds_bucket" in metrics
     finally:
         await http.stop()
