@@ -16,7 +16,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from shared.errors import ConfigError, Unreachable
-from shared.localstack import start_embedded_mongo
+from shared.localstack import find_embedded_mongo, find_java, start_embedded_mongo
 from tests.helpers import process_alive
 
 _DATA_FILE = Path("embedded-mongo") / "marketpulse.mv.db"
@@ -111,6 +111,26 @@ def test_a_locked_data_folder_is_one_clear_line(tmp_path: Path) -> None:
     assert "\n" not in message
     assert "locked" in message
     assert str(tmp_path / _DATA_FILE) in message
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--cache-mb", "0"], "--cache-mb must be 1 or more, got 0"),
+        (["--cache-mb", "lots"], "--cache-mb must be a whole number of MB, got lots"),
+        (["--port", "70000"], "--port must be between 0 and 65535"),
+        (["--bogus"], "unknown argument --bogus"),
+    ],
+)
+def test_bad_launcher_arguments_are_one_line_and_exit_2(tmp_path: Path, arguments: list[str], said: str) -> None:
+    command = [str(find_java()), "-cp", f"{find_embedded_mongo()}/*", "marketpulse.store.EmbeddedMongo"]
+    result = subprocess.run(
+        [*command, "--port", "0", "--data", str(tmp_path), *arguments], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert said in result.stderr
+    assert not (tmp_path / _DATA_FILE).exists()  # refused before anything was opened
 
 
 @pytest.mark.parametrize("content", [b"H:2,block:garbage\n", os.urandom(20_000)], ids=["truncated", "random"])

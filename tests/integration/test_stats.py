@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.stats.stats import TOP_MARKETS, compute_stats, snapshot_id, take_snapshot
+from services.stats.stats import TOP_MARKETS, compute_stats, previous_snapshot, snapshot_id, take_snapshot
 from shared.names import Collections
 from shared.store import Database
 
@@ -157,3 +157,41 @@ async def test_retried_run_replaces_its_snapshot_and_old_snapshots_expire(db: Da
     assert stored["total_markets"] == 2  # the retry's figures replaced the first attempt's
     assert stored["slot"] == SLOT
     assert stored["run_id"] == "stats:x"
+
+
+@pytest.mark.parametrize("change", [1.0, 1.5, 0.95, 0.5, 0.0])
+async def test_the_previous_snapshots_volume_floor_never_changes_the_top_markets(db: Database, change: float) -> None:
+    """The floor narrows the query; volumes that rose, held, fell a little or collapsed since
+    the previous snapshot (the floor then finds too few) give the unnarrowed answer."""
+    rng = random.Random(7)
+    markets = [market(i, yes=0.5, vol24=round(rng.random() * 1e4, 2), total=1.0) for i in range(200)]
+    await db[Collections.MARKETS].insert_many(markets)
+    await take_snapshot(db, slot=SLOT - timedelta(hours=1), now=SLOT, retention_days=30)
+    for m in markets:  # an hour later every volume has moved by `change`, ties and zeros included
+        m["volume_24h"] = round(m["volume_24h"] * change, 2)
+        await db[Collections.MARKETS].replace_one({"_id": m["_id"]}, m)
+
+    previous = await previous_snapshot(db, before=SLOT)
+    stats = await compute_stats(db, window_end=SLOT, previous=previous)
+
+    assert previous is not None
+    assert len(previous.top_markets) == TOP_MARKETS
+    assert [m.market for m in stats.top_markets] == expected(markets, [])["top"]
+
+
+async def test_the_previous_snapshot_is_the_latest_slot_before_this_one(db: Database) -> None:
+    # Taken out of slot order, each with a different market count to tell them apart.
+    for hours, count in ((3, 1), (1, 3), (2, 2), (-1, 4)):  # -1: a later slot, not "before"
+        await db[Collections.MARKETS].delete_many({})
+        await db[Collections.MARKETS].insert_many([market(i, yes=0.5, vol24=10.0, total=1.0) for i in range(count)])
+        await take_snapshot(db, slot=SLOT - timedelta(hours=hours), now=SLOT, retention_days=30)
+
+    previous = await previous_snapshot(db, before=SLOT)
+    earlier = await previous_snapshot(db, before=SLOT - timedelta(hours=1))
+    first = await previous_snapshot(db, before=SLOT - timedelta(hours=3))
+
+    assert previous is not None
+    assert previous.total_markets == 3
+    assert earlier is not None
+    assert earlier.total_markets == 2
+    assert first is None

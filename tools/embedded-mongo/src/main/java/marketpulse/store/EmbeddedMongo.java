@@ -43,7 +43,7 @@ import org.h2.mvstore.MVStoreException;
  * </ul>
  *
  * <p>Usage: {@code EmbeddedMongo --port N [--host 127.0.0.1] [--data DIR | --memory]
- * [--tls-cert CERT.pem --tls-key KEY.pem]}. With the TLS options it accepts TLS connections
+ * [--cache-mb 256] [--tls-cert CERT.pem --tls-key KEY.pem]}. With the TLS options it accepts TLS connections
  * only, presenting the certificate chain in CERT.pem (PEM, the server's first) and the
  * PKCS#8 key in KEY.pem ({@code -----BEGIN PRIVATE KEY-----}, RSA or EC). Prints
  * {@code embedded-mongo ready on HOST:PORT} once it accepts connections.
@@ -51,6 +51,15 @@ import org.h2.mvstore.MVStoreException;
 public final class EmbeddedMongo {
 
   static final int EXIT_USAGE = 2;
+
+  /**
+   * MVStore's page cache, in MB, unless {@code --cache-mb} says otherwise. H2's own default
+   * (16 MB) holds about 40,000 markets: past that every pass over a collection reads pages
+   * back from the file, and a {@code $group} over 200,000 markets took 4 s instead of the
+   * ~0.1 s it takes from memory (measured 2026-12-02). 256 MB keeps a catalogue of a few
+   * hundred thousand markets plus the runs of a month in memory.
+   */
+  static final int DEFAULT_CACHE_MB = 256;
 
   /** The version we declare: MongoDB 6.0, wire version 17. */
   static final MongoVersion DECLARED_VERSION =
@@ -93,6 +102,7 @@ public final class EmbeddedMongo {
     int port = -1;
     Path data = null;
     boolean memory = false;
+    int cacheMb = DEFAULT_CACHE_MB;
     Path tlsCert = null;
     Path tlsKey = null;
     for (int i = 0; i < args.length; i++) {
@@ -101,9 +111,10 @@ public final class EmbeddedMongo {
         case "--port" -> port = parsePort(value(args, ++i, "--port"));
         case "--data" -> data = Path.of(value(args, ++i, "--data"));
         case "--memory" -> memory = true;
+        case "--cache-mb" -> cacheMb = parseCacheMb(value(args, ++i, "--cache-mb"));
         case "--tls-cert" -> tlsCert = Path.of(value(args, ++i, "--tls-cert"));
         case "--tls-key" -> tlsKey = Path.of(value(args, ++i, "--tls-key"));
-        default -> fail("unknown argument " + args[i] + "; usage: --port N [--host H] [--data DIR | --memory] [--tls-cert PEM --tls-key PEM]");
+        default -> fail("unknown argument " + args[i] + "; usage: --port N [--host H] [--data DIR | --memory] [--cache-mb N] [--tls-cert PEM --tls-key PEM]");
       }
     }
     if (port < 0) {
@@ -117,7 +128,7 @@ public final class EmbeddedMongo {
     }
     PrivateKey key = tlsKey == null ? null : readKey(tlsKey);
     X509Certificate[] chain = tlsCert == null ? null : readCertificates(tlsCert);
-    MVStore store = memory ? new MVStore.Builder().open() : openStore(data);
+    MVStore store = memory ? new MVStore.Builder().cacheSize(cacheMb).open() : openStore(data, cacheMb);
     DurableH2Backend backend = new DurableH2Backend(store);
     backend.version(DECLARED_VERSION);
     MongoServer server = new MongoServer(backend);
@@ -145,7 +156,7 @@ public final class EmbeddedMongo {
     System.out.flush();
   }
 
-  static MVStore openStore(Path folder) {
+  static MVStore openStore(Path folder, int cacheMb) {
     if (Files.exists(folder) && !Files.isDirectory(folder)) {
       fail("the data folder " + folder + " is a file, not a folder; give --data a folder");
     }
@@ -156,7 +167,7 @@ public final class EmbeddedMongo {
     }
     Path file = folder.resolve("marketpulse.mv.db");
     try {
-      return new MVStore.Builder().fileName(file.toString()).open();
+      return new MVStore.Builder().fileName(file.toString()).cacheSize(cacheMb).open();
     } catch (MVStoreException exc) {
       String message = String.valueOf(exc.getMessage());
       if (message.contains("locked")) {
@@ -242,6 +253,19 @@ public final class EmbeddedMongo {
       return port;
     } catch (NumberFormatException exc) {
       fail("--port must be a number, got " + text);
+      return -1;
+    }
+  }
+
+  static int parseCacheMb(String text) {
+    try {
+      int mb = Integer.parseInt(text);
+      if (mb < 1) {
+        fail("--cache-mb must be 1 or more, got " + text);
+      }
+      return mb;
+    } catch (NumberFormatException exc) {
+      fail("--cache-mb must be a whole number of MB, got " + text);
       return -1;
     }
   }
