@@ -26,8 +26,7 @@ from shared.errors import InvalidRequest
 from shared.jobargs import check_args
 from shared.names import Names
 from shared.requests import MSG_ID_HEADER, publish_request
-from shared.runtime import get_run, publish_cancel_hint, request_cancel
-from shared.runtime._records import finish_run
+from shared.runtime import finish_run, get_run, publish_cancel_hint, request_cancel
 from shared.schemas import JobRequest, RunRecord, RunStatus, Trigger, new_run_id, utcnow
 from shared.store import Database
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 from shared.budgets import budget_id, current_period, forecast
 from shared.names import Collections
 from shared.readmodel.timetext import plain_times
-from shared.runtime._budgets import Budgets
+from shared.runtime import Budgets
 from shared.schemas import utcnow
 from shared.settings import Settings
 from shared.store import Database

@@ -20,8 +20,7 @@ from shared.names import JOB_REQUESTS, JOBS, Collections
 from shared.overrides import resolve
 from shared.readmodel.schedules import read_override
 from shared.readmodel.timetext import as_utc, human_seconds, iso
-from shared.runtime import failure_streak, read_freshness
-from shared.runtime._monitor import state_id
+from shared.runtime import failure_streak, read_freshness, state_id
 from shared.schemas import RunStatus
 from shared.settings import Settings
 from shared.store import Database

@@ -33,7 +33,7 @@ from shared.readmodel.deadletters import count_by_job
 from shared.readmodel.schedules import effective_for, read_override
 from shared.readmodel.status import QueueInfo, queue_info
 from shared.readmodel.timetext import as_utc, human_seconds, iso
-from shared.runtime._ratelimit import RateLimiter
+from shared.runtime import RateLimiter
 from shared.schemas import RunStatus
 from shared.settings import RateLimit, Settings
 from shared.store import Database
