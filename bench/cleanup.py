@@ -9,6 +9,9 @@ expired ones with:
 
 Each approach gets freshly seeded data (same seed) and must leave exactly the kept
 records; the table gives its time and the ratio against the baseline of the same run.
+Meanwhile a probe updates one other run record every 50 ms, as a worker's heartbeat
+would, and the table gives its longest wait: the embedded store serialises a
+collection's writes, so one long delete stalls every run record behind it.
 
     uv run --frozen python bench/cleanup.py                          # 200,000 runs, embedded then FerretDB
     uv run --frozen python bench/cleanup.py --store embedded --runs 20000 --batch-sizes 5000,50000
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +47,10 @@ RETENTION = Retention(runs=timedelta(days=30), failed_runs=timedelta(days=90), w
 SEED_BATCH = 5_000
 #: One run in this many is recent enough to be kept.
 KEEP_EVERY = 10
+#: The concurrent writer's record: never expired (no `ended_at`), not counted as kept.
+PROBE_ID = "probe:heartbeat"
+#: Pause between the probe's writes.
+PROBE_EVERY_S = 0.05
 
 
 def make_run(i: int) -> Document:
@@ -84,33 +92,50 @@ def ours(batch_size: int) -> Callable[[Database], Awaitable[int]]:
     return run
 
 
+async def probe_writes(db: Database, done: asyncio.Event) -> float:
+    """Update one run record every `PROBE_EVERY_S` until `done`; the longest write in seconds."""
+    longest = 0.0
+    while not done.is_set():
+        started = time.perf_counter()
+        await db[Collections.RUNS].update_one({"_id": PROBE_ID}, {"$inc": {"beats": 1}}, upsert=True)
+        longest = max(longest, time.perf_counter() - started)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), PROBE_EVERY_S)
+    return longest
+
+
 async def measure(
     client: AsyncMongoClient[Document], runs: int, delete: Callable[[Database], Awaitable[int]], budget_s: float
-) -> str:
-    """Seed, delete, check what is left; the time as text, or why there is none."""
+) -> tuple[str, str]:
+    """Seed, delete, check what is left; (time, the probe's longest write) as text, or why there is none."""
     db = client[f"bench_cleanup_{int(time.time() * 1000)}"]
     try:
         await seed(db, runs)
+        done = asyncio.Event()
+        probe = asyncio.create_task(probe_writes(db, done))
         started = time.perf_counter()
         try:
             deleted = await within(budget_s, delete(db))
         except PyMongoError as exc:
-            return f"failed: {str(exc).split(', full error')[0][:90]}"
+            return f"failed: {str(exc).split(', full error')[0][:90]}", "-"
+        finally:
+            elapsed = time.perf_counter() - started
+            done.set()
+            longest = await probe
         if deleted is None:
-            return f"past the {budget_s:g}s budget (stopped)"
-        elapsed = time.perf_counter() - started
-        kept = await db[Collections.RUNS].count_documents({})
+            return f"past the {budget_s:g}s budget (stopped)", "-"
+        kept = await db[Collections.RUNS].count_documents({"_id": {"$ne": PROBE_ID}})
         want = len(range(0, runs, KEEP_EVERY))
         if kept != want or deleted != runs - want:
             raise SystemExit(f"wrong result: deleted {deleted}, kept {kept}; expected {runs - want} and {want}")
-        return f"{elapsed:.1f}"
+        return f"{elapsed:.1f}", f"{longest * 1000:,.0f}"
     finally:
         await client.drop_database(db.name)
 
 
-async def bench(label: str, url: str, runs: int, batch_sizes: list[int], budget_s: float) -> list[tuple[str, str]]:
+async def bench(label: str, url: str, runs: int, batch_sizes: list[int], budget_s: float) -> list[tuple[str, str, str]]:
     client: AsyncMongoClient[Document] = AsyncMongoClient(url, tz_aware=True)
-    results: list[tuple[str, str]] = []
+    results: list[tuple[str, str, str]] = []
     try:
         approaches: list[tuple[str, Callable[[Database], Awaitable[int]]]] = [
             ("one delete_many per sweep (baseline)", plain_delete)
@@ -118,7 +143,7 @@ async def bench(label: str, url: str, runs: int, batch_sizes: list[int], budget_
         approaches += [(f"clean_up, batch {size:,}", ours(size)) for size in batch_sizes]
         for name, delete in approaches:
             print(f"{label}: {name} over {runs:,} runs ...", file=sys.stderr, flush=True)
-            results.append((name, await measure(client, runs, delete, budget_s)))
+            results.append((name, *await measure(client, runs, delete, budget_s)))
     finally:
         await client.close()
     return results
@@ -144,14 +169,14 @@ def main() -> None:
         with local_store(kind) as servers:
             results = asyncio.run(bench(kind, servers.mongo_url, runs, batch_sizes, args.budget_s))
         base = results[0][1]
-        for name, seconds in results:
+        for name, seconds, longest_ms in results:
             try:
                 ratio = f"{float(base) / float(seconds):.2f}x"
             except ValueError:
                 ratio = "-"
-            rows.append(f"{kind:<10}{runs:>9,}  {name:<40}{seconds:>10}{ratio:>9}")
+            rows.append(f"{kind:<10}{runs:>9,}  {name:<40}{seconds:>10}{ratio:>9}{longest_ms:>22}")
     print(f"\ncleanup of expired runs (90 % of those seeded); {MACHINE_NOTE}")
-    print(f"{'store':<10}{'runs':>9}  {'approach':<40}{'seconds':>10}{'vs base':>9}")
+    print(f"{'store':<10}{'runs':>9}  {'approach':<40}{'seconds':>10}{'vs base':>9}{'longest run write ms':>22}")
     print("\n".join(rows))
 
 
