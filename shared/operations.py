@@ -26,7 +26,7 @@ from shared.errors import InvalidRequest
 from shared.jobargs import check_args
 from shared.names import Names
 from shared.requests import MSG_ID_HEADER, publish_request
-from shared.runtime import finish_run, get_run, publish_cancel_hint, request_cancel
+from shared.runtime import cancel_suspended, finish_run, get_run, publish_cancel_hint, request_cancel
 from shared.schemas import JobRequest, RunRecord, RunStatus, Trigger, new_run_id, utcnow
 from shared.store import Database
 
@@ -166,6 +166,11 @@ async def cancel_run(
         record = await request_cancel(db, run_id, job, by=by)
     except LookupError:
         raise RunNotFound(f"run {run_id!r} disappeared while canceling (removed by retention?)") from None
+    if record.status in (RunStatus.SLEEPING, RunStatus.WAITING):
+        # No worker holds a suspended run, and one may not be connected to take the hint.
+        ended = await cancel_suspended(db, js, names, run_id)
+        if ended is not None:
+            return Canceled(run_id, ended.status.value, delayed=False)
     # A hint so a worker holding the run can stop before its next heartbeat; the record
     # written above is what the runtime trusts.
     await publish_cancel_hint(nc, names, job, run_id)

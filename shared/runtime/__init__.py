@@ -21,7 +21,7 @@ from shared.runtime._monitor import failure_streak, state_id
 from shared.runtime._ratelimit import RateLimiter
 from shared.runtime._records import finish_run, get_run, request_cancel
 from shared.runtime._service import run_app, run_service
-from shared.runtime._suspend import deliver_signal
+from shared.runtime._suspend import cancel_suspended, deliver_signal
 from shared.runtime._unserved import dead_letter_unserved_requests
 from shared.runtime._watchdog import time_out_silent_runs
 from shared.runtime._worker import Worker
@@ -36,6 +36,7 @@ __all__ = [
     "ServiceBroker",
     "Worker",
     "build_http_app",
+    "cancel_suspended",
     "check_freshness",
     "dead_letter_unserved_requests",
     "deliver_signal",

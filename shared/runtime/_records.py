@@ -33,7 +33,7 @@ on FerretDB 1.24 (which also ignores `$slice` in `$push`, hence the explicit tri
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -65,12 +65,33 @@ def _is_terminal(doc: dict[str, Any] | None) -> bool:
     return doc is not None and doc.get("status") in _TERMINAL
 
 
-class SupersededDelivery(Exception):
-    """A later delivery of the run's request has started an attempt: this one stands down.
+class StartRefused(Exception):
+    """This delivery must not start an attempt; its start wrote nothing (see the subclasses)."""
+
+
+class SupersededDelivery(StartRefused):
+    """A later delivery of the same message has started an attempt: this one stands down.
 
     A delivery that stayed in a slow store call past the ack wait is redelivered to a
     concurrent handler; the older one must neither start a second attempt nor settle
     the message the newer one holds.
+    """
+
+
+class SupersededRequest(StartRefused):
+    """A newer message of the same run (a workflow's wake-up or signal) has started it.
+
+    That message carries the run from here on, so this one is done: it is acked.
+    """
+
+
+class RunHeldElsewhere(StartRefused):
+    """Another delivery's attempt is running and heartbeating: this one waits its turn.
+
+    A worker cut off from NATS (or with a stalled event loop) past the ack wait keeps
+    its attempt while JetStream redelivers the request; a heartbeat younger than the
+    lease says that attempt is alive, so the redelivery is put back (no attempt
+    counted) instead of running the request a second time at once.
     """
 
 
@@ -89,6 +110,18 @@ def _delivery_fence(seq: int, delivery: int) -> Document:
             {"start_seq": None},
             {"start_seq": {"$lt": seq}},
             {"start_seq": seq, "start_delivery": {"$lt": delivery}},
+        ]
+    }
+
+
+def _not_held(token: str, now: datetime, lease_s: float) -> Document:
+    """Match a record that no other live attempt holds: not running, or its heartbeat older than the lease."""
+    return {
+        "$or": [
+            {"status": {"$ne": RunStatus.RUNNING.value}},
+            {"heartbeat_at": None},
+            {"heartbeat_at": {"$lt": now - timedelta(seconds=lease_s)}},
+            {"start_token": token},
         ]
     }
 
@@ -204,8 +237,8 @@ async def start_attempt(
     seq: int,
     delivery: int,
     max_attempts: int,
+    lease_s: float,
     likely_new: bool = True,
-    now: datetime | None = None,
 ) -> tuple[RunRecord | None, RunRecord | None]:
     """Mark the run `running` as its next attempt; the attempt number is counted here.
 
@@ -217,7 +250,11 @@ async def start_attempt(
 
     The write is fenced by the delivery (`seq`, `delivery`): a delivery older than one
     that already started the run (it sat in a slow call past the ack wait and was
-    redelivered meanwhile) raises `SupersededDelivery` and writes nothing. The write
+    redelivered meanwhile) raises `SupersededDelivery` and writes nothing; a message
+    older than the one that started the run raises `SupersededRequest`. It is also
+    fenced by the lease: a run `running` with a heartbeat younger than `lease_s` from
+    another start is alive elsewhere (`RunHeldElsewhere`, nothing written); an older
+    heartbeat means that attempt's worker died, and its attempt is taken over. The write
     records the delivery's `start_token(worker, seq, delivery)`, so that a start
     which failed or timed out after its write may have applied can be taken back
     (`void_start`). The returned record's `cancel_requested` is False: the caller reads
@@ -230,18 +267,22 @@ async def start_attempt(
         seq: the request message's stream sequence.
         delivery: the message's delivery count.
         max_attempts: the job's attempt limit.
+        lease_s: a running attempt whose heartbeat is younger than this is alive; it
+            must exceed the heartbeat interval and stay below the ack wait
+            (`run_lease_s`).
         likely_new: try the insert first (a first delivery): cheaper for a new run.
-        now: the reference time.
 
     Returns:
         (before, after): the record as it was (None if new) and as it is now; `after`
         is None when the run already had a terminal record (nothing was written).
 
     Raises:
-        SupersededDelivery: a later delivery started the run.
+        SupersededDelivery: a later delivery of this message started the run.
+        SupersededRequest: a later message of this run started it.
+        RunHeldElsewhere: another start's attempt is running and alive.
         StartUnconfirmed: this very start was applied by an earlier send of the write.
     """
-    now = now or utcnow()
+    now = utcnow()
     token = start_token(worker, seq, delivery)
     update = {
         "$set": {
@@ -260,8 +301,9 @@ async def start_attempt(
         # A record created earlier by a cancel request has no start, and never gets one.
         "$setOnInsert": {"started_at": now},
     }
+    fence = {"$and": [_delivery_fence(seq, delivery), _not_held(token, now, lease_s)]}
     applied, before = await _write_unless_terminal(
-        db, request.run_id, update, upsert=True, likely_new=likely_new, fence=_delivery_fence(seq, delivery)
+        db, request.run_id, update, upsert=True, likely_new=likely_new, fence=fence
     )
     if not applied:
         assert before is not None  # with upsert, "not applied" always comes with the record
@@ -269,7 +311,14 @@ async def start_attempt(
             return RunRecord.model_validate(before), None
         if before.get("start_token") == token:
             raise StartUnconfirmed(f"the start of run {request.run_id} was applied by an earlier send of its write")
-        raise SupersededDelivery(f"run {request.run_id}: delivery {delivery} of message {seq} is superseded")
+        if (before.get("start_seq") or 0) > seq:
+            raise SupersededRequest(f"run {request.run_id}: message {seq} is superseded by a later message of the run")
+        if _started_at_or_after(before, seq, delivery):
+            raise SupersededDelivery(f"run {request.run_id}: delivery {delivery} of message {seq} is superseded")
+        raise RunHeldElsewhere(
+            f"run {request.run_id} is running in {before.get('worker') or 'another worker'}, "
+            f"which heartbeat less than {lease_s:g}s ago"
+        )
     previous = RunRecord.model_validate(before) if before else None
     count = (previous.attempt_count if previous else 0) + 1
     if count > max_attempts:  # rare: keep the count at the limit; the run is failed next
@@ -286,6 +335,16 @@ async def start_attempt(
         }
     )
     return previous, after
+
+
+def run_lease_s(heartbeat_interval_s: float, ack_wait_s: float) -> float:
+    """How young a heartbeat says its attempt is alive: midway between the two.
+
+    Above the heartbeat interval, so a live attempt always holds its run; below the
+    ack wait, so the first redelivery after a worker died (which comes at least an ack
+    wait after its last beat) takes the run over. Settings keep ack wait >= 2 beats.
+    """
+    return (heartbeat_interval_s + ack_wait_s) / 2
 
 
 def start_token(worker: str, seq: int, delivery: int) -> str:

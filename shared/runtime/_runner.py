@@ -335,8 +335,9 @@ async def start(
     Counting the attempt and putting the delivery back are one decision: if anything
     fails between the start's write (which may have applied even when it timed out)
     and the handler, the start is taken back before the error reaches the put-back,
-    so the delivery costs no attempt. A superseded delivery (`SupersededDelivery`)
-    wrote nothing and is left to the worker, which stands it down.
+    so the delivery costs no attempt. A refused start (`StartRefused`: superseded,
+    or the run held by a live attempt elsewhere) wrote nothing and is left to the
+    worker, which settles it by its kind.
     """
     max_attempts = job.policy.retry.max_attempts
     # `cancels` is the truth; a cancel requested after this read is seen by the
@@ -345,15 +346,22 @@ async def start(
     previous: RunRecord | None = None
     try:
         previous, started = await records.start_attempt(
-            rt.db, request, rt.worker_id, seq=seq, delivery=delivery, max_attempts=max_attempts, likely_new=first
+            rt.db,
+            request,
+            rt.worker_id,
+            seq=seq,
+            delivery=delivery,
+            max_attempts=max_attempts,
+            lease_s=records.run_lease_s(rt.settings.heartbeat_interval_s, rt.settings.ack_wait_s),
+            likely_new=first,
         )
         if started is None:
             return None
         if previous is not None and previous.status is RunStatus.RUNNING:
             # The previous attempt's worker died without a word: keep that attempt in the history.
             await records.record_lost_attempt(rt.db, request.run_id, previous.attempt_count, None)
-    except records.SupersededDelivery:
-        raise
+    except records.StartRefused:
+        raise  # it wrote nothing: the worker settles the delivery by its kind
     except Exception as exc:
         if _may_have_written(exc):
             await _take_back_start(rt, request.run_id, records.start_token(rt.worker_id, seq, delivery), previous)
@@ -425,10 +433,28 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
             if not task.done():  # timed out, or this worker is shutting down
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        await records.add_provider_calls(rt.db, request.run_id, ctx.provider_calls)
+        await _count_provider_calls(rt, request.run_id, ctx.provider_calls)
         if not done:
             return Outcome(OutcomeKind.FAILED, error=f"the attempt timed out after {job.policy.timeout_s:g}s")
         return classify(rt, job.policy, task, control)
+
+
+async def _count_provider_calls(rt: Runtime, run_id: str, calls: dict[str, int]) -> None:
+    """Add the attempt's upstream calls to the record; best effort, so that the outcome is never lost.
+
+    The count is what the run record shows (the quota itself is kept by `Budgets`): a
+    store error here must not put the delivery back and run a finished handler again.
+    """
+    try:
+        await records.add_provider_calls(rt.db, run_id, calls)
+    except Exception as exc:
+        log.warning(
+            "run %s: its upstream call counts %s could not be added to the record (%s)",
+            run_id,
+            calls,
+            type(exc).__name__,
+            extra={"event": "run.provider_calls_unrecorded", "run_id": run_id},
+        )
 
 
 async def _call(spec: JobSpec, ctx: JobContext) -> Any:
@@ -439,7 +465,8 @@ async def _call(spec: JobSpec, ctx: JobContext) -> Any:
 
 def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: RunControl) -> Outcome:
     """Turn a finished attempt task into an Outcome."""
-    if not task.cancelled() and isinstance(suspended := task.exception(), Suspended):
+    # A cancel seen as the handler suspended wins: recorded `waiting`, nothing would read it.
+    if not task.cancelled() and isinstance(suspended := task.exception(), Suspended) and not control.canceled:
         return Outcome(OutcomeKind.SUSPENDED, suspension=suspended.suspension)
     if task.cancelled():
         return (

@@ -69,6 +69,11 @@ async def suspend(
     )
     if not recorded:
         return  # ended meanwhile (canceled): nothing to wake
+    if await records.cancel_requested(db, request.run_id):
+        # A cancel that came while the attempt ran, after its last look (its hint found
+        # the run still `running`): nothing else would read it while the run waits.
+        await cancel_suspended(db, js, names, request.run_id)
+        return
     if suspension.wake_at is not None:
         at = wake_time(suspension.wake_at)
         # A wake-up of its own per step and second: the request's Nats-Msg-Id (its run id)

@@ -53,7 +53,7 @@ from shared.runtime._heartbeat import hold_message
 from shared.runtime._job import JobSpec
 from shared.runtime._metrics import RuntimeMetrics
 from shared.runtime._ratelimit import RateLimiter
-from shared.runtime._records import SupersededDelivery
+from shared.runtime._records import RunHeldElsewhere, SupersededDelivery, SupersededRequest, run_lease_s
 from shared.runtime._retry import infrastructure_delay_s, is_infrastructure_failure, unhandled_outcome
 from shared.runtime._runner import Bound, RecordedNotAnnounced, Runtime, fail_unhandled, run_message
 from shared.settings import JobPolicy, Settings
@@ -251,7 +251,9 @@ class Worker:
 
         Store or NATS unreachable (before or after the run): nak'ed, and no attempt is
         counted (attempts are counted when an attempt starts). A delivery superseded by
-        a later one (it outlived the ack wait) is left alone. Anything else is a bug:
+        a later one of its message (it outlived the ack wait) is left alone; a message
+        superseded by a later message of its run is acked; a run held by a live attempt
+        elsewhere is nak'ed for one lease. Anything else is a bug:
         see `_on_unhandled`. Either way the runner's conditional writes make the repeat safe.
         """
         job = bound.spec.name
@@ -262,7 +264,15 @@ class Worker:
             # Settling would ack or nak the message the newer delivery holds.
             log.info("%s; it is left to that delivery", exc, extra={**extra, "event": "run.superseded"})
             return
-        if isinstance(exc, RecordedNotAnnounced):
+        if isinstance(exc, SupersededRequest):
+            log.info("%s; it is acked", exc, extra={**extra, "event": "run.superseded"})
+            with contextlib.suppress(Exception):  # NATS away: it comes back and is refused again
+                await msg.ack()
+            return
+        if isinstance(exc, RunHeldElsewhere):
+            delay = run_lease_s(self.settings.heartbeat_interval_s, self.settings.ack_wait_s)
+            log.info("%s; put back for %.1fs", exc, delay, extra={**extra, "event": "run.held_elsewhere"})
+        elif isinstance(exc, RecordedNotAnnounced):
             log.warning(
                 "run %s is recorded %s, but its events could not be published (%s); "
                 "they are published when the request comes back in %.1fs",

@@ -7,6 +7,7 @@ its connections (`tests/proxy.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -24,7 +25,7 @@ from shared.requests import publish_request
 from shared.runtime import JobContext, job
 from shared.runtime import _records as records
 from shared.runtime._monitor import failure_streak
-from shared.schemas import DeadLetter
+from shared.schemas import DeadLetter, utcnow
 from shared.settings import RetryPolicy, Settings
 from shared.store import Database
 from tests.helpers import wait_for
@@ -326,3 +327,87 @@ async def test_requests_on_an_unknown_jobs_subject_are_dead_lettered_with_the_re
     assert "no worker serves job 'nosuchjob'" in letter.error
     assert await stored_count(js, names.job_subject("nosuchjob"), names.jobs_stream) == 0
     assert worker.metrics.unserved._value.get() == 1
+
+
+async def test_a_redelivery_waits_while_another_attempt_heartbeats_and_takes_over_once_it_stops(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """A worker cut off from NATS keeps running its attempt while JetStream redelivers the
+    request: the redelivery must not run it a second time at once, and must not count an
+    attempt. Here the "other worker" is a record kept `running` with fresh heartbeats;
+    once they stop (its worker died), the request runs and that attempt counts as lost."""
+    retry = RetryPolicy(max_attempts=3, initial_backoff_s=0.1, jitter=0)
+    calls: list[int] = []
+
+    @job("leased", policy=policy(retry=retry))
+    async def leased(ctx: JobContext) -> dict[str, int]:
+        calls.append(ctx.attempt)
+        return {"attempt": ctx.attempt}
+
+    request = request_for("leased")
+    runs = db[Collections.RUNS]
+    await runs.insert_one(
+        {
+            "_id": request.run_id,
+            "job": "leased",
+            "trigger": "manual",
+            "status": "running",
+            "attempt_count": 1,
+            "start_token": "cut-off-worker:1:1",
+            "heartbeat_at": utcnow(),
+        }
+    )
+    died = asyncio.Event()
+
+    async def heartbeats() -> None:  # the cut-off worker's attempt, still beating into the store
+        while not died.is_set():
+            await records.heartbeat(db, request.run_id)
+            with contextlib.suppress(TimeoutError):  # one beat per interval until it dies
+                await asyncio.wait_for(died.wait(), settings.heartbeat_interval_s)
+
+    beating = asyncio.create_task(heartbeats())
+    try:
+        worker = await start_worker([leased])
+        await publish_request(js, settings.names, request)
+        lease = records.run_lease_s(settings.heartbeat_interval_s, settings.ack_wait_s)
+        # Held for several leases (each redelivery refused, nothing counted) while the attempt beats.
+
+        async def refused_three_times() -> bool:
+            return worker.runs_started >= 3
+
+        await wait_for(refused_three_times, timeout_s=10 * lease, what="three refused deliveries")
+        doc = await runs.find_one({"_id": request.run_id})
+        assert doc is not None
+        assert (doc["status"], doc["attempt_count"], calls) == ("running", 1, [])
+    finally:
+        died.set()
+        await beating
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=30, what="the run to complete")
+    assert (doc["status"], doc["attempt_count"], calls) == ("completed", 2, [2]), doc
+    assert [a["outcome"] for a in doc["attempts"]] == ["lost", "succeeded"], doc
+    await worker.run_until_idle(timeout_s=20)
+
+
+async def test_a_store_error_counting_upstream_calls_loses_no_outcome(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the failed `$inc` of `provider_calls` put the delivery back, so a finished
+    handler ran again (and a last attempt was failed as `lost`)."""
+
+    async def unreachable(*_args: Any, **_kwargs: Any) -> None:
+        raise NetworkTimeout("the store did not answer (injected)")
+
+    monkeypatch.setattr(records, "add_provider_calls", unreachable)
+    calls: list[int] = []
+
+    @job("counted", policy=policy(retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.1, jitter=0)))
+    async def counted(ctx: JobContext) -> dict[str, int]:
+        calls.append(ctx.attempt)
+        return {"attempt": ctx.attempt}
+
+    request = request_for("counted")
+    worker = await start_worker([counted])
+    await publish_request(js, settings.names, request)
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=30, what="the run to complete")
+    assert (doc["status"], doc["attempt_count"], calls) == ("completed", 1, [1]), doc
+    await worker.run_until_idle(timeout_s=20)

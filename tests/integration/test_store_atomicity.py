@@ -32,6 +32,9 @@ WRITERS = 4
 #: Trials per race: enough to catch a lost update that happens a few times in a hundred.
 TRIALS = 60
 
+#: The starts' lease: a heartbeat younger than this holds the run.
+LEASE_S = 5.0
+
 ENDINGS = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELED)
 
 
@@ -70,12 +73,12 @@ async def _racing_starts(writers: list[Database], request: JobRequest) -> tuple[
     """Every writer starts the run as another delivery of one message; (outcomes, the starts that stood)."""
     outcomes = await asyncio.gather(
         *(
-            records.start_attempt(db, request, f"worker-{n}", seq=1, delivery=n + 1, max_attempts=10)
+            records.start_attempt(db, request, f"worker-{n}", seq=1, delivery=n + 1, max_attempts=10, lease_s=LEASE_S)
             for n, db in enumerate(writers)
         ),
         return_exceptions=True,
     )
-    return outcomes, [o for o in outcomes if not isinstance(o, records.SupersededDelivery)]
+    return outcomes, [o for o in outcomes if not isinstance(o, records.StartRefused)]
 
 
 async def test_racing_first_starts_create_the_record_once(writers: list[Database]) -> None:
@@ -124,11 +127,18 @@ async def test_a_start_racing_finishes_never_reopens_an_ended_run(writers: list[
     """A late start (a redelivery) racing the run's end leaves it ended, with one owner."""
     for _ in range(TRIALS):
         request = request_for("racing")
-        await _running_record(writers[0], request)
+        await _running_record(writers[0], request, silent_for_s=2 * LEASE_S)  # its worker died
         finishes = zip(writers[1:], ENDINGS[1:], strict=True)
         start, *ends = await asyncio.gather(
             records.start_attempt(
-                writers[0], request, "late-worker", seq=1, delivery=100, max_attempts=10, likely_new=False
+                writers[0],
+                request,
+                "late-worker",
+                seq=1,
+                delivery=100,
+                max_attempts=10,
+                lease_s=LEASE_S,
+                likely_new=False,
             ),
             *(records.finish_run(db, request.run_id, end) for db, end in finishes),
         )
@@ -224,3 +234,45 @@ async def test_increments_from_several_clients_are_never_lost(writers: list[Data
     doc: dict[str, Any] | None = await counters.find_one({"_id": "test:counter"})
     assert doc is not None
     assert doc["count"] == WRITERS * 100
+
+
+async def _attempts(db: Database, run_id: str) -> int:
+    doc = await db[Collections.RUNS].find_one({"_id": run_id}, {"attempt_count": 1})
+    assert doc is not None
+    return int(doc["attempt_count"])
+
+
+async def test_a_start_while_another_attempt_heartbeats_waits_and_takes_over_once_it_is_silent(
+    writers: list[Database],
+) -> None:
+    """The lease: a live attempt (heartbeat younger than the lease) holds its run against a
+    redelivery; a silent one (its worker died) is taken over, its attempt counted lost."""
+    db = writers[0]
+    alive, dead = request_for("leased"), request_for("leased")
+    await _running_record(db, alive, silent_for_s=LEASE_S / 2)
+    await _running_record(db, dead, silent_for_s=LEASE_S * 2)
+
+    with pytest.raises(records.RunHeldElsewhere):
+        await records.start_attempt(db, alive, "redelivered", seq=1, delivery=2, max_attempts=3, lease_s=LEASE_S)
+    previous, started = await records.start_attempt(
+        db, dead, "redelivered", seq=1, delivery=2, max_attempts=3, lease_s=LEASE_S
+    )
+
+    assert await _attempts(db, alive.run_id) == 1  # refused: nothing written
+    assert await _status(db, alive.run_id) == RunStatus.RUNNING.value
+    assert previous is not None
+    assert previous.status is RunStatus.RUNNING
+    assert started is not None
+    assert (started.attempt_count, await _attempts(db, dead.run_id)) == (2, 2)
+
+
+async def test_an_older_message_of_a_run_started_by_a_newer_one_is_superseded(writers: list[Database]) -> None:
+    """A workflow's wake-up or signal (a later message) started the run: the original message is done."""
+    db = writers[0]
+    request = request_for("woken")
+    await records.start_attempt(db, request, "w1", seq=7, delivery=1, max_attempts=3, lease_s=LEASE_S)
+    await db[Collections.RUNS].update_one({"_id": request.run_id}, {"$set": {"status": RunStatus.SLEEPING.value}})
+
+    with pytest.raises(records.SupersededRequest):
+        await records.start_attempt(db, request, "w2", seq=3, delivery=2, max_attempts=3, lease_s=LEASE_S)
+    assert await _attempts(db, request.run_id) == 1

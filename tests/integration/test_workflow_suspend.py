@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from shared.delayed import list_delayed
 from shared.names import Collections
+from shared.operations import cancel_run
 from shared.requests import publish_request
 from shared.runtime import JobContext, Worker, job, publish_cancel_hint, read_steps, request_cancel
 from shared.runtime._suspend import RUN_ID_HEADER, SIGNAL_HEADER
@@ -274,3 +275,28 @@ async def test_pulse_signal_resumes_a_waiting_run_and_pulse_run_shows_its_steps(
 
 async def _noop() -> None:
     return None
+
+
+async def test_cancel_of_a_sleeping_run_with_no_worker_connected_ends_it_at_once(
+    settings: Settings, js: JetStreamContext, db: Database, nats_client: NatsClient, start_worker: WorkerFactory
+) -> None:
+    """Before: only the core-NATS hint ended a suspended run, and with no worker of the job
+    connected nobody took it: the run slept on, `cancels` written but never read."""
+
+    @job("wf_alone", policy=policy())
+    async def wf_alone(ctx: JobContext) -> None:
+        await ctx.step.sleep("nap", timedelta(hours=1))
+
+    worker = await start_worker([wf_alone])
+    request = await _start(js, settings, "wf_alone")
+    await support.wait_value(lambda: _run_in(db, request.run_id, "sleeping"), timeout_s=20, what="a sleeping run")
+    await wait_for(worker.is_idle, timeout_s=5, what="the worker to settle the sleeping run's request")
+    await worker.stop()
+
+    canceled = await cancel_run(nats_client, js, db, settings.names, request.run_id, by="test")
+
+    assert canceled.status == "canceled"
+    doc = await terminal_run(db, request.run_id)
+    assert doc is not None
+    assert doc["status"] == "canceled"
+    assert await list_delayed(js, settings.names, "wf_alone") == []

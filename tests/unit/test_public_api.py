@@ -10,7 +10,12 @@ import shared.runtime
 ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
+    "Budgets",
     "Checkpoint",
+    "RateLimiter",
+    "cancel_suspended",
+    "finish_run",
+    "state_id",
     "HttpServer",
     "JobContext",
     "ServiceBroker",
@@ -64,6 +69,13 @@ def _private_imports(path: Path) -> list[str]:
 
 def test_services_import_nothing_private() -> None:
     problems = [p for path in sorted((ROOT / "services").rglob("*.py")) for p in _private_imports(path)]
+    assert problems == []
+
+
+def test_the_shared_package_reaches_the_runtime_only_through_its_public_names() -> None:
+    """The CLI, the read models and the operations use `shared.runtime`, never its `_*` modules."""
+    outside = [p for p in sorted((ROOT / "shared").rglob("*.py")) if (ROOT / "shared" / "runtime") not in p.parents]
+    problems = [p for path in outside for p in _private_imports(path) if "shared.runtime._" in p]
     assert problems == []
 
 
