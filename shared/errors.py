@@ -32,20 +32,31 @@ import re
 from datetime import datetime
 
 _USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/]*)@")
+#: A URL's query string (from `?` up to a fragment or whitespace), and one `name=value` in it.
+_QUERY_RE = re.compile(r"(?P<url>[a-zA-Z][a-zA-Z0-9+.-]*://[^?\s]*)\?(?P<query>[^#\s]*)")
+_QUERY_VALUE_RE = re.compile(r"=[^&;]*")
 
 #: Longest error text kept in run records, events and dead letters.
 MAX_ERROR_CHARS = 2000
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password (or token) in its userinfo replaced by `***`."""
+    """Return `url` with any password (or token) in its userinfo replaced by `***`, and every
+    query-string value too.
+
+    Query options can carry secrets as well (MongoDB's `tlsCertificateKeyFilePassword=`,
+    `authMechanismProperties=AWS_SESSION_TOKEN:...`); their names stay to say what was set.
+    """
 
     def _replace(match: re.Match[str]) -> str:
         userinfo = match.group("userinfo")
         user = userinfo.split(":", 1)[0] if ":" in userinfo else "***"
         return f"{match.group('scheme')}{user}:***@"
 
-    return _USERINFO_RE.sub(_replace, url)
+    def _hide_values(match: re.Match[str]) -> str:
+        return f"{match.group('url')}?{_QUERY_VALUE_RE.sub('=***', match.group('query'))}"
+
+    return _QUERY_RE.sub(_hide_values, _USERINFO_RE.sub(_replace, url))
 
 
 def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:

@@ -23,7 +23,7 @@ from shared.readmodel.alerts import alert_backlog, backlog_line
 from shared.readmodel.timetext import iso
 from shared.schemas import Alert
 
-from .common import EXIT_OK, cli_settings, connect, err_console, fail, parse_since, run_async
+from .common import EXIT_OK, check_seconds, cli_settings, connect, err_console, fail, parse_since, run_async
 from .tail import FollowTimeout, tail
 
 
@@ -58,8 +58,7 @@ def alerts(
     settings = cli_settings()
     if job is not None and job not in JOBS:
         fail(f"unknown job {job!r}: expected one of {', '.join(JOBS)}")
-    if timeout is not None and timeout <= 0:
-        fail("--timeout must be a positive number of seconds")
+    check_seconds(timeout, option="--timeout")
     start = parse_since(since)
     if start > datetime.now(UTC) + timedelta(minutes=1):
         fail(f"--since {since!r} is in the future")

@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
 
 from shared.bus import connect_nats, ensure_kv, kv_configs, stream_configs
 from shared.errors import ConfigError, InvalidRequest, PulseError, Unreachable
@@ -77,7 +78,8 @@ EXIT_INTERRUPTED = 130
 
 def fail(message: str, code: int = EXIT_UNREACHABLE) -> NoReturn:
     """Print `message` as an error on stderr and exit with `code` (2 unless told)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    # The message quotes user input: escape it so '[/]' or '[abc]' print as typed, not as markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -149,6 +151,15 @@ def check_job(settings: Settings, job: str) -> str:
         fail(f"unknown job {job!r}: expected one of {', '.join(JOBS)}")
     settings.jobs.for_job(job)
     return job
+
+
+def check_seconds(value: float | None, *, option: str) -> None:
+    """Exit 2 unless `value` (a SECONDS option) is None or a finite number above 0.
+
+    Click's float type takes 'nan' and 'inf', which pass a `<= 0` check and break later.
+    """
+    if value is not None and not (math.isfinite(value) and value > 0):
+        fail(f"{option} must be a positive, finite number of seconds, got {value}")
 
 
 def parse_duration(text: str, *, option: str) -> timedelta:

@@ -38,6 +38,7 @@ from .common import (
     EXIT_OK,
     Connections,
     check_job,
+    check_seconds,
     cli_settings,
     connect,
     console,
@@ -302,8 +303,7 @@ def trigger(
         when = parse_time(at, option="--at")
         if when <= datetime.now(UTC):
             fail(f"--at {at!r} is in the past; to run now, leave out --at")
-    if timeout is not None and timeout <= 0:
-        fail("--timeout must be a positive number of seconds")
+    check_seconds(timeout, option="--timeout")
     args = parse_args(arg or [])
     who = acting_as(actor)
     try:
@@ -389,8 +389,8 @@ def watch(
     """
     settings = cli_settings()
     jobs = _jobs_option(job)
-    if interval <= 0 or (for_ is not None and for_ <= 0):
-        fail("--interval and --for must be positive numbers of seconds")
+    check_seconds(interval, option="--interval")
+    check_seconds(for_, option="--for")
     try:
         run_async(lambda: watch_status(settings, jobs, once=once, for_s=for_, interval_s=interval))
     except typer.Exit as exc:

@@ -26,6 +26,7 @@ from .common import (
     EXIT_OK,
     Connections,
     check_job,
+    check_seconds,
     cli_settings,
     connect,
     fail,
@@ -120,8 +121,7 @@ def logs(
     """
     settings = cli_settings()
     check_job(settings, run_id.split(":", 1)[0])
-    if timeout is not None and timeout <= 0:
-        fail("--timeout must be a positive number of seconds")
+    check_seconds(timeout, option="--timeout")
 
     async def _run() -> int:
         async with connect(settings) as conns:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from shared.cli.common import EXIT_UNREACHABLE, cli_settings, console, fail, print_json, run_async
 from shared.readmodel.stats import latest_snapshot, trend
-from shared.readmodel.timetext import iso
+from shared.readmodel.timetext import MAX_DURATION, iso
 from shared.settings import Settings
 from shared.store import Document, connect_store
 
@@ -38,9 +38,13 @@ def parse_period(text: str) -> timedelta:
         ValueError: with a message saying what is accepted.
     """
     match = _PERIOD_RE.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"invalid period {text!r}: use a positive number and a unit m, h, d or w, e.g. 24h or 7d")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2).lower()])
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2).lower()] if match else 0.0
+    if not 0 < seconds <= MAX_DURATION.total_seconds():
+        raise ValueError(
+            f"invalid period {text!r}: use a positive number (at most 100 years) and a unit m, h, d or w, "
+            "e.g. 24h or 7d"
+        )
+    return timedelta(seconds=seconds)
 
 
 def sparkline(values: list[float]) -> str:

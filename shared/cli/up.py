@@ -35,7 +35,18 @@ from shared.localstack import FERRETDB_WRITE_BATCH, LocalServers, free_port, loc
 from shared.names import JOBS, SERVICES
 from shared.settings import Settings
 
-from .common import EXIT_FAILED, EXIT_OK, cli_settings, connect, console, err_console, fail, print_json, run_async
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    check_seconds,
+    cli_settings,
+    connect,
+    console,
+    err_console,
+    fail,
+    print_json,
+    run_async,
+)
 from .render import live_status
 from .stack import is_live, live_stack, new_record, read_stack, remove_stack, write_stack
 
@@ -326,8 +337,8 @@ def up(
             f"a local stack is already running (pulse up pid {running.pid}, recorded in {settings.stack_file}): "
             "stop it first, or set PULSE_STACK_FILE to record a second one elsewhere"
         )
-    if for_ is not None and for_ <= 0:
-        fail("--for must be a positive number of seconds")
+    check_seconds(for_, option="--for")
+    check_seconds(ready_timeout, option="--ready-timeout")
     services = tuple(service) if service else SERVICES
     unknown = [name for name in services if name not in SERVICES]
     if unknown:

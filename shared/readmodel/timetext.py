@@ -6,28 +6,36 @@ type instead; the CLI turns it into exit 2, the dashboard into a 400 with that l
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
+#: Longest duration accepted (100 years): now plus or minus it is always a valid datetime,
+#: and no operator means more.
+MAX_DURATION = timedelta(days=36_500)
+
 
 def parse_duration(text: str, *, option: str) -> timedelta:
-    """Parse '90s', '5m', '1h30m', '2d' or a bare number of seconds.
+    """Parse '90s', '5m', '1h30m', '2d' or a bare number of seconds, at most `MAX_DURATION` either way.
 
     Raises:
-        ValueError: `text` is not a duration.
+        ValueError: `text` is not a duration, is not finite, or is longer than `MAX_DURATION`.
     """
     cleaned = text.strip().lower().replace(" ", "")
     try:
-        return timedelta(seconds=float(cleaned))
+        seconds = float(cleaned)
     except ValueError:
-        pass
-    matches = list(_DURATION_RE.finditer(cleaned))
-    if not matches or "".join(m.group(0) for m in matches) != cleaned:
-        raise ValueError(f"{option} {text!r} is not a duration: use e.g. 90s, 5m, 1h30m or 2d")
-    return timedelta(seconds=sum(float(m.group(1)) * _DURATION_UNITS_S[m.group(2)] for m in matches))
+        matches = list(_DURATION_RE.finditer(cleaned))
+        if not matches or "".join(m.group(0) for m in matches) != cleaned:
+            raise ValueError(f"{option} {text!r} is not a duration: use e.g. 90s, 5m, 1h30m or 2d") from None
+        seconds = sum(float(m.group(1)) * _DURATION_UNITS_S[m.group(2)] for m in matches)
+    # float() takes 'inf' and 'nan', and timedelta overflows (OverflowError, not ValueError) past ~2.7M years.
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION.total_seconds():
+        raise ValueError(f"{option} {text!r} is out of range: give a finite duration of at most 36500d (100 years)")
+    return timedelta(seconds=seconds)
 
 
 def parse_time(text: str, *, option: str) -> datetime:

@@ -80,7 +80,12 @@ async def test_bad_job_page_requests_get_one_clear_line(make_settings: Any, js: 
         unknown = await get(dash.url, "/jobs/nope")
         assert unknown.status_code == 404
         assert "unknown job 'nope': expected one of market_sync" in unescape(unknown.text)
-        for last, message in (("soon", "last 'soon' is not a duration"), ("30d", "at most 7d")):
+        for last, message in (
+            ("soon", "last 'soon' is not a duration"),
+            ("30d", "at most 7d"),
+            ("inf", "last 'inf' is out of range"),
+            ("99999999d", "last '99999999d' is out of range"),
+        ):
             answer = await get(dash.url, f"/jobs/{JOB}?last={last}")
             assert answer.status_code == 400
             assert message in unescape(answer.text)

@@ -86,6 +86,9 @@ async def test_unknown_pages_and_runs_are_404(client: httpx.AsyncClient) -> None
         ("since=yesterday", "since 'yesterday' is not a time"),
         ("until=2026-01-01T00:00:00", "has no timezone"),
         ("after=garbage", "invalid page cursor"),
+        ("after=2026-12-01T09:00:00Z|stats:manual:x", "start again from the first page"),
+        ("since=99999999d", "since '99999999d' is out of range"),
+        ("since=inf", "since 'inf' is not a time"),
     ],
 )
 async def test_bad_run_filters_say_what_is_wrong(client: httpx.AsyncClient, query: str, message: str) -> None:

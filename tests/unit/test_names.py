@@ -6,6 +6,7 @@ import pytest
 
 from shared.errors import bounded, redact_url
 from shared.names import JOBS, Names
+from shared.settings import Settings
 
 
 def test_production_names_match_the_design() -> None:
@@ -41,13 +42,28 @@ def test_every_job_has_a_valid_subject() -> None:
     ("url", "redacted"),
     [
         ("nats://user:pw@host:4222", "nats://user:***@host:4222"),
-        ("mongodb://a:b@h1,h2/db?tls=true", "mongodb://a:***@h1,h2/db?tls=true"),
+        ("mongodb://a:b@h1,h2/db?tls=true", "mongodb://a:***@h1,h2/db?tls=***"),
         ("nats://tokenonly@host:4222", "nats://***:***@host:4222"),
         ("nats://host:4222", "nats://host:4222"),
+        (
+            "mongodb://h/db?tls=true&tlsCertificateKeyFilePassword=s3cret-pw",
+            "mongodb://h/db?tls=***&tlsCertificateKeyFilePassword=***",
+        ),
+        (
+            "mongodb+srv://c.example.net/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:tok3n",
+            "mongodb+srv://c.example.net/?authMechanism=***&authMechanismProperties=***",
+        ),
+        ("cannot reach mongodb://h/?w=1;pw=x#f within 2s", "cannot reach mongodb://h/?w=***;pw=***#f within 2s"),
     ],
 )
-def test_redact_url_hides_passwords(url: str, redacted: str) -> None:
+def test_redact_url_hides_passwords_and_query_values(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
+
+
+def test_the_redacted_mongo_url_keeps_no_query_secret() -> None:
+    url = "mongodb://u:pw1@h/db?tlsCertificateKeyFilePassword=s3cret-pw&authMechanismProperties=AWS_SESSION_TOKEN:tok3n"
+    shown = Settings(mongo_url=url).mongo_url_redacted
+    assert not any(secret in shown for secret in ("pw1", "s3cret-pw", "tok3n")), shown
 
 
 def test_bounded_truncates_long_text() -> None:
