@@ -221,7 +221,7 @@ def report(
         old_s = old.fetch_s + old.write_s
         for name, step in (("market_sync, first sync", run.first), ("market_sync, repeat sync", run.repeat)):
             if step is None:
-                print(f"{run.label:<10}{run.markets:>8}  {name:<36}  stopped: past its budget or the store did not answer")
+                print(f"{run.label:<10}{run.markets:>8}  {name:<36}  stopped (budget, or store did not answer)")
                 continue
             speedup = f"{old_s / step[0]:.1f}x" if old.finished else f">= {old.projected_s() / step[0]:.1f}x"
             figures = f"{step[0]:>9.1f}{step[1]:>9}{run.markets / step[0]:>10.0f}"
