@@ -336,7 +336,7 @@ async def dlq_page(page: Page) -> Response:
 
 def parse_seq(text: str) -> int:
     """A dead letter's sequence number from the URL, or 400."""
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdecimal()) or int(text) < 1:  # "²" passes isdigit(), not int()
         raise HttpError(400, f"{text!r} is not a dead letter number: use the seq shown in the list")
     return int(text)
 
