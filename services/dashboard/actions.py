@@ -20,7 +20,15 @@ from urllib.parse import quote
 
 from services.dashboard.app import Dashboard, Page, flash_cookie
 from services.dashboard.pages import parse_seq
-from services.dashboard.security import CSRF_FIELD, SESSION_COOKIE, Refused, Session, clear_cookie, session_cookie
+from services.dashboard.security import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    Refused,
+    Session,
+    clear_cookie,
+    safe_next,
+    session_cookie,
+)
 from services.dashboard.web import Response, redirect
 from shared.audit import Outcome, record_action
 from shared.errors import InvalidRequest, SignalRejected
@@ -122,8 +130,7 @@ async def act(page: Page, action: str, target: str, back: str, work: Work) -> Re
 async def login(page: Page) -> Response:
     token = await page.request.field("token") or ""
     name = await page.request.field("name") or "operator"
-    target = await page.request.field("next") or "/"
-    target = target if target.startswith("/") and not target.startswith("//") else "/"
+    target = safe_next(await page.request.field("next"))
     guard = page.dashboard.guard
     try:
         guard.check_name(name)

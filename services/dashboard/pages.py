@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 
 from services.dashboard.app import Dashboard, Page
 from services.dashboard.charts import line_chart, sparkline, step_bar
+from services.dashboard.security import safe_next
 from services.dashboard.sources import OVERFLOWED, LiveEvent
 from services.dashboard.web import EventStream, HttpError, Response, sse
 from shared.audit import recent_actions
@@ -335,7 +336,7 @@ async def dlq_page(page: Page) -> Response:
 
 def parse_seq(text: str) -> int:
     """A dead letter's sequence number from the URL, or 400."""
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdecimal()) or int(text) < 1:  # "²" passes isdigit(), not int()
         raise HttpError(400, f"{text!r} is not a dead letter number: use the seq shown in the list")
     return int(text)
 
@@ -412,8 +413,7 @@ async def audit_page(page: Page) -> Response:
 
 
 async def login_page(page: Page) -> Response:
-    target = page.request.arg("next") or "/"
-    return page.render("login.html", title="Sign in", next=target if target.startswith("/") else "/")
+    return page.render("login.html", title="Sign in", next=safe_next(page.request.arg("next")))
 
 
 # -- gauges ----------------------------------------------------------------------------------
@@ -446,10 +446,11 @@ def last_event_id(page: Page) -> int | None:
     """Where the browser's stream left off: its `Last-Event-ID` header (sent by EventSource when it
     reconnects), else `last_event_id=` in the query (the sequence the page was rendered at)."""
     text = page.request.headers.get("last-event-id") or page.request.arg("last_event_id") or ""
-    return int(text) if text.isdigit() else None
+    # ASCII digits only: `isdigit()` also passes "²", which `int()` refuses (after the headers went out).
+    return int(text) if text.isascii() and text.isdecimal() else None
 
 
-async def _updates(page: Page) -> AsyncIterator[str]:
+async def _updates(page: Page) -> AsyncGenerator[str]:
     """The blocks of one page's event stream, until the client leaves or the dashboard stops.
 
     Every block carries its event's EVENTS sequence as the SSE id (an id-only block for an
@@ -550,4 +551,4 @@ async def _jobs_fragment(page: Page) -> str:
 
 
 async def events(page: Page) -> EventStream:
-    return EventStream(_updates(page))
+    return EventStream(_updates(page), page.request.receive)

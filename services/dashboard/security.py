@@ -2,12 +2,15 @@
 
 Without `PULSE_DASHBOARD_TOKEN` the dashboard is read-only: every action is refused.
 With it, an operator signs in once by typing the token (and a name for the audit
-trail); the answer is a session cookie `<nonce>.<name>.<mac>` where the MAC is an
-HMAC-SHA256 of nonce and name under the token, so the cookie never holds the token and
-cannot be forged without it. Every form carries a CSRF token, the HMAC of the session
-nonce under the token: a page of another site can make the browser send the cookie but
-cannot read the CSRF token. The cookie is HttpOnly and SameSite=Strict as well.
-Comparisons are constant-time.
+trail); the answer is a session cookie `<nonce>.<issued>.<name>.<mac>` where the MAC is
+an HMAC-SHA256 of nonce, issue time and name under the token, so the cookie never holds
+the token and cannot be forged without it. The server refuses a cookie issued more than
+`SESSION_MAX_AGE_S` ago (the cookie's Max-Age alone would leave a copied cookie valid).
+Every form carries a CSRF token, the HMAC of the session nonce under the token: a page
+of another site can make the browser send the cookie but cannot read the CSRF token.
+The cookie is HttpOnly and SameSite=Strict as well.
+Comparisons are constant-time, on bytes (a non-ASCII value is refused, not an error).
+A sign-in's `next` page goes through `safe_next`, so it can only lead to this site.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -42,8 +48,9 @@ class Session:
 class Guard:
     """Checks tokens, issues sessions, derives CSRF tokens."""
 
-    def __init__(self, token: SecretStr | None) -> None:
+    def __init__(self, token: SecretStr | None, clock: Callable[[], float] = time.time) -> None:
         self._key = token.get_secret_value().encode() if token is not None else None
+        self._clock = clock  # seconds since the epoch; tests pass their own
 
     @property
     def enabled(self) -> bool:
@@ -64,19 +71,21 @@ class Guard:
             raise Refused("the dashboard is read-only: set PULSE_DASHBOARD_TOKEN to enable actions")
         if not hmac.compare_digest(token.encode(), self._key):
             raise Refused("wrong operator token")
-        nonce = secrets.token_hex(16)
-        return f"{nonce}.{name}.{self._mac(f'session:{nonce}:{name}')}"
+        nonce, issued = secrets.token_hex(16), int(self._clock())
+        return f"{nonce}.{issued}.{name}.{self._mac(f'session:{nonce}:{issued}:{name}')}"
 
     def session(self, cookie: str | None) -> Session | None:
-        """The session of a valid cookie, else None."""
+        """The session of a valid cookie issued less than `SESSION_MAX_AGE_S` ago, else None."""
         if self._key is None or not cookie:
             return None
         parts = cookie.split(".")
-        if len(parts) < 3:
+        if len(parts) < 4:
             return None
-        nonce, mac = parts[0], parts[-1]
-        name = ".".join(parts[1:-1])
-        if not hmac.compare_digest(mac, self._mac(f"session:{nonce}:{name}")):
+        nonce, issued, mac = parts[0], parts[1], parts[-1]
+        name = ".".join(parts[2:-1])  # a name may hold dots
+        if not _same(mac, self._mac(f"session:{nonce}:{issued}:{name}")):
+            return None
+        if not (issued.isascii() and issued.isdecimal()) or self._clock() - int(issued) > SESSION_MAX_AGE_S:
             return None
         return Session(nonce, name)
 
@@ -90,7 +99,7 @@ class Guard:
             raise Refused("the dashboard is read-only: set PULSE_DASHBOARD_TOKEN to enable actions")
         if session is None:
             raise Refused("sign in with the operator token first")
-        if not csrf or not hmac.compare_digest(csrf, self.csrf_token(session)):
+        if not csrf or not _same(csrf, self.csrf_token(session)):
             raise Refused("missing or wrong CSRF token: reload the page and try again")
         return session
 
@@ -103,3 +112,22 @@ def session_cookie(value: str, *, secure: bool) -> str:
 
 def clear_cookie(name: str) -> str:
     return f"{name}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality; on bytes, since `compare_digest` raises on non-ASCII str."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def safe_next(target: str | None) -> str:
+    """`target` when it is a path on this site, else "/" (where to go after signing in).
+
+    Browsers read a backslash as a slash and drop tabs and newlines, so `/\\evil.example`
+    and `/<TAB>/evil.example` would lead to another site; CR/LF would break the header.
+    """
+    if not target or "\\" in target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target

@@ -7,8 +7,9 @@ python-multipart to read forms). Forms are `application/x-www-form-urlencoded` o
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
@@ -150,10 +151,16 @@ def redirect(location: str, cookies: list[str] | None = None) -> Response:
 
 
 class EventStream:
-    """A Server-Sent Events response fed by an async iterator of ready-made `event:`/`data:` blocks."""
+    """A Server-Sent Events response fed by an async generator of ready-made `event:`/`data:` blocks.
 
-    def __init__(self, events: AsyncIterator[str]) -> None:
+    It ends when the generator does or when the client leaves: `send()` after a disconnect
+    returns silently (uvicorn), so only `receive()`'s `http.disconnect` tells; the stream is
+    cancelled then and the generator closed, which releases what it holds (its hub queue).
+    """
+
+    def __init__(self, events: AsyncGenerator[str], receive: Receive) -> None:
         self.events = events
+        self.receive = receive
 
     async def send(self, send: Send) -> None:
         headers = {**_SECURITY_HEADERS, "content-type": "text/event-stream; charset=utf-8", "x-accel-buffering": "no"}
@@ -164,9 +171,27 @@ class EventStream:
                 "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
             }
         )
+        stream = asyncio.create_task(self._stream(send), name="sse-stream")
+        gone = asyncio.create_task(self._disconnected(), name="sse-disconnect")
+        try:
+            await asyncio.wait({stream, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, gone):
+                task.cancel()
+            await asyncio.wait({stream, gone})
+            await self.events.aclose()
+        if not stream.cancelled():
+            stream.result()  # re-raise what broke the stream
+
+    async def _stream(self, send: Send) -> None:
         async for block in self.events:
             await send({"type": "http.response.body", "body": block.encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+    async def _disconnected(self) -> None:
+        """Return when the client has gone (the request's body, empty for a GET, comes first)."""
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
 
 
 def sse(event: str, data: str, event_id: str | None = None) -> str:

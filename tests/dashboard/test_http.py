@@ -77,6 +77,13 @@ async def test_unknown_pages_and_runs_are_404(client: httpx.AsyncClient) -> None
     assert "no run 'stats:manual:missing' is recorded" in error_line(answer.text)
 
 
+@pytest.mark.parametrize("seq", ["%C2%B2", "x", "0"])  # "²" passes isdigit() but not int()
+async def test_a_dead_letter_number_that_is_not_ascii_digits_is_400(client: httpx.AsyncClient, seq: str) -> None:
+    answer = await client.get(f"/dlq/{seq}")
+    assert answer.status_code == 400
+    assert "is not a dead letter number" in error_line(answer.text)
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [

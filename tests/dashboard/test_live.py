@@ -161,3 +161,47 @@ async def test_a_page_slower_than_its_queue_reads_what_it_dropped_from_the_strea
         release.set()
         rows = await rows_until(stream, ended[-1][0])
     assert rows == [(seq, run_id) for run_id, seq in ended]
+
+
+def _live_streams(metrics: str) -> float:
+    found = re.search(r"^pulse_dashboard_live_streams (\S+)$", metrics, re.MULTILINE)
+    assert found is not None, "no pulse_dashboard_live_streams gauge on /metrics"
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("page", ["overview", "runs"])
+async def test_a_stream_ends_when_its_client_disconnects(
+    dashboard: Running, client: httpx.AsyncClient, page: str
+) -> None:
+    hub = dashboard.dashboard.sources.hub
+    before = hub.listeners
+    assert _live_streams((await client.get("/metrics")).text) == before
+    # A client of its own, closed on leaving: its connection goes, not back to a pool.
+    async with (
+        httpx.AsyncClient(base_url=dashboard.url, timeout=20) as viewer,
+        viewer.stream("GET", f"/events?page={page}") as response,
+    ):
+        assert response.status_code == 200
+        await wait_for(lambda: _listening(hub, before + 1), timeout_s=10, what="the page's stream to listen")
+        assert _live_streams((await client.get("/metrics")).text) == before + 1
+    # The viewer has disconnected: the stream must let go of its hub queue.
+
+    async def released() -> bool:
+        return hub.listeners == before
+
+    await wait_for(released, timeout_s=10, what="the stream to end after the disconnect")
+    assert _live_streams((await client.get("/metrics")).text) == before
+
+
+@pytest.mark.parametrize("header", [{"Last-Event-ID": b"\xb2"}, {"Last-Event-ID": b"12x"}, {}])
+async def test_a_last_event_id_that_is_not_ascii_digits_is_ignored(
+    dashboard: Running, client: httpx.AsyncClient, js: JetStreamContext, db: Database, dash_settings: Settings,
+    header: dict[str, bytes],
+) -> None:  # fmt: skip
+    hub = dashboard.dashboard.sources.hub
+    url = "/events?page=runs" if header else "/events?page=runs&last_event_id=%C2%B2"  # "²" in the query
+    async with client.stream("GET", url, headers=header) as response:
+        stream = blocks(response)
+        await wait_for(lambda: _listening(hub, 1), timeout_s=10, what="the page's stream to listen")
+        run1, seq1 = await finished(db, js, dash_settings, 1)
+        assert await rows_until(stream, run1) == [(seq1, run1)]
