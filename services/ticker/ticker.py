@@ -58,7 +58,17 @@ from nats.js import JetStreamContext
 
 from services.ticker.ledger import SlotLedger
 from services.ticker.metrics import TickerMetrics
-from services.ticker.slots import MAX_GAP_SLOTS, Action, CatchUpRule, Missed, MissReason, SlotPlan, SlotState, plan_slot
+from services.ticker.slots import (
+    MAX_GAP_SLOTS,
+    Action,
+    CatchUpRule,
+    Missed,
+    MissReason,
+    SlotPlan,
+    SlotState,
+    gap_slots,
+    plan_slot,
+)
 from services.ticker.state import SlotStore, Stored
 from shared.names import JOBS
 from shared.overrides import OverrideChange, OverrideWatch, resolve
@@ -337,6 +347,12 @@ class Ticker:
         stored = self._cache.get(job) or await self._store.read(job)
         if stored.state is not None and (stored.state.slot >= slot or not stored.state.published):
             # Never claim over an unconfirmed claim: that slot is published first (plan_slot).
+            return False
+        eff = self._effective[job]
+        if stored.state is not None and gap_slots(eff.schedule, stored.state.slot, slot, eff.resumed_at):
+            # Slots before this one are not settled yet (a catch-up under way, here or in
+            # another replica): claiming ahead would move the job's state past them, and
+            # they would be neither requested nor recorded missed. The tick plans them.
             return False
         claim = SlotState(
             slot=slot, run_id=scheduled_run_id(job, slot), published=False, claimed_at=now, claimed_by=self.replica

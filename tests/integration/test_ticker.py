@@ -314,6 +314,36 @@ async def test_slot_claimed_ahead_is_published_at_the_slot_without_a_second_clai
     assert [r.scheduled_for for r in await read_requests(js, settings)][-1] == next_slot
 
 
+async def test_no_slot_is_claimed_ahead_while_earlier_slots_wait_for_their_catch_up(
+    make_settings: Any, js: JetStreamContext, make_ticker: Any, clock: FakeClock
+) -> None:
+    """Before: a replica claiming the next slot ahead moved the job's state past the slots
+    another replica was still catching up (policy all): those slots were neither requested
+    nor recorded missed (seen in CI as a slot without a ledger entry)."""
+    defaults = JobPolicies()
+    policy = defaults.for_job("whale_sync").model_copy(
+        update={"schedule": "every 10s", "enabled": True, "catch_up": "all", "overlap": "queue"}
+    )
+    policies = {job: defaults.for_job(job).model_copy(update={"enabled": False}) for job in JOBS}
+    settings = make_settings(jobs=JobPolicies(**{**policies, "whale_sync": policy}))
+    catching_up = await make_ticker(settings, replica="catching-up")
+    ahead = await make_ticker(settings, replica="ahead")
+    start = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+    assert [f.slot for f in await catching_up.tick()] == [start]
+    clock.advance(seconds=39.3)  # three slots pass with no tick; the fourth is 250 ms away
+    upcoming = start + timedelta(seconds=40)
+
+    assert await ahead.prepare(upcoming) == 0  # 12:00:10–30 are not settled yet
+    caught_up = [f.slot for f in await catching_up.tick()]
+    clock.advance(seconds=0.25)
+    on_time = [f.slot for f in await ahead.tick()] + [f.slot for f in await catching_up.tick()]
+
+    assert caught_up == [start + timedelta(seconds=s) for s in (10, 20, 30)]
+    assert on_time == [upcoming]
+    requested = [r.scheduled_for for r in await read_requests(js, settings)]
+    assert requested == [start + timedelta(seconds=s) for s in (0, 10, 20, 30, 40)]
+
+
 async def test_claim_ahead_by_a_replica_that_dies_is_published_by_another(
     make_settings: Any, js: JetStreamContext, make_ticker: Any, clock: FakeClock
 ) -> None:
