@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of README.md: install what is needed, lint, type-check, run every test.
-# Integration tests start their own nats-server and FerretDB (or use PULSE_TEST_NATS_URL /
+# Integration tests start their own nats-server and the embedded store (or use PULSE_TEST_NATS_URL /
 # PULSE_TEST_MONGO_URL, or testcontainers where a Docker engine answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
