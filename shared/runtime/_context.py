@@ -90,6 +90,9 @@ class JobContext:
 
         Raises:
             RunCanceled: an operator canceled the run; let it propagate.
+            AttemptTakenOver: another delivery took the run over (this attempt looked
+                dead for longer than the lease); let it propagate: nothing of this
+                attempt is recorded.
         """
         if not self._control.canceled:
             await self._heartbeat.beat(progress)

@@ -10,6 +10,11 @@ owns the RunEvent). This rests on MongoDB's single-document atomicity: the filte
 the update are one atomic step on MongoDB and on mongo-java-server (whose writes to a
 collection hold one lock); FerretDB 1.24 does not keep it (docs/decisions.md).
 
+An attempt's own writes (heartbeat, retry, suspension, deferral, outcome) are also
+conditional on the start token it wrote (`EndedAttempt`): once another delivery has
+taken the run over (`start_attempt`'s lease), a late write of the old attempt changes
+nothing and raises `AttemptTakenOver`.
+
 Why no "undo": these writes used to filter on `_id` alone (FerretDB 1.24 scanned the
 collection on any other filter) and put the previous document back with `replace_one`
 when it showed a terminal run. Two such undos interleave: a loser's "previous document"
@@ -33,6 +38,7 @@ on FerretDB 1.24 (which also ignores `$slice` in `$push`, hence the explicit tri
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -95,6 +101,29 @@ class RunHeldElsewhere(StartRefused):
     """
 
 
+class AttemptTakenOver(Exception):
+    """Another delivery took this attempt's run over while it ran: nothing more of it is recorded.
+
+    An attempt whose heartbeat stopped for longer than the lease (its worker was cut off
+    from the store, or its event loop stalled) looks dead, and the next delivery takes
+    the run over (`start_attempt` writes its own start token). When the old attempt
+    comes back, every write it makes (heartbeat, retry, suspension, outcome) is fenced
+    by its start token and refused: it stops, records nothing, and leaves its delivery
+    to the one that holds the run, which alone settles the message.
+    """
+
+
+@dataclass(frozen=True)
+class EndedAttempt:
+    """An attempt as it ended: its entry in the run's history, and the start token that held the run.
+
+    Every write of an attempt's end is fenced by the token (`AttemptTakenOver`).
+    """
+
+    record: AttemptRecord
+    token: str
+
+
 class StartUnconfirmed(StoreUnavailable):
     """The start's write was sent twice (the driver retried it) and the record shows it applied.
 
@@ -126,6 +155,21 @@ def _not_held(token: str, now: datetime, lease_s: float) -> Document:
     }
 
 
+def _held_by(token: str | None) -> Document:
+    """The fence of an attempt's writes: its start `token` still holds the run (no token: no fence)."""
+    return {} if token is None else {"start_token": token}
+
+
+def _raise_if_taken_over(run_id: str, current: dict[str, Any] | None, token: str | None) -> None:
+    """After a fenced write did not apply: raise `AttemptTakenOver` unless the run simply ended (or is gone)."""
+    if token is None or current is None or _is_terminal(current) or current.get("start_token") == token:
+        return
+    raise AttemptTakenOver(
+        f"run {run_id} was taken over by {current.get('worker') or 'another worker'} while this attempt "
+        f"({token}) ran: its heartbeat had stopped for longer than the lease; this attempt's outcome is not recorded"
+    )
+
+
 def _started_at_or_after(doc: dict[str, Any], seq: int, delivery: int) -> bool:
     started = doc.get("start_seq")
     return started is not None and (started, doc.get("start_delivery") or 0) >= (seq, delivery)
@@ -147,7 +191,7 @@ async def _write_unless_terminal(
     means the record exists but is terminal (the filter did not match), or was created
     by a concurrent writer in between (then the write is tried again). `likely_new`
     tries a plain insert first. `fence` narrows the filter further (the start's
-    delivery fence).
+    delivery fence, or an attempt's start token: `_held_by`).
 
     Returns:
         (True, before) when applied (`before` is None for a record just created);
@@ -400,17 +444,26 @@ async def record_lost_attempt(db: Database, run_id: str, number: int, worker: st
     await _update_if(db, run_id, {"attempts.number": {"$ne": number}}, {"$push": _push_attempt(lost)})
 
 
-async def heartbeat(db: Database, run_id: str, progress: dict[str, Any] | None = None) -> bool:
+async def heartbeat(
+    db: Database, run_id: str, progress: dict[str, Any] | None = None, *, token: str | None = None
+) -> bool:
     """Refresh `heartbeat_at` (and progress); return True when a cancel was requested.
 
     The refresh leaves a terminal record alone (a late beat of an attempt the watchdog
     already ended), and the cancel is read from `cancels`, which this write never touches.
+    With the attempt's start `token`, the refresh is fenced by it too.
+
+    Raises:
+        AttemptTakenOver: another delivery holds the run now (only with `token`).
     """
     fields: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress:
         fields["progress"] = progress
-    refresh = _update_if(db, run_id, _NOT_TERMINAL, {"$set": fields})
-    _, canceled = await asyncio.gather(refresh, cancel_requested(db, run_id))
+    refresh = _update_if(db, run_id, {**_NOT_TERMINAL, **_held_by(token)}, {"$set": fields})
+    refreshed, canceled = await asyncio.gather(refresh, cancel_requested(db, run_id))
+    if not refreshed and token is not None:  # rare: the run ended, or was taken over
+        current = await db[Collections.RUNS].find_one({"_id": run_id}, {"status": 1, "start_token": 1, "worker": 1})
+        _raise_if_taken_over(run_id, current, token)
     return canceled
 
 
@@ -419,24 +472,31 @@ async def cancel_requested(db: Database, run_id: str) -> bool:
     return await db[Collections.CANCELS].find_one({"_id": run_id}, {"_id": 1}) is not None
 
 
-async def record_retry(db: Database, run_id: str, attempt: AttemptRecord, next_attempt_at: datetime) -> None:
-    """The attempt failed and another will follow: status `retrying`, last error, next time."""
-    await _write_unless_terminal(
+async def record_retry(db: Database, run_id: str, attempt: EndedAttempt, next_attempt_at: datetime) -> None:
+    """The attempt failed and another will follow: status `retrying`, last error, next time.
+
+    Raises:
+        AttemptTakenOver: the attempt's start no longer holds the run.
+    """
+    applied, current = await _write_unless_terminal(
         db,
         run_id,
         {
             "$set": {
                 "status": RunStatus.RETRYING.value,
-                "error": bounded(attempt.error or ""),
+                "error": bounded(attempt.record.error or ""),
                 "next_attempt_at": next_attempt_at,
                 "updated_at": utcnow(),
             },
-            "$push": _push_attempt(attempt),
+            "$push": _push_attempt(attempt.record),
         },
         upsert=False,
+        fence=_held_by(attempt.token),
     )
-    if attempt.number > MAX_ATTEMPT_HISTORY:
-        await _trim_attempts(db, run_id, attempt.number)
+    if not applied:
+        _raise_if_taken_over(run_id, current, attempt.token)
+    elif attempt.record.number > MAX_ATTEMPT_HISTORY:
+        await _trim_attempts(db, run_id, attempt.record.number)
 
 
 async def record_deferred(
@@ -445,13 +505,16 @@ async def record_deferred(
     *,
     until: datetime,
     error: str,
-    attempt: AttemptRecord | None = None,
+    attempt: EndedAttempt | None = None,
 ) -> bool:
     """An upstream quota holds the run back: status `deferred` until `until`, with the reason.
 
     A run deferred before it started gets a record (from `request`); one deferred inside
     an attempt keeps that attempt in its history but not in its count: waiting for a
     quota spends nothing of the retry budget. Returns False when the run was terminal.
+
+    Raises:
+        AttemptTakenOver: the attempt's start no longer holds the run.
     """
     now = utcnow()
     update: dict[str, Any] = {
@@ -466,10 +529,13 @@ async def record_deferred(
         "$setOnInsert": {**_request_fields(request), "attempt_count": 0},
     }
     if attempt is not None:
-        update["$push"] = _push_attempt(attempt)
+        update["$push"] = _push_attempt(attempt.record)
         update["$inc"] = {"attempt_count": -1}
         del update["$setOnInsert"]["attempt_count"]
-    applied, _ = await _write_unless_terminal(db, request.run_id, update, upsert=True)
+    token = attempt.token if attempt is not None else None
+    applied, current = await _write_unless_terminal(db, request.run_id, update, upsert=True, fence=_held_by(token))
+    if not applied:
+        _raise_if_taken_over(request.run_id, current, token)
     return applied
 
 
@@ -488,7 +554,7 @@ async def finish_run(
     error: str | None = None,
     summary: dict[str, Any] | None = None,
     reason: str | None = None,
-    attempt: AttemptRecord | None = None,
+    attempt: EndedAttempt | None = None,
     request: JobRequest | None = None,
 ) -> RunRecord | None:
     """Set one terminal status, unless the record is terminal already.
@@ -503,7 +569,8 @@ async def finish_run(
         error: the last error (bounded here; must not hold secrets).
         summary: small dict of counts from the handler.
         reason: why a run was skipped (or failed without running), e.g. "overlap".
-        attempt: the attempt that ended the run, appended to the history.
+        attempt: the attempt that ended the run, appended to the history; its start
+            token fences the write.
         request: when given, a missing record is created from it (runs that end before
             they start: skipped, invalid, canceled while queued).
 
@@ -513,6 +580,7 @@ async def finish_run(
 
     Raises:
         ValueError: when `status` is not terminal.
+        AttemptTakenOver: the attempt's start no longer holds the run.
     """
     if not status.is_terminal:
         raise ValueError(f"finish_run needs a terminal status, got {status.value!r}")
@@ -527,18 +595,23 @@ async def finish_run(
     fields["effects_pending"] = True
     update: dict[str, Any] = {"$set": fields}
     if attempt is not None:
-        update["$push"] = _push_attempt(attempt)
+        update["$push"] = _push_attempt(attempt.record)
     if request is not None:
         update["$setOnInsert"] = {**_request_fields(request), "attempt_count": 0}
-    applied, before = await _write_unless_terminal(db, run_id, update, upsert=request is not None)
+    token = attempt.token if attempt is not None else None
+    applied, before = await _write_unless_terminal(
+        db, run_id, update, upsert=request is not None, fence=_held_by(token)
+    )
+    if not applied:
+        _raise_if_taken_over(run_id, before, token)
     if not applied or (before is None and request is None):
         return None
-    if attempt is not None and attempt.number > MAX_ATTEMPT_HISTORY:
-        await _trim_attempts(db, run_id, attempt.number)
+    if attempt is not None and attempt.record.number > MAX_ATTEMPT_HISTORY:
+        await _trim_attempts(db, run_id, attempt.record.number)
     # The document after the write, built from the one before (saves a read per run).
     doc: dict[str, Any] = {**update.get("$setOnInsert", {}), **(before or {}), **fields, "_id": run_id}
     if attempt is not None:
-        doc["attempts"] = [*doc.get("attempts", []), _attempt_doc(attempt)][-MAX_ATTEMPT_HISTORY:]
+        doc["attempts"] = [*doc.get("attempts", []), _attempt_doc(attempt.record)][-MAX_ATTEMPT_HISTORY:]
     return RunRecord.model_validate(doc)
 
 
@@ -616,7 +689,7 @@ async def record_suspended(
     db: Database,
     run_id: str,
     status: RunStatus,
-    attempt: AttemptRecord,
+    attempt: EndedAttempt,
     *,
     wake_at: datetime | None,
     waiting_for: str | None = None,
@@ -626,10 +699,13 @@ async def record_suspended(
     The attempt count starts again from 0: a run's retry budget counts the attempts since
     its last sleep or wait, so a long workflow is not failed by its own sleeps. Returns
     False when the run was terminal already (canceled meanwhile).
+
+    Raises:
+        AttemptTakenOver: the attempt's start no longer holds the run.
     """
     if status not in (RunStatus.SLEEPING, RunStatus.WAITING):
         raise ValueError(f"record_suspended needs sleeping or waiting, got {status.value!r}")
-    applied, _ = await _write_unless_terminal(
+    applied, current = await _write_unless_terminal(
         db,
         run_id,
         {
@@ -641,10 +717,13 @@ async def record_suspended(
                 "heartbeat_at": None,
                 "updated_at": utcnow(),
             },
-            "$push": _push_attempt(attempt),
+            "$push": _push_attempt(attempt.record),
         },
         upsert=False,
+        fence=_held_by(attempt.token),
     )
+    if not applied:
+        _raise_if_taken_over(run_id, current, attempt.token)
     return applied
 
 

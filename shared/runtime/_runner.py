@@ -36,7 +36,7 @@ from shared.runtime._budgets import Budgets
 from shared.runtime._chain import publish_follow_ups
 from shared.runtime._context import JobContext, context_logger
 from shared.runtime._events import publish_alert, publish_dead_letter, publish_run_event
-from shared.runtime._heartbeat import Heartbeat, RunControl
+from shared.runtime._heartbeat import Heartbeat, RunControl, stop_task
 from shared.runtime._job import JobSpec
 from shared.runtime._metrics import RuntimeMetrics
 from shared.runtime._ratelimit import RateLimited, RateLimiter
@@ -161,7 +161,7 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
     if started.record.cancel_requested:
         outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
     else:
-        outcome = await run_attempt(rt, job, msg, parsed, attempt)
+        outcome = await run_attempt(rt, job, msg, parsed, attempt, started.token)
     decision = decide(outcome, attempt, job.policy.retry)
     await record_attempt(rt, job, request, attempt, outcome, decision, started)
     await settle(msg, decision)
@@ -173,7 +173,7 @@ async def end_without_running(
 ) -> Decision:
     """End the run with an outcome decided without running it (skipped, or its last worker died)."""
     decision = decide(outcome, attempt + 1, job.policy.retry)
-    await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=None)
+    await record_terminal(rt, job, request, outcome, decision, attempt=attempt, ended=None)
     await settle(msg, decision)
     return decision
 
@@ -286,7 +286,7 @@ def deferral(rt: Runtime, exc: QuotaExhausted) -> Outcome:
 async def defer(rt: Runtime, job: Bound, msg: Msg, request: JobRequest, outcome: Outcome) -> Decision:
     """Defer a run before it starts (its quota is spent): record it, put the request back until then."""
     decision = decide(outcome, 0, job.policy.retry)
-    if not await record_deferred(rt, job, request, outcome, decision, attempt_doc=None):
+    if not await record_deferred(rt, job, request, outcome, decision, ended=None):
         return await settle_already_finished(rt, job, msg, request)
     await settle(msg, decision)
     return decision
@@ -299,14 +299,14 @@ async def record_deferred(
     outcome: Outcome,
     decision: Decision,
     *,
-    attempt_doc: AttemptRecord | None,
+    ended: records.EndedAttempt | None,
 ) -> bool:
     """Record the run `deferred` (the reason and when it may go), count and log it; False when it was terminal."""
     until = outcome.defer_until or utcnow()
-    if not await records.record_deferred(rt.db, request, until=until, error=outcome.error or "", attempt=attempt_doc):
+    if not await records.record_deferred(rt.db, request, until=until, error=outcome.error or "", attempt=ended):
         return False
     rt.metrics.runs_deferred.labels(job=job.spec.name).inc()
-    _run_log(rt, job, request.run_id, attempt_doc.number if attempt_doc else 0).warning(
+    _run_log(rt, job, request.run_id, ended.record.number if ended else 0).warning(
         "run %s deferred: %s",
         request.run_id,
         outcome.error,
@@ -325,6 +325,8 @@ class Started:
     record: RunRecord
     #: The previous start was the last attempt and its worker died: fail, do not run.
     lost_last: bool
+    #: This delivery's start token: the attempt's writes are fenced by it (`AttemptTakenOver`).
+    token: str
 
 
 async def start(
@@ -343,6 +345,7 @@ async def start(
     # `cancels` is the truth; a cancel requested after this read is seen by the
     # attempt's first heartbeat or check point. Read first: its failure writes nothing.
     canceled = await records.cancel_requested(rt.db, request.run_id)
+    token = records.start_token(rt.worker_id, seq, delivery)
     previous: RunRecord | None = None
     try:
         previous, started = await records.start_attempt(
@@ -364,10 +367,10 @@ async def start(
         raise  # it wrote nothing: the worker settles the delivery by its kind
     except Exception as exc:
         if _may_have_written(exc):
-            await _take_back_start(rt, request.run_id, records.start_token(rt.worker_id, seq, delivery), previous)
+            await _take_back_start(rt, request.run_id, token, previous)
         raise
     lost_last = previous is not None and previous.attempt_count >= max_attempts
-    return Started(started.model_copy(update={"cancel_requested": canceled}), lost_last=lost_last)
+    return Started(started.model_copy(update={"cancel_requested": canceled}), lost_last=lost_last, token=token)
 
 
 def _may_have_written(exc: BaseException) -> bool:
@@ -398,11 +401,16 @@ async def _take_back_start(rt: Runtime, run_id: str, token: str, previous: RunRe
 # -- attempt ----------------------------------------------------------------------------
 
 
-async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt: int) -> Outcome:
-    """Run the handler once, with heartbeats, the per-attempt timeout and cancel."""
+async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt: int, token: str) -> Outcome:
+    """Run the handler once, with heartbeats, the per-attempt timeout and cancel.
+
+    Raises:
+        AttemptTakenOver: a heartbeat found another delivery holding the run; the
+            attempt was stopped and nothing of it is recorded.
+    """
     control = RunControl()
     request = parsed.request
-    async with Heartbeat(msg, rt.db, request.run_id, rt.settings.heartbeat_interval_s, control) as heartbeat:
+    async with Heartbeat(msg, rt.db, request.run_id, token, rt.settings.heartbeat_interval_s, control) as heartbeat:
         ctx = JobContext(
             request=request,
             attempt=attempt,
@@ -431,9 +439,13 @@ async def run_attempt(rt: Runtime, job: Bound, msg: Msg, parsed: Parsed, attempt
         finally:
             rt.controls.pop(request.run_id, None)
             if not task.done():  # timed out, or this worker is shutting down
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await stop_task(task, rt.settings.heartbeat_interval_s)
         await _count_provider_calls(rt, request.run_id, ctx.provider_calls)
+        if control.taken_over:
+            raise records.AttemptTakenOver(
+                f"run {request.run_id}: attempt {attempt} was taken over by another delivery while it ran "
+                "and was stopped; its outcome is not recorded"
+            )
         if not done:
             return Outcome(OutcomeKind.FAILED, error=f"the attempt timed out after {job.policy.timeout_s:g}s")
         return classify(rt, job.policy, task, control)
@@ -512,35 +524,42 @@ async def record_attempt(
     decision: Decision,
     started: Started,
 ) -> None:
-    """Write the outcome of an attempt that ran: retrying, or the run's terminal status."""
+    """Write the outcome of an attempt that ran: retrying, or the run's terminal status.
+
+    Every write is fenced by the attempt's start token (`AttemptTakenOver` when another
+    delivery took the run over meanwhile).
+    """
     rt.metrics.attempts.labels(job=job.spec.name, outcome=outcome.kind.value).inc()
-    attempt_doc = AttemptRecord(
-        number=attempt,
-        started_at=started.record.heartbeat_at or utcnow(),
-        ended_at=utcnow(),
-        outcome=outcome.kind.value,
-        error=outcome.error,
-        worker=rt.worker_id,
+    ended = records.EndedAttempt(
+        AttemptRecord(
+            number=attempt,
+            started_at=started.record.heartbeat_at or utcnow(),
+            ended_at=utcnow(),
+            outcome=outcome.kind.value,
+            error=outcome.error,
+            worker=rt.worker_id,
+        ),
+        started.token,
     )
     if decision.status is RunStatus.RETRYING:
-        await record_retry(rt, job, request.run_id, attempt_doc, decision)
+        await record_retry(rt, job, request.run_id, ended, decision)
     elif decision.status is RunStatus.DEFERRED:
-        await record_deferred(rt, job, request, outcome, decision, attempt_doc=attempt_doc)
+        await record_deferred(rt, job, request, outcome, decision, ended=ended)
     elif outcome.suspension is not None and not decision.is_terminal:
-        await suspend(rt.db, rt.js, rt.names, request, attempt_doc, outcome.suspension)
+        await suspend(rt.db, rt.js, rt.names, request, ended, outcome.suspension)
     else:
-        await record_terminal(rt, job, request, outcome, decision, attempt=attempt, attempt_doc=attempt_doc)
+        await record_terminal(rt, job, request, outcome, decision, attempt=attempt, ended=ended)
 
 
-async def record_retry(rt: Runtime, job: Bound, run_id: str, attempt: AttemptRecord, decision: Decision) -> None:
+async def record_retry(rt: Runtime, job: Bound, run_id: str, attempt: records.EndedAttempt, decision: Decision) -> None:
     """The attempt failed and another follows after the decision's delay."""
     delay = decision.delay_s or 0.0
     await records.record_retry(rt.db, run_id, attempt, utcnow() + timedelta(seconds=delay))
-    _run_log(rt, job, run_id, attempt.number).warning(
+    _run_log(rt, job, run_id, attempt.record.number).warning(
         "attempt %d failed, retrying in %.2fs: %s",
-        attempt.number,
+        attempt.record.number,
         delay,
-        attempt.error,
+        attempt.record.error,
         extra={"event": "run.retrying", "delay_s": round(delay, 3)},
     )
 
@@ -553,12 +572,13 @@ async def record_terminal(
     decision: Decision,
     *,
     attempt: int,
-    attempt_doc: AttemptRecord | None,
+    ended: records.EndedAttempt | None,
 ) -> RunRecord | None:
     """End the run with the decision's status; then its dead letter, event, metrics and alerts.
 
     Returns None (and publishes nothing) when the run was terminal already: a duplicate,
-    or the watchdog was first, owns the outcome.
+    or the watchdog was first, owns the outcome. The write is fenced by the start token
+    of the attempt that ended the run (`ended`).
     """
     # A failed run's reason says why it was dead-lettered, and `effects_pending` (set by
     # finish_run) that its once-only effects are not done, so a redelivery after a
@@ -570,7 +590,7 @@ async def record_terminal(
         error=outcome.error,
         summary=outcome.summary,
         reason=outcome.reason or decision.dead_letter,
-        attempt=attempt_doc,
+        attempt=ended,
         request=request,
     )
     if record is None:
@@ -683,7 +703,7 @@ async def reject_invalid(rt: Runtime, job: Bound, msg: Msg, invalid: Invalid, at
     outcome = Outcome(OutcomeKind.INVALID, error=invalid.error)
     decision = decide(outcome, attempt, job.policy.retry)
     if invalid.request is not None and not invalid.foreign:  # parsed, not runnable: a failed run, a dead letter
-        await record_terminal(rt, job, invalid.request, outcome, decision, attempt=attempt, attempt_doc=None)
+        await record_terminal(rt, job, invalid.request, outcome, decision, attempt=attempt, ended=None)
     else:  # no run of this job to record: only the dead letter, with the raw payload
         letter = dead_letter(job.spec.name, invalid.run_id, invalid.request, invalid.error, 0, "invalid", raw=msg.data)
         # A foreign request's run id belongs to another job's run: key its letter by message.
@@ -742,7 +762,7 @@ async def fail_unhandled(rt: Runtime, job: Bound, msg: Msg, outcome: Outcome) ->
     recorded = False
     if request is not None and not foreign:
         try:
-            ended = await record_terminal(rt, job, request, outcome, decision, attempt=0, attempt_doc=None)
+            ended = await record_terminal(rt, job, request, outcome, decision, attempt=0, ended=None)
             recorded = ended is not None
         except RecordedNotAnnounced as exc:
             if is_infrastructure_failure(exc.cause):

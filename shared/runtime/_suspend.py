@@ -33,7 +33,7 @@ from shared.runtime import _journal as journal
 from shared.runtime import _records as records
 from shared.runtime._events import publish_run_event
 from shared.runtime._steps import Suspension
-from shared.schemas import AttemptRecord, JobRequest, RunRecord, RunStatus, StepStatus, utcnow
+from shared.schemas import JobRequest, RunRecord, RunStatus, StepStatus, utcnow
 from shared.store import Database
 
 log = logging.getLogger("shared.runtime")
@@ -56,16 +56,22 @@ async def suspend(
     js: JetStreamContext,
     names: Names,
     request: JobRequest,
-    attempt: AttemptRecord,
+    attempt: records.EndedAttempt,
     suspension: Suspension,
 ) -> None:
     """Record the run `sleeping`/`waiting` and schedule its wake-up (if it has a time).
 
     The record comes first: a crash before the wake-up is scheduled leaves the message
-    unacked, and its redelivery suspends the run again and schedules the wake-up.
+    unacked, and its redelivery suspends the run again and schedules the wake-up. The
+    record is fenced by the attempt's start token (`AttemptTakenOver`).
     """
     recorded = await records.record_suspended(
-        db, request.run_id, suspension.status, attempt, wake_at=suspension.wake_at, waiting_for=suspension.waiting_for
+        db,
+        request.run_id,
+        suspension.status,
+        attempt,
+        wake_at=suspension.wake_at,
+        waiting_for=suspension.waiting_for,
     )
     if not recorded:
         return  # ended meanwhile (canceled): nothing to wake

@@ -53,7 +53,13 @@ from shared.runtime._heartbeat import hold_message
 from shared.runtime._job import JobSpec
 from shared.runtime._metrics import RuntimeMetrics
 from shared.runtime._ratelimit import RateLimiter
-from shared.runtime._records import RunHeldElsewhere, SupersededDelivery, SupersededRequest, run_lease_s
+from shared.runtime._records import (
+    AttemptTakenOver,
+    RunHeldElsewhere,
+    SupersededDelivery,
+    SupersededRequest,
+    run_lease_s,
+)
 from shared.runtime._retry import infrastructure_delay_s, is_infrastructure_failure, unhandled_outcome
 from shared.runtime._runner import Bound, RecordedNotAnnounced, Runtime, fail_unhandled, run_message
 from shared.settings import JobPolicy, Settings
@@ -251,7 +257,8 @@ class Worker:
 
         Store or NATS unreachable (before or after the run): nak'ed, and no attempt is
         counted (attempts are counted when an attempt starts). A delivery superseded by
-        a later one of its message (it outlived the ack wait) is left alone; a message
+        a later one of its message (it outlived the ack wait), or whose attempt was
+        taken over while it ran, is left alone; a message
         superseded by a later message of its run is acked; a run held by a live attempt
         elsewhere is nak'ed for one lease. Anything else is a bug:
         see `_on_unhandled`. Either way the runner's conditional writes make the repeat safe.
@@ -263,6 +270,9 @@ class Worker:
         if isinstance(exc, SupersededDelivery):
             # Settling would ack or nak the message the newer delivery holds.
             log.info("%s; it is left to that delivery", exc, extra={**extra, "event": "run.superseded"})
+            return
+        if isinstance(exc, AttemptTakenOver):  # the same: the delivery that took the run over settles it
+            log.warning("%s; the message is left to that delivery", exc, extra={**extra, "event": "run.taken_over"})
             return
         if isinstance(exc, SupersededRequest):
             log.info("%s; it is acked", exc, extra={**extra, "event": "run.superseded"})

@@ -388,6 +388,63 @@ async def test_a_redelivery_waits_while_another_attempt_heartbeats_and_takes_ove
     await worker.run_until_idle(timeout_s=20)
 
 
+async def test_an_attempt_taken_over_while_it_ran_stops_and_records_nothing(
+    settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """A worker whose attempt looked dead for longer than the lease (cut off from the store,
+    or its event loop stalled) finds at its next heartbeat that another delivery holds the
+    run: the attempt stops at once, records nothing and leaves the message to that delivery.
+    Here the other delivery's start is written into the record by the test; it never
+    beats, so the next redelivery takes the run over in turn and completes it.
+    Before: the old attempt ran on, wrote its outcome over the new attempt's run and acked."""
+    retry = RetryPolicy(max_attempts=3, initial_backoff_s=0.1, jitter=0)
+    calls: list[int] = []
+    interrupted: list[int] = []
+    release = asyncio.Event()
+
+    @job("overtaken", policy=policy(retry=retry))
+    async def overtaken(ctx: JobContext) -> dict[str, int]:
+        calls.append(ctx.attempt)
+        if ctx.attempt == 1:
+            try:
+                await release.wait()  # the stalled attempt
+            except asyncio.CancelledError:
+                interrupted.append(ctx.attempt)
+                raise
+        return {"attempt": ctx.attempt}
+
+    request = request_for("overtaken")
+    runs = db[Collections.RUNS]
+    worker = await start_worker([overtaken])
+    await publish_request(js, settings.names, request)
+
+    async def first_attempt_runs() -> bool:
+        return calls == [1]
+
+    await wait_for(first_attempt_runs, timeout_s=10, what="the first attempt to run")
+    other = "other-worker:1:2"
+    await runs.update_one(
+        {"_id": request.run_id},
+        {"$set": {"start_token": other, "worker": "other-worker", "heartbeat_at": utcnow()}},
+    )
+
+    async def stopped() -> bool:
+        return interrupted == [1]
+
+    try:
+        await wait_for(stopped, timeout_s=10, what="the taken-over attempt to stop")
+    finally:
+        release.set()
+    doc = await runs.find_one({"_id": request.run_id})
+    assert doc is not None
+    assert (doc["status"], doc["start_token"], doc["attempt_count"], doc.get("attempts")) == ("running", other, 1, None)
+
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=30, what="the run to complete")
+    assert (doc["status"], doc["attempt_count"], doc["summary"], calls) == ("completed", 2, {"attempt": 2}, [1, 2])
+    assert [a["outcome"] for a in doc["attempts"]] == ["lost", "succeeded"], doc
+    await worker.run_until_idle(timeout_s=20)
+
+
 async def test_a_store_error_counting_upstream_calls_loses_no_outcome(
     settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

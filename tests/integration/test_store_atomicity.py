@@ -22,7 +22,7 @@ import pytest
 from shared.names import Collections
 from shared.runtime import _records as records
 from shared.runtime._watchdog import time_out_dead_runs
-from shared.schemas import JobRequest, RunRecord, RunStatus, utcnow
+from shared.schemas import AttemptRecord, JobRequest, RunRecord, RunStatus, utcnow
 from shared.settings import Settings
 from shared.store import Database, make_client
 from tests.integration.test_runtime_support import request_for
@@ -264,6 +264,47 @@ async def test_a_start_while_another_attempt_heartbeats_waits_and_takes_over_onc
     assert previous.status is RunStatus.RUNNING
     assert started is not None
     assert (started.attempt_count, await _attempts(db, dead.run_id)) == (2, 2)
+
+
+async def test_a_taken_over_attempt_records_nothing_when_it_comes_back(writers: list[Database]) -> None:
+    """An attempt silent past the lease is taken over by a redelivery. When it comes back
+    (its worker was cut off, or its event loop stalled), every write of it is refused
+    (heartbeat, retry, suspension, deferral, outcome) and the new attempt's record stands.
+    Before: its outcome overwrote the run the new attempt was running."""
+    db = writers[0]
+    request = request_for("taken")
+    runs = db[Collections.RUNS]
+    await records.start_attempt(db, request, "stalled", seq=1, delivery=1, max_attempts=5, lease_s=LEASE_S)
+    silent = utcnow() - timedelta(seconds=2 * LEASE_S)
+    await runs.update_one({"_id": request.run_id}, {"$set": {"heartbeat_at": silent}})
+    await records.start_attempt(db, request, "fresh", seq=1, delivery=2, max_attempts=5, lease_s=LEASE_S)
+    old, new = records.start_token("stalled", 1, 1), records.start_token("fresh", 1, 2)
+    late = records.EndedAttempt(AttemptRecord(number=1, started_at=utcnow(), outcome="succeeded"), old)
+
+    with pytest.raises(records.AttemptTakenOver, match="taken over by fresh"):
+        await records.heartbeat(db, request.run_id, {"page": 9}, token=old)
+    with pytest.raises(records.AttemptTakenOver):
+        await records.record_retry(db, request.run_id, late, utcnow())
+    with pytest.raises(records.AttemptTakenOver):
+        await records.record_suspended(db, request.run_id, RunStatus.SLEEPING, late, wake_at=utcnow())
+    with pytest.raises(records.AttemptTakenOver):
+        await records.record_deferred(db, request, until=utcnow(), error="quota", attempt=late)
+    with pytest.raises(records.AttemptTakenOver):
+        await records.finish_run(db, request.run_id, RunStatus.COMPLETED, attempt=late, request=request)
+    doc = await runs.find_one({"_id": request.run_id})
+    assert doc is not None
+    assert (doc["status"], doc["start_token"], doc["worker"], doc["attempt_count"]) == ("running", new, "fresh", 2)
+    assert (doc.get("progress"), doc.get("attempts")) == (None, None), doc
+
+    # The new attempt's writes stand; once the run has ended, the old one's are plain no-ops.
+    assert await records.heartbeat(db, request.run_id, {"page": 1}, token=new) is False
+    fresh = records.EndedAttempt(AttemptRecord(number=2, started_at=utcnow(), outcome="succeeded"), new)
+    ended = await records.finish_run(db, request.run_id, RunStatus.COMPLETED, attempt=fresh, request=request)
+    assert ended is not None
+    assert (ended.status, [a.number for a in ended.attempts]) == (RunStatus.COMPLETED, [2])
+    assert await records.finish_run(db, request.run_id, RunStatus.FAILED, attempt=late, request=request) is None
+    assert await records.heartbeat(db, request.run_id, token=old) is False
+    assert await _status(db, request.run_id) == RunStatus.COMPLETED.value
 
 
 async def test_an_older_message_of_a_run_started_by_a_newer_one_is_superseded(writers: list[Database]) -> None:
