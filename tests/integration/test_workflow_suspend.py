@@ -193,12 +193,14 @@ async def test_cancel_of_a_sleeping_or_waiting_run_is_immediate_with_one_event(
     for request in (sleeper, waiter):
         doc = await support.wait_value(lambda r=request: terminal_run(db, r.run_id), timeout_s=5, what="canceled")  # type: ignore[misc]
         assert doc["status"] == "canceled"
-    assert await list_delayed(js, settings.names, "wf_idle") == []
-    steps = await read_steps(db, sleeper.run_id) + await read_steps(db, waiter.run_id)
-    assert [s.run_ended_at is not None for s in steps] == [True, True]
+    # The worker ends the record first, then drops the wake-up, ages the journal and
+    # publishes the event: the events say both cancels are done.
     events = await support.collect(js, settings.names.run_events_wildcard("wf_idle"), settings.names.events_stream, 2)
     assert sorted(json.loads(e)["run_id"] for e in events) == sorted([sleeper.run_id, waiter.run_id])
     assert {json.loads(e)["status"] for e in events} == {"canceled"}
+    assert await list_delayed(js, settings.names, "wf_idle") == []
+    steps = await read_steps(db, sleeper.run_id) + await read_steps(db, waiter.run_id)
+    assert [s.run_ended_at is not None for s in steps] == [True, True]
 
 
 async def test_cancel_during_a_step_stops_the_run_at_once(
