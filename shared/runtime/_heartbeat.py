@@ -103,9 +103,8 @@ class Heartbeat:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.beat(force=True)
-            except records.AttemptTakenOver as exc:
-                log.warning("%s", exc, extra={"event": "run.taken_over", "run_id": self._run_id})
-                return
+            except records.AttemptTakenOver:
+                return  # the attempt is interrupted; the worker logs the takeover once
             except Exception as exc:  # a missed beat is survivable; the next one may work
                 log.warning(
                     "heartbeat of %s failed: %s",

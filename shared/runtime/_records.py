@@ -183,6 +183,7 @@ async def _write_unless_terminal(
     upsert: bool,
     likely_new: bool = False,
     fence: Document | None = None,
+    held_by: str | None = None,
 ) -> tuple[bool, dict[str, Any] | None]:
     """Apply `update` unless the run is terminal; return (applied, document before).
 
@@ -191,14 +192,18 @@ async def _write_unless_terminal(
     means the record exists but is terminal (the filter did not match), or was created
     by a concurrent writer in between (then the write is tried again). `likely_new`
     tries a plain insert first. `fence` narrows the filter further (the start's
-    delivery fence, or an attempt's start token: `_held_by`).
+    delivery fence); `held_by` is the start token of the attempt writing (`EndedAttempt`).
 
     Returns:
         (True, before) when applied (`before` is None for a record just created);
         (False, current) when the run is terminal, has no record and `upsert` is false,
         or the fence did not match.
+
+    Raises:
+        AttemptTakenOver: `held_by` no longer holds the run (another delivery took it over).
     """
     runs = db[Collections.RUNS]
+    fence = {**(fence or {}), **_held_by(held_by)}
     if upsert and likely_new:
         try:
             await runs.insert_one(_as_new_document(run_id, update))
@@ -208,7 +213,7 @@ async def _write_unless_terminal(
     for _ in range(_WRITE_TRIES):
         try:
             before = await runs.find_one_and_update(
-                {"_id": run_id, **_NOT_TERMINAL, **(fence or {})},
+                {"_id": run_id, **_NOT_TERMINAL, **fence},
                 update,
                 upsert=upsert,
                 return_document=ReturnDocument.BEFORE,
@@ -222,6 +227,7 @@ async def _write_unless_terminal(
         if current is None and not upsert:
             return False, None
         if _is_terminal(current) or (fence and current is not None and not await _matches(runs, run_id, fence)):
+            _raise_if_taken_over(run_id, current, held_by)
             return False, current
         # Created (or un-deleted) between the write and the read: write again.
     raise RuntimeError(f"run {run_id!r} kept changing while recording it; try again")
@@ -478,7 +484,7 @@ async def record_retry(db: Database, run_id: str, attempt: EndedAttempt, next_at
     Raises:
         AttemptTakenOver: the attempt's start no longer holds the run.
     """
-    applied, current = await _write_unless_terminal(
+    applied, _ = await _write_unless_terminal(
         db,
         run_id,
         {
@@ -491,11 +497,9 @@ async def record_retry(db: Database, run_id: str, attempt: EndedAttempt, next_at
             "$push": _push_attempt(attempt.record),
         },
         upsert=False,
-        fence=_held_by(attempt.token),
+        held_by=attempt.token,
     )
-    if not applied:
-        _raise_if_taken_over(run_id, current, attempt.token)
-    elif attempt.record.number > MAX_ATTEMPT_HISTORY:
+    if applied and attempt.record.number > MAX_ATTEMPT_HISTORY:
         await _trim_attempts(db, run_id, attempt.record.number)
 
 
@@ -532,10 +536,8 @@ async def record_deferred(
         update["$push"] = _push_attempt(attempt.record)
         update["$inc"] = {"attempt_count": -1}
         del update["$setOnInsert"]["attempt_count"]
-    token = attempt.token if attempt is not None else None
-    applied, current = await _write_unless_terminal(db, request.run_id, update, upsert=True, fence=_held_by(token))
-    if not applied:
-        _raise_if_taken_over(request.run_id, current, token)
+    held_by = attempt.token if attempt is not None else None
+    applied, _ = await _write_unless_terminal(db, request.run_id, update, upsert=True, held_by=held_by)
     return applied
 
 
@@ -598,12 +600,8 @@ async def finish_run(
         update["$push"] = _push_attempt(attempt.record)
     if request is not None:
         update["$setOnInsert"] = {**_request_fields(request), "attempt_count": 0}
-    token = attempt.token if attempt is not None else None
-    applied, before = await _write_unless_terminal(
-        db, run_id, update, upsert=request is not None, fence=_held_by(token)
-    )
-    if not applied:
-        _raise_if_taken_over(run_id, before, token)
+    held_by = attempt.token if attempt is not None else None
+    applied, before = await _write_unless_terminal(db, run_id, update, upsert=request is not None, held_by=held_by)
     if not applied or (before is None and request is None):
         return None
     if attempt is not None and attempt.record.number > MAX_ATTEMPT_HISTORY:
@@ -705,7 +703,7 @@ async def record_suspended(
     """
     if status not in (RunStatus.SLEEPING, RunStatus.WAITING):
         raise ValueError(f"record_suspended needs sleeping or waiting, got {status.value!r}")
-    applied, current = await _write_unless_terminal(
+    applied, _ = await _write_unless_terminal(
         db,
         run_id,
         {
@@ -720,10 +718,8 @@ async def record_suspended(
             "$push": _push_attempt(attempt.record),
         },
         upsert=False,
-        fence=_held_by(attempt.token),
+        held_by=attempt.token,
     )
-    if not applied:
-        _raise_if_taken_over(run_id, current, attempt.token)
     return applied
 
 

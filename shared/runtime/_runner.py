@@ -762,8 +762,8 @@ async def fail_unhandled(rt: Runtime, job: Bound, msg: Msg, outcome: Outcome) ->
     recorded = False
     if request is not None and not foreign:
         try:
-            ended = await record_terminal(rt, job, request, outcome, decision, attempt=0, ended=None)
-            recorded = ended is not None
+            record = await record_terminal(rt, job, request, outcome, decision, attempt=0, ended=None)
+            recorded = record is not None
         except RecordedNotAnnounced as exc:
             if is_infrastructure_failure(exc.cause):
                 raise  # put back: the redelivery announces the failed run
