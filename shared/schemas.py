@@ -220,6 +220,9 @@ class RunRecord(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     attempts: list[AttemptRecord] = Field(default_factory=list)
     attempt_count: int = 0
+    #: Attempts that the store or NATS failed under and that ran again without counting
+    #: (`PULSE_MAX_INTERRUPTIONS` of them per run; see docs/guarantees.md).
+    interruptions: int = 0
     started_at: datetime | None = None
     heartbeat_at: datetime | None = None
     ended_at: datetime | None = None

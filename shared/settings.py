@@ -404,6 +404,16 @@ class Settings(BaseSettings):
         ge=1,
         description="deliveries of one request whose handling raised an unexpected error before its run is failed",
     )
+    # A leader election or a store failover fails whatever the handler was doing at the
+    # time; such an attempt runs again without counting. The bound stops a failure that
+    # only looks like an outage (a query that always outlives its deadline) from looping:
+    # past it, the failure counts as a failed attempt and the job's retry policy decides.
+    max_interruptions: int = Field(
+        10,
+        ge=0,
+        description="attempts of one run that the store or NATS may fail under and that run again "
+        "without counting; past it such a failure counts as a failed attempt",
+    )
     # The replaced system's step defaults: first backoff 250 ms, factor 2, given up after
     # the 4th failure, with jitter; all inside one attempt.
     step_retry: RetryPolicy = Field(

@@ -263,6 +263,7 @@ async def run_page(page: Page) -> Response:
             ("waiting for signal", record.waiting_for if record.status is RunStatus.WAITING else None),
             ("wakes at", record.wake_at if record.status in (RunStatus.SLEEPING, RunStatus.WAITING) else None),
             ("reason", record.reason),
+            ("interrupted", _interrupted_text(record.interruptions)),
         )
         if value
     ]
@@ -276,6 +277,14 @@ async def run_page(page: Page) -> Response:
         summary_json=json.dumps(record.summary, indent=2, default=str) if record.summary else "",
         live_url=live,
     )  # fmt: skip
+
+
+def _interrupted_text(interruptions: int) -> str | None:
+    """What a run's `interruptions` mean, or None when it had none."""
+    if not interruptions:
+        return None
+    times = "once" if interruptions == 1 else f"{interruptions} times"
+    return f"{times} by the store or NATS (run again without counting an attempt)"
 
 
 # -- schedules -----------------------------------------------------------------------------

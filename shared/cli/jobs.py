@@ -161,6 +161,8 @@ def ended_text(record: RunRecord) -> str:
     how = f"after {attempts} attempt(s)" if attempts else "without running (the request was refused)"
     duration = record.duration_ms
     took = f" in {human_seconds(duration / 1000)}" if duration is not None else ""
+    if record.interruptions:
+        how += f" ({record.interruptions} more interrupted by the store or NATS, not counted)"
     summary = f": {key_values(record.summary)}" if record.summary else ""
     return f"{record.run_id} ended {record.status.value}{took} {how}{summary}"
 

@@ -415,23 +415,39 @@ def start_token(worker: str, seq: int, delivery: int) -> str:
     return f"{worker}:{seq}:{delivery}"
 
 
-async def void_start(db: Database, run_id: str, token: str, previous: RunRecord | None) -> bool:
-    """Take back the start `token` of an attempt that never began; True if one was taken back.
+async def void_start(
+    db: Database, run_id: str, token: str, previous: RunRecord | None, *, interrupted: bool = False
+) -> bool:
+    """Take back the start `token` of an attempt that must not count; True if one was taken back.
 
     Called when the start failed after its write may have applied (a timeout, a reply
-    lost in a cut) or before the handler began: the delivery is put back, and the
-    attempt it counted must not stand. Conditional on the token, so it undoes exactly
-    this delivery's start and nothing written since. The status goes back to what it
-    was when that is known (`previous`), otherwise to `retrying` (the run waits for its
-    next delivery).
+    lost in a cut) or before the handler began, and (`interrupted`) when the store or
+    NATS failed under the handler: the delivery is put back, and the attempt it counted
+    must not stand. An interrupted attempt is counted in `interruptions` instead (the
+    runtime bounds them). Conditional on the token, so it undoes exactly this delivery's
+    start and nothing written since. The status goes back to what it was when that is
+    known (`previous`), otherwise to `retrying` (the run waits for its next delivery).
+
+    Returns False when there was nothing to take back (the run ended meanwhile, or
+    the start never applied).
+
+    Raises:
+        AttemptTakenOver: (`interrupted` only: that start surely applied) another delivery
+            holds the run now; its message is not ours to put back.
     """
     status = previous.status if previous is not None else RunStatus.RETRYING
-    return await _update_if(
+    counts: dict[str, int] = {"attempt_count": -1, **({"interruptions": 1} if interrupted else {})}
+    voided = await _update_if(
         db,
         run_id,
         {"start_token": token, "status": RunStatus.RUNNING.value},
-        {"$inc": {"attempt_count": -1}, "$set": {"status": status.value, "start_token": None, "updated_at": utcnow()}},
+        {"$inc": counts, "$set": {"status": status.value, "start_token": None, "updated_at": utcnow()}},
     )
+    if not voided and interrupted:  # rare: read why
+        current = await db[Collections.RUNS].find_one({"_id": run_id}, {"status": 1, "start_token": 1, "worker": 1})
+        if current is not None and current.get("start_token") is not None:
+            _raise_if_taken_over(run_id, current, token)
+    return voided
 
 
 async def record_lost_attempt(db: Database, run_id: str, number: int, worker: str | None) -> None:

@@ -19,7 +19,12 @@ an attempt either, but it is bounded: after `unhandled_error_deliveries` such de
 Infrastructure failures are not attempts: when the store or NATS cannot be reached
 while a delivery is handled (`is_infrastructure_failure`), the message is nak'ed with a
 bounded backoff (`infrastructure_delay_s`) and no attempt is counted, since attempts
-are counted in the run record when an attempt starts.
+are counted in the run record when an attempt starts. That holds inside the handler
+too: an attempt the store or NATS failed under (`interrupted_by_infrastructure`, a
+leader election, a failover) is taken back and runs again, up to
+`Settings.max_interruptions` times per run (`interruption_is_free`); past that the
+failure counts as a failed attempt, so a failure that only looks like an outage (a
+query that always outlives its deadline) cannot loop forever.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import nats.errors
 import nats.js.errors
 from pymongo.errors import AutoReconnect, ExecutionTimeout, PyMongoError, ServerSelectionTimeoutError
 
-from shared.errors import Unreachable
+from shared.errors import BusUnavailable, StepFailed, StoreUnavailable, Unreachable
 from shared.runtime._steps import Suspension
 from shared.schemas import RunRecord, RunStatus
 from shared.settings import RetryPolicy
@@ -79,6 +84,8 @@ class Outcome:
     suspension: Suspension | None = None
     #: A deferred run: when it may go (the quota's reset).
     defer_until: datetime | None = None
+    #: A failure of the store or NATS under the handler, not of the job's own work.
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,8 @@ _BUS_FAILURES: tuple[type[BaseException], ...] = (
     nats.errors.OutboundBufferLimitError,
     nats.errors.StaleConnectionError,
     nats.js.errors.ServiceUnavailableError,
+    # A JetStream publish no stream answered: the stream has no leader (an election).
+    nats.js.errors.NoStreamResponseError,
 )
 #: PyMongo errors that mean the store is unreachable or too slow.
 _STORE_FAILURES: tuple[type[BaseException], ...] = (AutoReconnect, ServerSelectionTimeoutError, ExecutionTimeout)
@@ -196,6 +205,30 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
     if isinstance(exc, (Unreachable, *_BUS_FAILURES, *_STORE_FAILURES, TimeoutError)):
         return True
     return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
+
+
+def interrupted_by_infrastructure(exc: BaseException) -> bool:
+    """True when a handler's exception is the store or NATS failing under it, not the job's own work.
+
+    Narrower than `is_infrastructure_failure`: a bare `TimeoutError` inside a handler is
+    the job's own deadline (a provider call under `asyncio.timeout`), so it is a failed
+    attempt. A workflow step that ran out of tries on such a failure (`StepFailed`) was
+    interrupted too.
+    """
+    if isinstance(exc, StepFailed) and exc.__cause__ is not None:
+        return interrupted_by_infrastructure(exc.__cause__)
+    if isinstance(exc, (StoreUnavailable, BusUnavailable, *_BUS_FAILURES, *_STORE_FAILURES)):
+        return True
+    return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
+
+
+def interruption_is_free(outcome: Outcome, interruptions: int, limit: int) -> bool:
+    """True when an interrupted attempt is taken back and runs again without counting.
+
+    `interruptions` is how many the run already had (its record); `limit` is
+    `Settings.max_interruptions`.
+    """
+    return outcome.interrupted and interruptions < limit
 
 
 def infrastructure_delay_s(delivery: int, cap_s: float) -> float:

@@ -23,7 +23,15 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import ServerSelectionTimeoutError
 
 from shared.delayed import SCHEDULER_HEADER
-from shared.errors import InvalidRequest, PermanentError, QuotaExhausted, RetryableError, RunCanceled, bounded
+from shared.errors import (
+    InvalidRequest,
+    PermanentError,
+    QuotaExhausted,
+    RetryableError,
+    RunCanceled,
+    Unreachable,
+    bounded,
+)
 from shared.jobargs import args_problem
 from shared.logs import bind, run_context
 from shared.names import Names
@@ -47,6 +55,8 @@ from shared.runtime._retry import (
     OutcomeKind,
     Settle,
     decide,
+    interrupted_by_infrastructure,
+    interruption_is_free,
     is_infrastructure_failure,
     past_last_attempt,
     was_dead_lettered,
@@ -72,6 +82,14 @@ from shared.store import Database, store_errors
 log = logging.getLogger("shared.runtime")
 
 _RAW_LIMIT = 65536
+
+
+class AttemptInterrupted(Unreachable):
+    """The store or NATS failed under the handler: the attempt is taken back, and the delivery put back.
+
+    An `Unreachable`, so the worker puts the delivery back with the infrastructure delay
+    and counts no attempt (`Settings.max_interruptions` bounds how often per run).
+    """
 
 
 class RecordedNotAnnounced(Exception):
@@ -162,6 +180,8 @@ async def run_message(rt: Runtime, job: Bound, msg: Msg) -> Decision:
         outcome = Outcome(OutcomeKind.CANCELED, error="canceled before it started")
     else:
         outcome = await run_attempt(rt, job, msg, parsed, attempt, started.token)
+    if interruption_is_free(outcome, started.record.interruptions, rt.settings.max_interruptions):
+        await take_back_interrupted(rt, job, request, attempt, outcome, started)
     decision = decide(outcome, attempt, job.policy.retry)
     await record_attempt(rt, job, request, attempt, outcome, decision, started)
     await settle(msg, decision)
@@ -382,10 +402,14 @@ def _may_have_written(exc: BaseException) -> bool:
     return True
 
 
-async def _take_back_start(rt: Runtime, run_id: str, token: str, previous: RunRecord | None) -> None:
+async def _take_back_start(
+    rt: Runtime, run_id: str, token: str, previous: RunRecord | None, *, interrupted: bool = False
+) -> None:
     """Void this delivery's start after a failure; if the store cannot be reached for that either, say so."""
     try:
-        await records.void_start(rt.db, run_id, token, previous)
+        await records.void_start(rt.db, run_id, token, previous, interrupted=interrupted)
+    except records.AttemptTakenOver:
+        raise  # the delivery that holds the run settles its message
     except Exception as exc:
         # Rare (the store failed twice in a row): the next delivery finds the run
         # `running`, records a lost attempt and counts it; at most one per delivery.
@@ -503,6 +527,8 @@ def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: R
         if policy.on_rate_limited == "skip":
             return Outcome(OutcomeKind.SKIPPED, reason="rate_limited", error=error)
         return Outcome(OutcomeKind.FAILED, error=error, delay_s=exc.retry_in_s)
+    if interrupted_by_infrastructure(exc):
+        return Outcome(OutcomeKind.FAILED, error=error, interrupted=True)
     if isinstance(exc, PermanentError):
         return Outcome(OutcomeKind.PERMANENT, error=error)
     if isinstance(exc, InvalidRequest):
@@ -510,6 +536,28 @@ def classify(rt: Runtime, policy: JobPolicy, task: asyncio.Task[Any], control: R
     if isinstance(exc, RetryableError):
         return Outcome(OutcomeKind.FAILED, error=error, delay_s=exc.delay_s)
     return Outcome(OutcomeKind.FAILED, error=error)
+
+
+async def take_back_interrupted(
+    rt: Runtime, job: Bound, request: JobRequest, attempt: int, outcome: Outcome, started: Started
+) -> None:
+    """Take back an attempt the store or NATS failed under, and raise to put its delivery back.
+
+    The attempt is not counted (its start is voided, `interruptions` counted instead)
+    and nothing else of it is recorded: it runs again on the next delivery with the same
+    attempt number. If the store cannot take the start back either (it is the store that
+    is away), the next delivery finds the run `running` and counts it as one lost attempt.
+
+    Raises:
+        AttemptInterrupted: always; the worker nak's the delivery with the infrastructure delay.
+    """
+    rt.metrics.attempts.labels(job=job.spec.name, outcome="interrupted").inc()
+    await _take_back_start(rt, request.run_id, started.token, None, interrupted=True)
+    raise AttemptInterrupted(
+        f"attempt {attempt} of run {request.run_id} was interrupted by the store or NATS and will run "
+        f"again without counting ({started.record.interruptions + 1} of {rt.settings.max_interruptions} "
+        f"such interruptions per run): {outcome.error}"
+    )
 
 
 # -- record -----------------------------------------------------------------------------

@@ -14,9 +14,10 @@ import httpx
 import pytest
 from nats.js import JetStreamContext
 
+from shared.cli.jobs import ended_text
 from shared.names import Collections
 from shared.readmodel.schedules import read_override
-from shared.schemas import DeadLetter, JobRequest, Trigger, utcnow
+from shared.schemas import DeadLetter, JobRequest, RunRecord, RunStatus, Trigger, utcnow
 from shared.settings import Settings
 from shared.store import Database
 from tests.dashboard.support import csrf_of, sign_in
@@ -75,6 +76,22 @@ async def test_unknown_pages_and_runs_are_404(client: httpx.AsyncClient) -> None
     answer = await client.get("/runs/stats:manual:missing")
     assert answer.status_code == 404
     assert "no run 'stats:manual:missing' is recorded" in error_line(answer.text)
+
+
+async def test_the_run_page_says_how_often_the_store_or_nats_interrupted_the_run(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    record = RunRecord(
+        _id="stats:manual:bumpy", job="stats", trigger=Trigger.MANUAL, status=RunStatus.COMPLETED, attempt_count=1
+    )
+    calm = record.model_copy(update={"run_id": "stats:manual:calm"})
+    for run in (record.model_copy(update={"interruptions": 3}), calm):
+        await db[Collections.RUNS].insert_one(run.model_dump(by_alias=True))
+    bumpy = (await client.get("/runs/stats:manual:bumpy")).text
+    assert "3 times by the store or NATS (run again without counting an attempt)" in bumpy
+    assert "by the store or NATS" not in (await client.get("/runs/stats:manual:calm")).text
+    ended = ended_text(record.model_copy(update={"interruptions": 3}))
+    assert ended.endswith("after 1 attempt(s) (3 more interrupted by the store or NATS, not counted)")
 
 
 @pytest.mark.parametrize("seq", ["%C2%B2", "x", "0"])  # "²" passes isdigit() but not int()

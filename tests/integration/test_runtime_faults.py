@@ -25,9 +25,9 @@ from shared.requests import publish_request
 from shared.runtime import JobContext, job
 from shared.runtime import _records as records
 from shared.runtime._monitor import failure_streak
-from shared.schemas import DeadLetter, utcnow
+from shared.schemas import DeadLetter, Trigger, new_run_id, utcnow
 from shared.settings import RetryPolicy, Settings
-from shared.store import Database
+from shared.store import Database, store_deadline
 from tests.helpers import wait_for
 from tests.integration.test_runtime_support import (
     WorkerFactory,
@@ -467,4 +467,69 @@ async def test_a_store_error_counting_upstream_calls_loses_no_outcome(
     await publish_request(js, settings.names, request)
     doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=30, what="the run to complete")
     assert (doc["status"], doc["attempt_count"], calls) == ("completed", 1, [1]), doc
+    await worker.run_until_idle(timeout_s=20)
+
+
+@pytest.mark.parametrize("failing", ["nats", "store"])
+async def test_the_store_or_nats_failing_under_a_handler_spends_no_attempt(
+    failing: str, settings: Settings, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """Before: a NATS timeout inside a handler (a JetStream leader election) was a failed
+    attempt, and three of them dead-lettered a whale_sync run in a cluster test."""
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0)
+    calls: list[int] = []
+
+    @job("interrupted", policy=policy(retry=retry))
+    async def interrupted(ctx: JobContext) -> dict[str, int]:
+        calls.append(ctx.attempt)
+        if len(calls) <= 3:  # an outage under the first three deliveries, real errors of real servers
+            if failing == "nats":
+                await ctx.nats.request(f"nobody.listens.{new_run_id('x', Trigger.MANUAL)}", b"", timeout=1)
+            else:
+                with store_deadline(0.000001, "job interrupted"):
+                    await ctx.db[Collections.RUNS].find_one({"_id": ctx.run_id})
+        return {"attempt": ctx.attempt}
+
+    worker = await start_worker([interrupted])
+    request = request_for("interrupted")
+    await publish_request(js, settings.names, request)
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=30, what="the run to complete")
+    assert (doc["status"], doc["attempt_count"], doc["interruptions"]) == ("completed", 1, 3), doc
+    assert [a["outcome"] for a in doc["attempts"]] == ["succeeded"], doc
+    assert calls == [1, 1, 1, 1]  # the same attempt ran again each time
+    assert worker.metrics.deferred.labels(job="interrupted")._value.get() == 3
+    assert worker.metrics.attempts.labels(job="interrupted", outcome="interrupted")._value.get() == 3
+    assert await failure_streak(db, "interrupted", 10) == []
+    await worker.run_until_idle(timeout_s=20)
+
+
+async def test_a_failure_that_only_looks_like_an_outage_ends_with_a_dead_letter(
+    make_settings: Any, js: JetStreamContext, db: Database, start_worker: WorkerFactory
+) -> None:
+    """A handler that always meets 'no responders' (a subject nobody serves) is not run forever:
+    past PULSE_MAX_INTERRUPTIONS its failures count, and the retry policy ends the run."""
+    bounded_settings: Settings = make_settings(max_interruptions=2)
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.1, jitter=0)
+    calls: list[int] = []
+
+    @job("never_served", policy=policy(retry=retry))
+    async def never_served(ctx: JobContext) -> None:
+        calls.append(ctx.attempt)
+        await ctx.nats.request("nobody.ever.listens", b"", timeout=1)
+
+    worker = await start_worker([never_served], bounded_settings)
+    request = request_for("never_served")
+    await publish_request(js, bounded_settings.names, request)
+    doc = await wait_value(lambda: terminal_run(db, request.run_id), timeout_s=30, what="the run to fail")
+    assert (doc["status"], doc["reason"], doc["attempt_count"], doc["interruptions"]) == (
+        "failed",
+        "exhausted",
+        2,
+        2,
+    ), doc
+    assert "NoRespondersError" in doc["error"], doc
+    assert calls == [1, 1, 1, 2]  # two free interruptions, then attempts 1 and 2
+    names = bounded_settings.names
+    letters = await collect(js, names.dlq_subject("never_served"), names.dlq_stream, 1)
+    assert json.loads(letters[0])["reason"] == "exhausted"
     await worker.run_until_idle(timeout_s=20)

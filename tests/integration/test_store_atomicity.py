@@ -291,10 +291,12 @@ async def test_a_taken_over_attempt_records_nothing_when_it_comes_back(writers: 
         await records.record_deferred(db, request, until=utcnow(), error="quota", attempt=late)
     with pytest.raises(records.AttemptTakenOver):
         await records.finish_run(db, request.run_id, RunStatus.COMPLETED, attempt=late, request=request)
+    with pytest.raises(records.AttemptTakenOver):  # its handler met NATS or store errors on the way back
+        await records.void_start(db, request.run_id, old, None, interrupted=True)
     doc = await runs.find_one({"_id": request.run_id})
     assert doc is not None
     assert (doc["status"], doc["start_token"], doc["worker"], doc["attempt_count"]) == ("running", new, "fresh", 2)
-    assert (doc.get("progress"), doc.get("attempts")) == (None, None), doc
+    assert (doc.get("progress"), doc.get("attempts"), doc.get("interruptions")) == (None, None, None), doc
 
     # The new attempt's writes stand; once the run has ended, the old one's are plain no-ops.
     assert await records.heartbeat(db, request.run_id, {"page": 1}, token=new) is False
@@ -304,6 +306,7 @@ async def test_a_taken_over_attempt_records_nothing_when_it_comes_back(writers: 
     assert (ended.status, [a.number for a in ended.attempts]) == (RunStatus.COMPLETED, [2])
     assert await records.finish_run(db, request.run_id, RunStatus.FAILED, attempt=late, request=request) is None
     assert await records.heartbeat(db, request.run_id, token=old) is False
+    assert await records.void_start(db, request.run_id, old, None, interrupted=True) is False
     assert await _status(db, request.run_id) == RunStatus.COMPLETED.value
 
 

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import random
 
+import nats.errors
+import nats.js.errors
 import pytest
+from pymongo.errors import AutoReconnect, DuplicateKeyError, NetworkTimeout, OperationFailure
 
-from shared.runtime._retry import Outcome, OutcomeKind, Settle, decide, unhandled_outcome
+from shared.errors import (
+    BusUnavailable,
+    PermanentError,
+    ProviderUnavailable,
+    StepFailed,
+    StoreUnavailable,
+)
+from shared.runtime._retry import (
+    Outcome,
+    OutcomeKind,
+    Settle,
+    decide,
+    interrupted_by_infrastructure,
+    interruption_is_free,
+    unhandled_outcome,
+)
 from shared.schemas import RunStatus
 from shared.settings import RetryPolicy
 
@@ -90,3 +108,57 @@ def test_an_unexpected_error_ends_the_run_at_the_set_delivery_with_a_dead_letter
     assert outcome.error.endswith("RuntimeError: bug")
     decision = decide(outcome, 0, POLICY)
     assert (decision.settle, decision.status, decision.dead_letter) == (Settle.TERM, RunStatus.FAILED, "permanent")
+
+
+def _step_failed_by(cause: BaseException) -> StepFailed:
+    try:
+        raise StepFailed("step 'fetch' failed after 4 tries") from cause
+    except StepFailed as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        nats.errors.TimeoutError(),
+        nats.errors.NoRespondersError(),
+        nats.errors.ConnectionClosedError(),
+        nats.js.errors.NoStreamResponseError(),  # a publish during a leader election
+        BusUnavailable("NATS could not be reached"),
+        StoreUnavailable("the store did not answer within its deadline"),
+        AutoReconnect("connection reset"),
+        NetworkTimeout("timed out"),
+        _step_failed_by(nats.errors.TimeoutError()),
+    ],
+    ids=repr,
+)
+def test_the_store_or_nats_failing_under_a_handler_interrupts_the_attempt(exc: BaseException) -> None:
+    assert interrupted_by_infrastructure(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TimeoutError(),  # the job's own deadline (asyncio.timeout around a provider call)
+        ProviderUnavailable("gamma answered 503"),
+        PermanentError("no such market"),
+        DuplicateKeyError("E11000"),  # an answer of the store, not its silence
+        OperationFailure("bad query"),
+        RuntimeError("a bug"),
+        _step_failed_by(ProviderUnavailable("gamma answered 503")),
+    ],
+    ids=repr,
+)
+def test_the_jobs_own_failures_are_failed_attempts(exc: BaseException) -> None:
+    assert not interrupted_by_infrastructure(exc)
+
+
+def test_an_interruption_is_free_up_to_the_limit_then_counts() -> None:
+    interrupted = Outcome(OutcomeKind.FAILED, error="TimeoutError: nats: timeout", interrupted=True)
+    assert interruption_is_free(interrupted, 0, 3)
+    assert interruption_is_free(interrupted, 2, 3)
+    assert not interruption_is_free(interrupted, 3, 3)  # then an ordinary failed attempt
+    assert not interruption_is_free(interrupted, 0, 0)  # PULSE_MAX_INTERRUPTIONS=0 turns it off
+    assert not interruption_is_free(Outcome(OutcomeKind.FAILED, error="ValueError: x"), 0, 3)
+    # Past the limit the policy decides as for any failure: here, the last attempt dead-letters.
+    assert decide(interrupted, POLICY.max_attempts, POLICY).dead_letter == "exhausted"
