@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 from pymongo import AsyncMongoClient  # noqa: E402
 
 from bench.stores import MACHINE_NOTE, add_store_option, local_store, store_kinds  # noqa: E402
+from shared.schemas import TERMINAL_STATUSES  # noqa: E402
 
-NOT_TERMINAL = {"status": {"$nin": ["completed", "failed", "canceled", "skipped", "timed_out"]}}
+NOT_TERMINAL = {"status": {"$nin": sorted(status.value for status in TERMINAL_STATUSES)}}  # as _records writes it
 SET = {"$set": {"heartbeat_at": 1}}
 
 Write = Callable[[Any, str], Awaitable[Any]]

@@ -445,8 +445,7 @@ async def void_start(
     )
     if not voided and interrupted:  # rare: read why
         current = await db[Collections.RUNS].find_one({"_id": run_id}, {"status": 1, "start_token": 1, "worker": 1})
-        if current is not None and current.get("start_token") is not None:
-            _raise_if_taken_over(run_id, current, token)
+        _raise_if_taken_over(run_id, current, token)
     return voided
 
 

@@ -196,15 +196,24 @@ _BUS_FAILURES: tuple[type[BaseException], ...] = (
 _STORE_FAILURES: tuple[type[BaseException], ...] = (AutoReconnect, ServerSelectionTimeoutError, ExecutionTimeout)
 
 
-def is_infrastructure_failure(exc: BaseException) -> bool:
-    """True when `exc` says the store or NATS is unreachable or timed out (not the request's fault).
+def _bus_or_store_failure(exc: BaseException) -> bool:
+    """True when `exc` is NATS or the store failing (as our errors, or as their clients raise them).
 
     `AutoReconnect` covers `NetworkTimeout` and `ConnectionFailure`'s network cases; any
     `PyMongoError` whose `timeout` is true (a client-side operation deadline) counts too.
     """
-    if isinstance(exc, (Unreachable, *_BUS_FAILURES, *_STORE_FAILURES, TimeoutError)):
+    if isinstance(exc, (StoreUnavailable, BusUnavailable, *_BUS_FAILURES, *_STORE_FAILURES)):
         return True
     return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
+
+
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """True when `exc` says the store or NATS is unreachable or timed out (not the request's fault).
+
+    Raised by the runtime itself while it handles a delivery, so any `Unreachable` and any
+    `TimeoutError` count too.
+    """
+    return isinstance(exc, (Unreachable, TimeoutError)) or _bus_or_store_failure(exc)
 
 
 def interrupted_by_infrastructure(exc: BaseException) -> bool:
@@ -217,9 +226,7 @@ def interrupted_by_infrastructure(exc: BaseException) -> bool:
     """
     if isinstance(exc, StepFailed) and exc.__cause__ is not None:
         return interrupted_by_infrastructure(exc.__cause__)
-    if isinstance(exc, (StoreUnavailable, BusUnavailable, *_BUS_FAILURES, *_STORE_FAILURES)):
-        return True
-    return isinstance(exc, PyMongoError) and bool(getattr(exc, "timeout", False))
+    return _bus_or_store_failure(exc)
 
 
 def interruption_is_free(outcome: Outcome, interruptions: int, limit: int) -> bool:
